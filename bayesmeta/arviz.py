@@ -1,0 +1,496 @@
+"""Conversion of posterior draws to ArviZ, for both ArviZ lines.
+
+ArviZ 0.x stores results in an ``arviz.InferenceData``; ArviZ 1.x (``arviz_base``,
+``arviz_stats``, ``arviz_plots``) stores them in an ``xarray.DataTree``. Both are built here
+through ArviZ's own dictionary converter (``arviz.from_dict``), so group layout, default
+dimension names and attributes are exactly what ArviZ itself produces. Everything else in
+bayesmeta talks to ArviZ through this module only.
+
+Layout of the input, for every method:
+
+* ``posterior``, ``log_likelihood``, ``posterior_predictive``, ``sample_stats``: arrays of
+  shape ``(chain, draw, *shape)`` with the posterior's ``(chain, draw)``;
+* ``prior``: ``(chain, draw, *shape)`` with its own ``(chain, draw)``, often ``(1, draw)``;
+* ``observed_data``, ``constant_data``: arrays without sample dimensions.
+
+``dims`` names the dimensions after ``(chain, draw)``, per variable name, and is shared by all
+groups (the observed ``y`` and its pointwise log-likelihood ``y`` use one entry). Dimensions
+left unnamed get ArviZ's default names (``<var>_dim_<k>``). Sample statistics use NumPyro's
+names and are renamed as ArviZ's own NumPyro converter renames them.
+
+>>> import numpy as np
+>>> from bayesmeta.arviz import to_arviz, posterior_group
+>>> draws = {"mu": np.zeros((2, 10)), "theta": np.zeros((2, 10, 3))}
+>>> data = to_arviz(draws, dims={"theta": ["task"]}, coords={"task": ["a", "b", "c"]})
+>>> posterior_group(data)["theta"].shape
+(2, 10, 3)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "arviz_major",
+    "ess_rhat",
+    "group_arrays",
+    "group_names",
+    "loo",
+    "plot_forest",
+    "posterior_group",
+    "summary",
+    "to_arviz",
+]
+
+#: Columns of :func:`summary`, in order, on both ArviZ lines.
+SUMMARY_COLUMNS = (
+    "mean",
+    "sd",
+    "ci_low",
+    "ci_high",
+    "mcse_mean",
+    "mcse_sd",
+    "ess_bulk",
+    "ess_tail",
+    "r_hat",
+)
+
+# NumPyro's extra-field names -> ArviZ's sample_stats names, as ArviZ's NumPyro converter
+# (``from_numpyro``) renames them on both lines; ``potential_energy`` is negated into ``lp``.
+_SAMPLE_STATS_RENAME = {
+    "potential_energy": "lp",
+    "adapt_state.step_size": "step_size",
+    "num_steps": "n_steps",
+    "accept_prob": "acceptance_rate",
+}
+
+_SAMPLE_DIMS = ("chain", "draw")
+
+
+@functools.cache
+def _az():
+    # Imported on first use: ArviZ pulls in xarray, pandas (and matplotlib on 0.x), which
+    # a fit that never exports should not pay for.
+    return importlib.import_module("arviz")
+
+
+def arviz_major() -> int:
+    """Major version of the installed ArviZ: 0 (``InferenceData``) or 1 (``DataTree``).
+
+    >>> arviz_major() in (0, 1)
+    True
+    """
+    return int(str(_az().__version__).split(".")[0])
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_arrays(group: str, mapping: Any) -> dict[str, np.ndarray]:
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"{group}: expected a dict of arrays, got {type(mapping).__name__}")
+    out = {}
+    for name, value in mapping.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{group}: variable names must be non-empty strings, got {name!r}")
+        array = np.asarray(value)
+        if array.dtype == object:
+            raise ValueError(f"{group}['{name}']: expected a numeric array, got dtype object")
+        out[name] = array
+    return out
+
+
+def _check_sampled(
+    group: str, arrays: dict[str, np.ndarray], lead: tuple[int, int] | None
+) -> tuple[int, int]:
+    """Every array has at least (chain, draw) and, when ``lead`` is given, exactly that."""
+    for name, array in arrays.items():
+        if array.ndim < 2:
+            raise ValueError(
+                f"{group}['{name}']: expected shape (chain, draw, ...), got {array.shape}"
+            )
+        if array.shape[0] < 1 or array.shape[1] < 1:
+            raise ValueError(f"{group}['{name}']: empty chain or draw axis, shape {array.shape}")
+        if lead is None:
+            lead = (array.shape[0], array.shape[1])
+        elif array.shape[:2] != lead:
+            raise ValueError(
+                f"{group}['{name}']: leading (chain, draw) = {array.shape[:2]}, expected {lead}"
+            )
+    return lead
+
+
+def _check_dims(
+    group: str,
+    arrays: dict[str, np.ndarray],
+    dims: dict[str, list[str]],
+    coords: dict[str, list],
+    num_sample_dims: int,
+) -> None:
+    """Named dims fit the shapes, agree with coords and with each other inside a group."""
+    sizes: dict[str, tuple[int, str]] = {}
+    for name, array in arrays.items():
+        shape = array.shape[num_sample_dims:]
+        names = dims.get(name, [])
+        if len(names) > len(shape):
+            if group != "log_likelihood":
+                raise ValueError(
+                    f"dims['{name}']: {len(names)} names {names} for {group}['{name}'] which has "
+                    f"{len(shape)} dims after the sample dims (shape {array.shape})"
+                )
+            # Pointwise log-likelihoods drop the event dims of a multivariate observation,
+            # as ArviZ does (``skip_event_dims``).
+            names = names[: len(shape)]
+        for dim, size in zip(names, shape, strict=False):
+            if dim in coords and len(coords[dim]) != size:
+                raise ValueError(
+                    f"coords['{dim}']: {len(coords[dim])} labels, but {group}['{name}'] has "
+                    f"size {size} along dim '{dim}'"
+                )
+            if dim in sizes and sizes[dim][0] != size:
+                other = sizes[dim][1]
+                raise ValueError(
+                    f"dims: dim '{dim}' has size {size} in {group}['{name}'] but "
+                    f"{sizes[dim][0]} in {group}['{other}']"
+                )
+            sizes.setdefault(dim, (size, name))
+
+
+def _rename_sample_stats(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, value in stats.items():
+        new = _SAMPLE_STATS_RENAME.get(name, name)
+        if new in out:
+            raise ValueError(f"sample_stats['{name}']: duplicates sample_stats['{new}']")
+        out[new] = -value if name == "potential_energy" else value
+    if "n_steps" in out and "tree_depth" not in out:
+        num_steps = out["n_steps"]
+        if not np.issubdtype(num_steps.dtype, np.number) or np.any(num_steps < 1):
+            raise ValueError("sample_stats['num_steps']: expected positive step counts")
+        # Same formula as ArviZ's NumPyro converter: a tree of depth d takes < 2**d steps.
+        out["tree_depth"] = np.log2(num_steps).astype(int) + 1
+    return out
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def to_arviz(
+    posterior: Mapping[str, Any],
+    *,
+    dims: Mapping[str, Sequence[str]] | None = None,
+    coords: Mapping[str, Sequence] | None = None,
+    sample_stats: Mapping[str, Any] | None = None,
+    log_likelihood: Mapping[str, Any] | None = None,
+    observed_data: Mapping[str, Any] | None = None,
+    prior: Mapping[str, Any] | None = None,
+    posterior_predictive: Mapping[str, Any] | None = None,
+    constant_data: Mapping[str, Any] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+):
+    """Convert draws to ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (1.x).
+
+    Args:
+      posterior: ``{name: array (chain, draw, *shape)}``; all share ``(chain, draw)``.
+      dims: ``{name: [dim, ...]}``, names of the dims after ``(chain, draw)`` (or of all dims
+        for ``observed_data``/``constant_data``), e.g. ``{"theta": ["task"], "y": ["task"]}``.
+        Shared by all groups. Trailing dims left out get ArviZ's default names
+        (``theta_dim_0`` on 1.x; 0.x counts the position, ``theta_dim_1``). Names given for a
+        log-likelihood beyond its rank are dropped (event dims of a multivariate observation).
+      coords: ``{dim: labels}``, e.g. ``{"task": list(tasks.labels)}``; other dims are
+        labelled ``0..n-1``.
+      sample_stats: ``{name: array (chain, draw)}`` with NumPyro's names, renamed as ArviZ
+        renames them: ``diverging``, ``energy``, ``tree_depth``, ``step_size`` stay,
+        ``adapt_state.step_size -> step_size``, ``num_steps -> n_steps`` (and
+        ``tree_depth = floor(log2(num_steps)) + 1`` when not given),
+        ``accept_prob -> acceptance_rate``, ``potential_energy -> lp = -potential_energy``;
+        other names are kept.
+      log_likelihood: pointwise ``{name: array (chain, draw, *obs_shape)}``, as needed by
+        ``az.loo``; use the observed variable's name.
+      observed_data, constant_data: ``{name: array}`` without sample dims.
+      prior: ``{name: array (chain, draw, *shape)}``; its own ``(chain, draw)``, e.g. ``(1, S)``.
+      posterior_predictive: ``{name: array (chain, draw, *obs_shape)}``.
+      attrs: global attributes, e.g. ``{"inference_library": "numpyro", "method": "nuts"}``;
+        also written on the ``posterior`` and ``sample_stats`` groups, where ArviZ's own
+        converters put ``inference_library``.
+
+    Returns:
+      ``arviz.InferenceData`` under ArviZ 0.x, ``xarray.DataTree`` under ArviZ 1.x, with the
+      groups given (empty or ``None`` groups are left out).
+
+    Raises:
+      ValueError: naming the group, variable and dim when shapes, dims or coords disagree.
+
+    >>> import numpy as np
+    >>> data = to_arviz({"mu": np.zeros((1, 4))}, attrs={"method": "exact"})
+    >>> group_names(data)
+    ['posterior']
+    """
+    dims_ = {}
+    for name, names in (dims or {}).items():
+        if isinstance(names, str) or not all(isinstance(d, str) for d in names):
+            raise ValueError(f"dims['{name}']: expected a list of dim names, got {names!r}")
+        if set(names) & set(_SAMPLE_DIMS):
+            raise ValueError(f"dims['{name}']: name only the dims after (chain, draw): {names}")
+        dims_[name] = list(names)
+    coords_ = {}
+    for dim, labels in (coords or {}).items():
+        labels = np.asarray(labels)
+        if labels.ndim != 1:
+            raise ValueError(f"coords['{dim}']: expected a 1-D list of labels")
+        if len(np.unique(labels)) != len(labels):
+            raise ValueError(f"coords['{dim}']: labels are not unique")
+        coords_[dim] = labels.tolist()
+
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    groups["posterior"] = _as_arrays("posterior", posterior)
+    if not groups["posterior"]:
+        raise ValueError("posterior: no variables")
+    lead = _check_sampled("posterior", groups["posterior"], None)
+    sampled = {
+        "sample_stats": sample_stats,
+        "log_likelihood": log_likelihood,
+        "posterior_predictive": posterior_predictive,
+    }
+    for group, mapping in sampled.items():
+        if mapping:
+            arrays = _as_arrays(group, mapping)
+            if group == "sample_stats":
+                _check_sampled(group, arrays, lead)
+                arrays = _rename_sample_stats(arrays)
+            _check_sampled(group, arrays, lead)
+            groups[group] = arrays
+    if prior:
+        groups["prior"] = _as_arrays("prior", prior)
+        _check_sampled("prior", groups["prior"], None)
+    for group, mapping in (("observed_data", observed_data), ("constant_data", constant_data)):
+        if mapping:
+            groups[group] = _as_arrays(group, mapping)
+    for group, arrays in groups.items():
+        num_sample_dims = 0 if group.endswith("_data") else 2
+        _check_dims(group, arrays, dims_, coords_, num_sample_dims)
+
+    attrs_ = dict(attrs or {})
+    az = _az()
+    if arviz_major() == 0:
+        return az.from_dict(
+            **groups,
+            dims=dims_,
+            coords=coords_,
+            attrs=dict(attrs_),
+            posterior_attrs=dict(attrs_),
+            sample_stats_attrs=dict(attrs_),
+        )
+    group_attrs = {"/": dict(attrs_)}
+    for group in ("posterior", "sample_stats"):
+        if group in groups:
+            group_attrs[group] = dict(attrs_)
+    return az.from_dict(groups, dims=dims_, coords=coords_, attrs=group_attrs)
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+def group_names(data) -> list[str]:
+    """Names of the groups of an ``InferenceData`` or ``DataTree``, in stored order.
+
+    >>> import numpy as np
+    >>> group_names(to_arviz({"mu": np.zeros((1, 4))}, prior={"mu": np.zeros((1, 4))}))
+    ['posterior', 'prior']
+    """
+    if hasattr(data, "groups") and callable(data.groups) and not hasattr(data, "children"):
+        return list(data.groups())  # InferenceData
+    return list(data.children)  # DataTree
+
+
+def group_arrays(data, group: str = "posterior") -> dict[str, np.ndarray]:
+    """Variables of one group as ``{name: numpy array}``, dims in stored order.
+
+    Sampled groups come back as ``(chain, draw, *shape)``, the inverse of :func:`to_arviz`.
+
+    >>> import numpy as np
+    >>> data = to_arviz({"mu": np.arange(6.0).reshape(2, 3)})
+    >>> group_arrays(data, "posterior")["mu"].tolist()
+    [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    """
+    names = group_names(data)
+    if group not in names:
+        raise ValueError(f"group: '{group}' not in the data; groups are {names}")
+    node = data[group]
+    return {str(name): np.asarray(node[name].values) for name in node.data_vars}
+
+
+def posterior_group(data) -> dict[str, np.ndarray]:
+    """``{name: array (chain, draw, *shape)}`` of the posterior group; see :func:`group_arrays`."""
+    return group_arrays(data, "posterior")
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def summary(
+    data,
+    var_names: Sequence[str] | None = None,
+    *,
+    group: str = "posterior",
+    ci_prob: float = 0.94,
+    ci_kind: str = "hdi",
+):
+    """``az.summary`` with the same columns, defaults and unrounded numbers on both lines.
+
+    Returns a ``pandas.DataFrame`` with one row per scalar (``"theta[A]"``, ``"beta[A, 0]"``)
+    and the columns :data:`SUMMARY_COLUMNS`:
+
+    ``mean``, ``sd`` (``ddof=1``); ``ci_low``, ``ci_high``: the ``ci_prob`` credible interval,
+    ``ci_kind="hdi"`` (highest density, ArviZ 0.x ``hdi_3%``/``hdi_97%``, 1.x
+    ``hdi94_lb``/``hdi94_ub``) or ``"eti"`` (equal tails, ``np.quantile`` at
+    ``(1 -+ ci_prob) / 2``); ``mcse_mean``, ``mcse_sd``, ``ess_bulk``, ``ess_tail``,
+    ``r_hat`` (rank-normalised split R-hat; NaN with one chain). ``df.attrs`` records
+    ``ci_prob`` and ``ci_kind``. The defaults are fixed here (ArviZ 1.x's own default is an
+    89% ETI) so that both lines give the same table.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> data = to_arviz({"mu": rng.normal(size=(2, 100))})
+    >>> list(summary(data).columns) == list(SUMMARY_COLUMNS)
+    True
+    """
+    if ci_kind not in ("hdi", "eti"):
+        raise ValueError(f"ci_kind: expected 'hdi' or 'eti', got {ci_kind!r}")
+    if not 0.0 < ci_prob < 1.0:
+        raise ValueError(f"ci_prob: expected a probability in (0, 1), got {ci_prob!r}")
+    if group not in group_names(data):
+        raise ValueError(f"group: '{group}' not in the data; groups are {group_names(data)}")
+    az = _az()
+    common = {"var_names": var_names, "group": group, "round_to": "none"}
+    if arviz_major() == 0:
+        df = az.summary(data, hdi_prob=ci_prob, **common)
+        if ci_kind == "eti":
+            # ArviZ 0.x reports equal-tailed intervals only next to the median.
+            eti = az.summary(data, kind="stats", stat_focus="median", hdi_prob=ci_prob, **common)
+            bounds = [c for c in eti.columns if c.startswith("eti_")]
+            df[[c for c in df.columns if c.startswith("hdi_")]] = eti[bounds].to_numpy()
+        bounds = [c for c in df.columns if c.startswith("hdi_")]
+    else:
+        df = az.summary(data, ci_prob=ci_prob, ci_kind=ci_kind, kind="all", **common)
+        bounds = [c for c in df.columns if c.endswith("_lb") or c.endswith("_ub")]
+    df = df.rename(columns=dict(zip(bounds, ["ci_low", "ci_high"], strict=True)))
+    df = df[list(SUMMARY_COLUMNS)].astype(float)
+    df.attrs = {"ci_prob": float(ci_prob), "ci_kind": ci_kind}
+    return df
+
+
+def ess_rhat(samples: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """Bulk and tail ESS and rank-normalised split R-hat of ``(chain, draw, *shape)`` draws.
+
+    Computed by ArviZ (``az.ess``, ``az.rhat``; Vehtari et al. 2021, "Rank-normalization,
+    folding, and localization"). Returns ``{"ess_bulk": {name: array shape},
+    "ess_tail": {...}, "r_hat": {...}}``; R-hat is NaN with a single chain.
+
+    >>> import numpy as np
+    >>> d = ess_rhat({"mu": np.random.default_rng(0).normal(size=(4, 200))})
+    >>> bool(abs(d["r_hat"]["mu"] - 1.0) < 0.05)
+    True
+    """
+    data = to_arviz(samples)
+    az = _az()
+    num_chains = next(iter(posterior_group(data).values())).shape[0]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, method in (("ess_bulk", "bulk"), ("ess_tail", "tail")):
+        result = az.ess(data, method=method)
+        out[key] = {name: np.asarray(result[name].values) for name in samples}
+    if num_chains >= 2:
+        result = az.rhat(data)
+        out["r_hat"] = {name: np.asarray(result[name].values) for name in samples}
+    else:
+        shapes = {name: np.shape(value)[2:] for name, value in samples.items()}
+        out["r_hat"] = {name: np.full(shape, np.nan) for name, shape in shapes.items()}
+    return out
+
+
+def loo(data, var_name: str | None = None) -> dict[str, Any]:
+    """PSIS-LOO (``az.loo``, Vehtari, Gelman and Gabry 2017) as a plain dict on both lines.
+
+    Needs a ``log_likelihood`` group with pointwise values ``(chain, draw, *obs_shape)``;
+    ``var_name`` picks the variable when there are several. Returns ``{"elpd": float,
+    "se": float, "p": float (effective number of parameters), "n_samples": int,
+    "n_data_points": int, "elpd_i": array obs_shape, "pareto_k": array obs_shape,
+    "good_k": float (k above this is unreliable), "warning": bool}``, on the log scale
+    (``elpd = sum(elpd_i)``, larger is better).
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> data = to_arviz({"mu": rng.normal(size=(2, 200))},
+    ...                 log_likelihood={"y": rng.normal(-1.0, 0.1, size=(2, 200, 5))})
+    >>> out = loo(data)
+    >>> bool(np.isclose(out["elpd"], out["elpd_i"].sum()))
+    True
+    """
+    if "log_likelihood" not in group_names(data):
+        raise ValueError("data: no log_likelihood group; pass log_likelihood= to to_arviz")
+    result = _az().loo(data, var_name=var_name, pointwise=True)
+    if arviz_major() == 0:
+        elpd, p, elpd_i = result["elpd_loo"], result["p_loo"], result["loo_i"]
+    else:
+        elpd, p, elpd_i = result.elpd, result.p, result.elpd_i
+    return {
+        "elpd": float(elpd),
+        "se": float(result.se),
+        "p": float(p),
+        "n_samples": int(result.n_samples),
+        "n_data_points": int(result.n_data_points),
+        "elpd_i": np.asarray(elpd_i.values),
+        "pareto_k": np.asarray(result.pareto_k.values),
+        "good_k": float(result.good_k),
+        "warning": bool(result.warning),
+    }
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_forest(
+    data,
+    var_names: Sequence[str] | None = None,
+    *,
+    ci_prob: float = 0.94,
+    combined: bool = True,
+):
+    """Forest plot (``az.plot_forest``) of one posterior or several, as a matplotlib Figure.
+
+    ``data`` is one ``InferenceData``/``DataTree`` or ``{label: data}`` to overlay methods
+    (e.g. ``{"nuts": ..., "vi": ...}``). Thin lines are the ``ci_prob`` highest density
+    interval, thick lines the central 50% (ArviZ 0.x: interquartile range; 1.x: 50% HDI),
+    points are means. ``combined=False`` draws one line per chain.
+
+    Save with ``fig.savefig(path, bbox_inches="tight")``. Needs matplotlib.
+    """
+    if not 0.0 < ci_prob < 1.0:
+        raise ValueError(f"ci_prob: expected a probability in (0, 1), got {ci_prob!r}")
+    az = _az()
+    if arviz_major() == 0:
+        if isinstance(data, Mapping):
+            kwargs = {"data": list(data.values()), "model_names": [str(k) for k in data]}
+        else:
+            kwargs = {"data": data}
+        axes = az.plot_forest(
+            **kwargs, var_names=var_names, combined=combined, hdi_prob=ci_prob
+        )
+        return np.ravel(axes)[0].figure
+    dt = dict(data) if isinstance(data, Mapping) else data
+    plot_collection = az.plot_forest(
+        dt,
+        var_names=var_names,
+        combined=combined,
+        ci_kind="hdi",
+        ci_probs=(0.5, ci_prob),
+        point_estimate="mean",
+        backend="matplotlib",
+    )
+    return plot_collection.get_viz("figure")

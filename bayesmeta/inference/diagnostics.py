@@ -1,0 +1,95 @@
+"""Convergence diagnostics on ``(chain, draw, ...)`` arrays: rank-normalised split R-hat
+and bulk ESS (Vehtari et al. 2021), and the one plain warning a fit emits."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+
+__all__ = ["rhat", "ess_bulk", "check_fit", "FitWarning"]
+
+
+class FitWarning(UserWarning):
+    """A fit's diagnostics failed (divergences, R-hat, ESS)."""
+
+
+def _ndtri(p: np.ndarray) -> np.ndarray:
+    import jax.scipy.special as jsp
+
+    return np.asarray(jsp.ndtri(p))
+
+
+def _rank_normalize(x: np.ndarray) -> np.ndarray:
+    """Rank-normalise over all chains and draws (axis 0 and 1), per component."""
+    c, d = x.shape[:2]
+    flat = x.reshape(c * d, -1)
+    ranks = np.argsort(np.argsort(flat, axis=0, kind="stable"), axis=0, kind="stable") + 1.0
+    z = _ndtri((ranks - 0.375) / (c * d + 0.25))
+    return z.reshape(x.shape)
+
+
+def _split(x: np.ndarray) -> np.ndarray:
+    d = x.shape[1] // 2
+    return np.concatenate([x[:, :d], x[:, x.shape[1] - d:]], axis=0)
+
+
+def rhat(x: np.ndarray) -> np.ndarray:
+    """Rank-normalised split R-hat of draws ``(chain, draw, ...)`` (max of bulk and tail)."""
+    x = np.asarray(x, dtype=float)
+    if x.shape[1] < 4:
+        return np.full(x.shape[2:], np.nan)
+    bulk = split_gelman_rubin(_rank_normalize(x))
+    folded = np.abs(x - np.median(x.reshape(-1, *x.shape[2:]), axis=0))
+    tail = split_gelman_rubin(_rank_normalize(folded))
+    return np.maximum(bulk, tail)
+
+
+def ess_bulk(x: np.ndarray) -> np.ndarray:
+    """Bulk effective sample size of draws ``(chain, draw, ...)``."""
+    x = np.asarray(x, dtype=float)
+    if x.shape[1] < 4:
+        return np.full(x.shape[2:], np.nan)
+    return effective_sample_size(_split(_rank_normalize(x)))
+
+
+def check_fit(samples: dict, num_divergences: int | None, rhat_max: float = 1.01,
+              ess_per_chain_min: float = 100.0, warn: bool = True) -> dict:
+    """Compute per-parameter R-hat / bulk ESS, and warn once if anything fails.
+
+    Returns ``{"divergences", "rhat": {name: max}, "ess_bulk": {name: min}, "problems": [...]}``.
+    """
+    out = {"divergences": num_divergences, "rhat": {}, "ess_bulk": {}, "problems": []}
+    bad_rhat, bad_ess = [], []
+    for name, x in samples.items():
+        x = np.asarray(x)
+        if x.ndim < 2 or x.shape[1] < 4:
+            continue
+        # components that never vary (a fixed correlation diagonal) carry no information
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        varying = np.ptp(flat.reshape(-1, flat.shape[-1]), axis=0) > 0
+        if not varying.any():
+            continue
+        flat = flat[..., varying]
+        r = float(np.nanmax(rhat(flat)))
+        e = float(np.nanmin(ess_bulk(flat)))
+        out["rhat"][name], out["ess_bulk"][name] = r, e
+        if x.shape[0] > 1 and r > rhat_max:
+            bad_rhat.append(f"{name} ({r:.3f})")
+        if e < ess_per_chain_min * x.shape[0]:
+            bad_ess.append(f"{name} ({e:.0f})")
+    if num_divergences:
+        out["problems"].append(f"{num_divergences} divergent transitions")
+    if bad_rhat:
+        out["problems"].append(f"split R-hat > {rhat_max} for " + ", ".join(bad_rhat))
+    if bad_ess:
+        num_chains = next(iter(samples.values())).shape[0]
+        out["problems"].append(
+            f"bulk ESS < {ess_per_chain_min:.0f} per chain (< {ess_per_chain_min * num_chains:.0f})"
+            " for " + ", ".join(bad_ess))
+    if warn and out["problems"]:
+        warnings.warn("bayesmeta fit diagnostics: " + "; ".join(out["problems"])
+                      + ". Consider more warmup/draws, a higher target_accept, or another "
+                        "parameterization.", FitWarning, stacklevel=3)
+    return out

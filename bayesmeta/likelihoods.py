@@ -1,0 +1,565 @@
+"""Per-task likelihoods ``p(y_t | theta_t)``, evaluated row by row in the flat layout.
+
+Every likelihood knows the shape of one task's parameter vector (which follows the data:
+an intercept plus one slope per input column for the regressions), checks the data it is
+given (``validate``), samples its own nuisance parameters (a learned noise scale), and
+returns a NumPyro distribution over the rows given each row's task parameters. The
+pointwise log-likelihood of the ``y`` site is what ArviZ's ``loo`` uses.
+
+======================  ============================  =================================
+likelihood              per-task parameter            data
+======================  ============================  =================================
+``NormalKnownNoise``    mean (scalar)                 y, known noise sd per row or task
+``Normal``              mean (scalar)                 y; noise sd learned, shared/per task
+``LinearRegression``    (intercept, slopes...)        x (N, k), y; noise known or learned
+``LogisticRegression``  (intercept, slopes...)        x (N, k) or none, y in {0, 1}
+``Poisson``             log-rate (intercept, slopes)  x or none, y counts; log link
+``Binomial``            logit (intercept, slopes)     x[:, 0] trials, x[:, 1:] covariates
+``Custom``              any shape you declare         your ``loglik_fn(theta, x, y)``
+======================  ============================  =================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from bayesmeta.tasks import TaskSet
+
+__all__ = [
+    "Likelihood",
+    "NormalKnownNoise",
+    "Normal",
+    "LinearRegression",
+    "LogisticRegression",
+    "Poisson",
+    "Binomial",
+    "Custom",
+]
+
+_NOISE_MODES = ("shared", "task")
+
+
+def _where(tasks: TaskSet, row: int) -> str:
+    return tasks._where(row)
+
+
+def _segment_sum(values: np.ndarray, tasks: TaskSet) -> np.ndarray:
+    out = np.zeros((tasks.num_tasks, *values.shape[1:]))
+    np.add.at(out, tasks.task_index, values)
+    return out
+
+
+class Likelihood:
+    """Abstract base of per-task likelihoods (see the module table)."""
+
+    #: True when y given theta is Gaussian and linear in theta (exact marginals exist)
+    linear_gaussian = False
+
+    def validate(self, tasks: TaskSet) -> None:
+        """Raise ValueError naming the field, task and row of bad data."""
+
+    def param_shape(self, tasks: TaskSet) -> tuple[int, ...]:
+        return ()
+
+    def param_dim(self, tasks: TaskSet) -> tuple[str, list[str]] | None:
+        """Name and coordinates of the per-task parameter dimension (None for scalars)."""
+        return None
+
+    def global_priors(self) -> dict[str, dist.Distribution]:
+        """Nuisance parameters shared by all tasks, sampled outside the task plate."""
+        return {}
+
+    def task_priors(self) -> dict[str, dist.Distribution]:
+        """Nuisance parameters with one value per task, sampled inside the task plate."""
+        return {}
+
+    def row_dist(self, theta_rows: jnp.ndarray, data: dict, extras_rows: dict):
+        """Distribution of ``y`` row by row, batch shape ``(N,)``."""
+        raise NotImplementedError
+
+    def information(self, tasks: TaskSet) -> np.ndarray | None:
+        """Approximate Fisher information about each task's parameters, shape
+        ``(num_tasks, *param_shape)``; used by ``parameterization="auto"``."""
+        return None
+
+    def data_arrays(self, tasks: TaskSet) -> dict[str, Any]:
+        """Arrays the model needs, as a dict of numpy arrays (flat layout)."""
+        out = {"y": tasks.y, "task_index": tasks.task_index}
+        if tasks.x is not None:
+            out["x"] = tasks.x
+        if tasks.noise_scale is not None:
+            out["noise_scale"] = tasks.noise_scale
+        return out
+
+    def sample_extras(self, num_tasks: int, task_plate) -> dict[str, jnp.ndarray]:
+        """Sample the nuisance parameters inside a model (global ones outside the plate)."""
+        out = {name: numpyro.sample(name, d) for name, d in self.global_priors().items()}
+        if self.task_priors():
+            with task_plate:
+                for name, d in self.task_priors().items():
+                    out[name] = numpyro.sample(name, d)
+        return out
+
+    def extras_rows(self, extras: dict, task_index: jnp.ndarray) -> dict:
+        """Per-row view of the nuisance parameters."""
+        out = dict(extras)
+        for name in self.task_priors():
+            out[name] = extras[name][..., task_index]
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_counts(tasks: TaskSet, field: str = "y", upper: np.ndarray | None = None) -> None:
+    y = tasks.y
+    bad = (y < 0) | (y != np.round(y))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{field}: counts must be non-negative integers, got {y[row]} at "
+                         f"{_where(tasks, row)}")
+    if upper is not None:
+        bad = y > upper
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{field}: {y[row]} successes exceed {upper[row]} trials at "
+                             f"{_where(tasks, row)}")
+
+
+def _noise_prior(prior: Any) -> dist.Distribution:
+    if prior is None:
+        return dist.HalfNormal(5.0)
+    if not isinstance(prior, dist.Distribution):
+        raise ValueError(f"noise_prior: expected a numpyro distribution, got {type(prior).__name__}")
+    return prior
+
+
+class _GLM(Likelihood):
+    """Shared machinery of likelihoods with a linear predictor ``eta = a + x @ b``."""
+
+    def __init__(self, intercept: bool = True, x_required: bool = False):
+        if not isinstance(intercept, bool):
+            raise ValueError(f"intercept: expected True or False, got {intercept!r}")
+        self.intercept = intercept
+        self.x_required = x_required
+
+    def _covariates(self, x):
+        return x
+
+    def _num_covariates(self, tasks: TaskSet) -> int:
+        if tasks.x is None:
+            return 0
+        if len(tasks.feature_shape) != 1:
+            raise ValueError(f"x: expected a matrix of shape (N, k), got feature shape "
+                             f"{tasks.feature_shape}")
+        return tasks.feature_shape[0]
+
+    def validate(self, tasks):
+        k = self._num_covariates(tasks)
+        if self.x_required and tasks.x is None:
+            raise ValueError(f"x: {type(self).__name__} needs inputs x")
+        if k == 0 and not self.intercept:
+            raise ValueError("intercept: with no covariates the model needs an intercept")
+
+    def param_shape(self, tasks):
+        k = self._num_covariates(tasks)
+        p = k + int(self.intercept)
+        return () if (p == 1 and self.intercept) else (p,)
+
+    def param_dim(self, tasks):
+        if not self.param_shape(tasks):
+            return None
+        k = self._num_covariates(tasks)
+        names = getattr(tasks, "feature_names", None) or [f"x{i}" for i in range(k)]
+        return "coef", (["intercept"] if self.intercept else []) + list(names[:k])
+
+    def design(self, data: dict) -> jnp.ndarray | None:
+        """Rows of the design matrix ``(N, p)`` (None when the parameter is a scalar mean)."""
+        x = data.get("x")
+        cov = None if x is None else self._covariates(x)
+        if cov is None or cov.shape[-1] == 0:
+            return None
+        if self.intercept:
+            return jnp.concatenate([jnp.ones(cov.shape[:-1] + (1,), cov.dtype), cov], axis=-1)
+        return cov
+
+    def _eta(self, theta_rows, data):
+        design = self.design(data)
+        if design is None:
+            return theta_rows
+        return jnp.sum(design * theta_rows, axis=-1)
+
+    def _design_np(self, tasks: TaskSet) -> np.ndarray:
+        design = self.design(self.data_arrays(tasks))
+        if design is None:
+            return np.ones((tasks.num_obs, 1))
+        return np.asarray(design)
+
+    def _information_from_weights(self, tasks, w):
+        design = self._design_np(tasks)
+        info = _segment_sum(w[:, None] * design**2, tasks)
+        return info[:, 0] if not self.param_shape(tasks) else info
+
+
+class NormalKnownNoise(_GLM):
+    """``y_r ~ N(theta_t, s_r)`` with the noise sd ``s_r`` known (meta-analysis).
+
+    The noise scale comes from the TaskSet (``from_estimates``' standard errors, or
+    ``noise_scale=`` per row), or from ``noise_scale=`` here: a scalar or one value per task.
+    """
+
+    linear_gaussian = True
+
+    def __init__(self, noise_scale: Any = None):
+        super().__init__(intercept=True)
+        self.noise_scale = None if noise_scale is None else np.asarray(noise_scale, float)
+        if self.noise_scale is not None and (
+            not np.all(np.isfinite(self.noise_scale)) or np.any(self.noise_scale <= 0)
+        ):
+            raise ValueError(f"noise_scale: must be finite and positive, got {noise_scale}")
+
+    def param_shape(self, tasks):
+        return ()
+
+    def param_dim(self, tasks):
+        return None
+
+    def design(self, data):
+        return None
+
+    def _row_scale(self, tasks: TaskSet) -> np.ndarray:
+        if self.noise_scale is not None:
+            if self.noise_scale.ndim == 0:
+                return np.full(tasks.num_obs, float(self.noise_scale))
+            if self.noise_scale.shape != (tasks.num_tasks,):
+                raise ValueError(f"noise_scale: expected a scalar or {tasks.num_tasks} values "
+                                 f"(one per task), got shape {self.noise_scale.shape}")
+            return self.noise_scale[tasks.task_index]
+        if tasks.noise_scale is None:
+            raise ValueError("noise_scale: NormalKnownNoise needs known noise scales (build the "
+                             "TaskSet with from_estimates or noise_scale=, or pass noise_scale "
+                             "to the likelihood)")
+        return tasks.noise_scale
+
+    def validate(self, tasks):
+        self._row_scale(tasks)
+
+    def data_arrays(self, tasks):
+        out = super().data_arrays(tasks)
+        out["noise_scale"] = self._row_scale(tasks)
+        return out
+
+    def row_dist(self, theta_rows, data, extras_rows):
+        return dist.Normal(theta_rows, data["noise_scale"])
+
+    def information(self, tasks):
+        return _segment_sum(1.0 / self._row_scale(tasks) ** 2, tasks)
+
+
+class _NoiseMixin:
+    def _init_noise(self, noise, noise_prior, allow_known):
+        modes = _NOISE_MODES + (("known",) if allow_known else ())
+        if noise is not None and noise not in modes:
+            raise ValueError(f"noise: must be one of {modes}, got {noise!r}")
+        self.noise = noise
+        self.noise_prior = _noise_prior(noise_prior)
+
+    def global_priors(self):
+        return {"sigma": self.noise_prior} if self._resolved == "shared" else {}
+
+    def task_priors(self):
+        return {"sigma": self.noise_prior} if self._resolved == "task" else {}
+
+    def _sigma_rows(self, data, extras_rows):
+        if self._resolved == "known":
+            return data["noise_scale"]
+        return extras_rows["sigma"]
+
+
+class Normal(_NoiseMixin, _GLM):
+    """``y_r ~ N(theta_t, sigma)`` with the noise sd learned.
+
+    Args:
+      noise: ``"shared"`` (one ``sigma`` for all tasks, default) or ``"task"`` (one per task).
+      noise_prior: prior on ``sigma`` (default ``HalfNormal(5)``).
+    """
+
+    linear_gaussian = True
+
+    def __init__(self, noise: str = "shared", noise_prior: Any = None):
+        _GLM.__init__(self, intercept=True)
+        self._init_noise(noise, noise_prior, allow_known=False)
+        self._resolved = noise
+
+    def param_shape(self, tasks):
+        return ()
+
+    def param_dim(self, tasks):
+        return None
+
+    def design(self, data):
+        return None
+
+    def row_dist(self, theta_rows, data, extras_rows):
+        return dist.Normal(theta_rows, self._sigma_rows(data, extras_rows))
+
+    def information(self, tasks):
+        return tasks.counts / _rough_noise_var(tasks)
+
+    def __repr__(self):
+        return f"Normal(noise={self.noise!r})"
+
+
+def _rough_noise_var(tasks: TaskSet) -> float:
+    """Pooled within-task variance of y (overall variance if no task has two rows)."""
+    counts = tasks.counts
+    means = _segment_sum(tasks.y, tasks) / counts
+    resid = tasks.y - means[tasks.task_index]
+    dof = tasks.num_obs - tasks.num_tasks
+    var = float(np.sum(resid**2) / dof) if dof > 0 else float(np.var(tasks.y))
+    return var if var > 0 else 1.0
+
+
+class LinearRegression(_NoiseMixin, _GLM):
+    """``y_r ~ N(x_r @ b_t + a_t, sigma)``; ``theta_t = (a_t, b_t)`` (dim ``coef``).
+
+    Args:
+      intercept: include a per-task intercept (default True).
+      noise: ``"known"`` (the TaskSet's ``noise_scale``), ``"shared"``, ``"task"``, or None
+        (default: known when the TaskSet has noise scales, else shared).
+      noise_prior: prior on a learned ``sigma`` (default ``HalfNormal(5)``).
+    """
+
+    linear_gaussian = True
+
+    def __init__(self, intercept: bool = True, noise: str | None = None, noise_prior: Any = None):
+        _GLM.__init__(self, intercept=intercept, x_required=True)
+        self._init_noise(noise, noise_prior, allow_known=True)
+        self._resolved = noise or "shared"
+
+    def validate(self, tasks):
+        super().validate(tasks)
+        resolved = self.noise or ("known" if tasks.noise_scale is not None else "shared")
+        if resolved == "known" and tasks.noise_scale is None:
+            raise ValueError("noise_scale: noise='known' needs the TaskSet's noise_scale")
+        self._resolved = resolved
+
+    def row_dist(self, theta_rows, data, extras_rows):
+        return dist.Normal(self._eta(theta_rows, data), self._sigma_rows(data, extras_rows))
+
+    def information(self, tasks):
+        if tasks.noise_scale is not None and self._resolved == "known":
+            w = 1.0 / tasks.noise_scale**2
+        else:
+            w = np.full(tasks.num_obs, 1.0 / max(float(np.var(tasks.y)), 1e-12))
+        return self._information_from_weights(tasks, w)
+
+    def __repr__(self):
+        return f"LinearRegression(intercept={self.intercept}, noise={self.noise!r})"
+
+
+class LogisticRegression(_GLM):
+    """``y_r ~ Bernoulli(sigmoid(a_t + x_r @ b_t))`` with ``y`` in {0, 1}; ``x`` optional
+    (without it the per-task parameter is one log-odds)."""
+
+    def validate(self, tasks):
+        super().validate(tasks)
+        bad = (tasks.y != 0) & (tasks.y != 1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"y: LogisticRegression needs binary y (0 or 1), got {tasks.y[row]} "
+                             f"at {_where(tasks, row)}")
+
+    def row_dist(self, theta_rows, data, extras_rows):
+        return dist.Bernoulli(logits=self._eta(theta_rows, data))
+
+    def information(self, tasks):
+        return self._information_from_weights(tasks, np.full(tasks.num_obs, 0.25))
+
+    def __repr__(self):
+        return f"LogisticRegression(intercept={self.intercept})"
+
+
+class Poisson(_GLM):
+    """``y_r ~ Poisson(exp(a_t + x_r @ b_t))`` (log link); ``x`` optional."""
+
+    def validate(self, tasks):
+        super().validate(tasks)
+        _check_counts(tasks)
+
+    def row_dist(self, theta_rows, data, extras_rows):
+        return dist.Poisson(jnp.exp(self._eta(theta_rows, data)))
+
+    def information(self, tasks):
+        rate = _segment_sum(tasks.y, tasks) / tasks.counts
+        return self._information_from_weights(tasks, np.maximum(rate, 0.5)[tasks.task_index])
+
+    def __repr__(self):
+        return f"Poisson(intercept={self.intercept})"
+
+
+class Binomial(_GLM):
+    """``y_r ~ Binomial(n_r, sigmoid(a_t + z_r @ b_t))`` for counts out of ``n_r`` trials.
+
+    The first input column ``x[:, 0]`` holds the trials ``n_r``; the remaining columns
+    ``z_r = x[:, 1:]`` are covariates (e.g. a treatment indicator, so ``theta_t`` is
+    (baseline log-odds, log odds ratio) for a two-arm trial).
+    """
+
+    def __init__(self, intercept: bool = True):
+        super().__init__(intercept=intercept, x_required=True)
+
+    def _covariates(self, x):
+        return x[..., 1:]
+
+    def _num_covariates(self, tasks):
+        return super()._num_covariates(tasks) - 1
+
+    def validate(self, tasks):
+        if tasks.x is None or len(tasks.feature_shape) != 1:
+            raise ValueError("x: Binomial needs x with the number of trials in column 0")
+        trials = tasks.x[:, 0]
+        bad = (trials < 1) | (trials != np.round(trials))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"x: trials (column 0) must be positive integers, got {trials[row]} "
+                             f"at {_where(tasks, row)}")
+        super().validate(tasks)
+        _check_counts(tasks, upper=trials)
+
+    def param_dim(self, tasks):
+        out = super().param_dim(tasks)
+        if out is None:
+            return None
+        names = getattr(tasks, "feature_names", None)
+        k = self._num_covariates(tasks)
+        cov = list(names[1:k + 1]) if names else [f"x{i + 1}" for i in range(k)]
+        return "coef", (["intercept"] if self.intercept else []) + cov
+
+    def row_dist(self, theta_rows, data, extras_rows):
+        return dist.Binomial(total_count=data["x"][..., 0], logits=self._eta(theta_rows, data))
+
+    def information(self, tasks):
+        return self._information_from_weights(tasks, 0.25 * tasks.x[:, 0])
+
+    def __repr__(self):
+        return f"Binomial(intercept={self.intercept})"
+
+
+class _RowLogDensity(dist.Distribution):
+    """A distribution whose log_prob of the observed rows is given (custom likelihoods)."""
+
+    support = dist.constraints.real
+
+    def __init__(self, log_density):
+        self._log_density = log_density
+        super().__init__(batch_shape=jnp.shape(log_density))
+
+    def log_prob(self, value):
+        return self._log_density
+
+    def sample(self, key, sample_shape=()):
+        raise NotImplementedError("Custom likelihoods cannot simulate data; pass sample_fn=")
+
+
+class Custom(Likelihood):
+    """A likelihood from your own ``loglik_fn(theta, x, y)``, written for one task.
+
+    Args:
+      loglik_fn: ``(theta, x, y) -> scalar`` log-likelihood of one task's rows (``x`` is
+        None when the TaskSet has no inputs). It must be written with ``jax.numpy``.
+      param_shape: shape of one task's parameter (default ``()``).
+      rowwise: True (default) when the rows are independent given ``theta`` so the
+        log-likelihood is a sum over rows: then it is evaluated one row at a time (each call
+        sees one-row arrays), which keeps the flat layout and gives pointwise values per row.
+        False evaluates whole tasks on the padded view: ``loglik_fn(theta, x, y, mask)``
+        must then ignore rows where ``mask`` is False; pointwise values are per task.
+      sample_fn: optional ``(key, theta, x) -> y`` for one row, used by ``predict``.
+      information_fn: optional ``(tasks) -> (num_tasks, *param_shape)`` Fisher information
+        for ``parameterization="auto"`` (without it, auto means non-centred).
+    """
+
+    def __init__(self, loglik_fn: Callable, param_shape: tuple[int, ...] = (),
+                 rowwise: bool = True, sample_fn: Callable | None = None,
+                 information_fn: Callable | None = None, param_names: list[str] | None = None):
+        if not callable(loglik_fn):
+            raise ValueError("loglik_fn: expected a callable (theta, x, y) -> log-likelihood")
+        self.loglik_fn = loglik_fn
+        try:
+            self._param_shape = tuple(int(s) for s in param_shape)
+        except TypeError:
+            raise ValueError(f"param_shape: expected a tuple of ints, got {param_shape!r}") from None
+        if len(self._param_shape) > 1:
+            raise ValueError("param_shape: at most one dimension is supported")
+        self.rowwise = bool(rowwise)
+        self.sample_fn = sample_fn
+        self.information_fn = information_fn
+        self.param_names = param_names
+
+    def param_shape(self, tasks):
+        return self._param_shape
+
+    def param_dim(self, tasks):
+        if not self._param_shape:
+            return None
+        names = self.param_names or [f"p{i}" for i in range(self._param_shape[0])]
+        if len(names) != self._param_shape[0]:
+            raise ValueError(f"param_names: {len(names)} names for shape {self._param_shape}")
+        return "param", list(names)
+
+    def data_arrays(self, tasks):
+        out = super().data_arrays(tasks)
+        if not self.rowwise:
+            pad = tasks.padded()
+            out["pad_y"], out["pad_mask"] = pad.y, pad.mask
+            if pad.x is not None:
+                out["pad_x"] = pad.x
+        return out
+
+    def validate(self, tasks):
+        theta = jnp.zeros(self._param_shape)
+        x, y = tasks.task_data(0)
+        try:
+            if self.rowwise:
+                val = jax.eval_shape(self.loglik_fn, theta, None if x is None else x[:1], y[:1])
+            else:
+                mask = np.ones(len(y), bool)
+                val = jax.eval_shape(self.loglik_fn, theta, x, y, mask)
+        except Exception as err:  # report the user's function failing with our context
+            raise ValueError(f"loglik_fn: failed on task {tasks.labels[0]!r}: {err}") from err
+        if val.shape != ():
+            raise ValueError(f"loglik_fn: must return a scalar, got shape {val.shape}")
+
+    def row_dist(self, theta_rows, data, extras_rows):
+        if self.rowwise:
+            x = data.get("x")
+
+            def one(theta, x_r, y_r):
+                return self.loglik_fn(theta, None if x_r is None else x_r[None], y_r[None])
+
+            in_x = None if x is None else 0
+            lp = jax.vmap(one, in_axes=(0, in_x, 0))(theta_rows, x, data["y"])
+            return _RowLogDensity(lp)
+        raise AssertionError("per-task custom likelihoods are evaluated by task_log_density")
+
+    def task_log_density(self, theta, data):
+        """Per-task log-likelihood on the padded view (``rowwise=False``), shape (T,)."""
+        x = data.get("pad_x")
+        in_x = None if x is None else 0
+        return jax.vmap(self.loglik_fn, in_axes=(0, in_x, 0, 0))(
+            theta, x, data["pad_y"], data["pad_mask"])
+
+    def information(self, tasks):
+        return None if self.information_fn is None else np.asarray(self.information_fn(tasks))
+
+    def __repr__(self):
+        return f"Custom({getattr(self.loglik_fn, '__name__', 'loglik_fn')}, " \
+               f"param_shape={self._param_shape}, rowwise={self.rowwise})"

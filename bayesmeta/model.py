@@ -1,0 +1,308 @@
+"""Models: a likelihood plus a population prior, built into a NumPyro model for a TaskSet.
+
+``Hierarchical(likelihood, population)`` is partial pooling: ``theta_t ~ p(theta | phi)``
+with ``phi`` learned. ``pooled(likelihood)`` shares one ``theta`` across all tasks (complete
+pooling) and ``unpooled(likelihood)`` gives every task its own ``theta_t`` under a fixed
+prior (no pooling). All three build to the same :class:`BuiltModel`, whose ``fn`` is a plain
+NumPyro model you can hand to any NumPyro tool:
+
+>>> import bayesmeta as bm
+>>> tasks = bm.datasets.eight_schools()
+>>> built = bm.Hierarchical(bm.likelihoods.NormalKnownNoise()).build(tasks)
+>>> sorted(built.dims)
+['mu', 'tau', 'theta', 'y']
+
+The model's data are keyword arguments (``built.data``); the observed site is ``y`` in
+an ``obs`` plate over rows (a ``task`` plate for one-estimate-per-task data) and per-task
+parameters live in the ``task`` plate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from bayesmeta import likelihoods as lk
+from bayesmeta import populations as pops
+from bayesmeta.tasks import TaskSet
+
+__all__ = ["Hierarchical", "Pooled", "Unpooled", "pooled", "unpooled", "BuiltModel"]
+
+
+class BuiltModel(NamedTuple):
+    """A model bound to one TaskSet's shapes.
+
+    Fields:
+      fn          # NumPyro model; call as fn(**data)
+      data        # dict of arrays (flat layout) the model is conditioned on
+      dims        # site name -> dim names after (chain, draw)
+      coords      # dim name -> coordinate labels
+      param_shape # shape of one task's parameter
+      centered    # bool array (num_tasks, *param_shape) or None (all centred)
+      obs_dim     # name of the dim of the observed site y ("obs" or "task")
+      hidden      # latent site names not worth reporting (reparameterisation helpers)
+    """
+
+    fn: Callable
+    data: dict
+    dims: dict
+    coords: dict
+    param_shape: tuple
+    centered: Any
+    obs_dim: str
+    hidden: tuple
+
+
+def _check_likelihood(likelihood: Any) -> lk.Likelihood:
+    if not isinstance(likelihood, lk.Likelihood):
+        raise ValueError(f"likelihood: expected a bm.likelihoods object, got "
+                         f"{type(likelihood).__name__}")
+    return likelihood
+
+
+def _check_tasks(tasks: Any) -> TaskSet:
+    if not isinstance(tasks, TaskSet):
+        raise ValueError(f"tasks: expected a bm.TaskSet, got {type(tasks).__name__}")
+    return tasks
+
+
+class _TaskModel:
+    """Shared skeleton: sample what ``theta`` depends on, then the rows of ``y``."""
+
+    likelihood: lk.Likelihood
+    theta_site = "theta"
+
+    def hyper_sites(self) -> list[str]:
+        return []
+
+    def _theta(self, num_tasks, param_shape, centered):
+        raise NotImplementedError
+
+    def _theta_dims(self, param_dim):
+        raise NotImplementedError
+
+    def _extra_dims(self, param_dim) -> dict:
+        return {}
+
+    def _centered(self, tasks, param_shape):
+        return None
+
+    def build(self, tasks: TaskSet) -> BuiltModel:
+        """Validate ``tasks`` against the likelihood and return the bound NumPyro model."""
+        tasks = _check_tasks(tasks)
+        likelihood = self.likelihood
+        likelihood.validate(tasks)
+        param_shape = likelihood.param_shape(tasks)
+        self._check_shape(param_shape)
+        pd = likelihood.param_dim(tasks)
+        param_dim = None if pd is None else pd[0]
+        centered = self._centered(tasks, param_shape)
+        num_tasks, num_obs = tasks.num_tasks, tasks.num_obs
+        per_task = isinstance(likelihood, lk.Custom) and not likelihood.rowwise
+        obs_dim = "task" if (tasks.is_estimates or per_task) else "obs"
+
+        def model(y=None, task_index=None, _prior=False, **data):
+            data = dict(data, y=y, task_index=task_index)
+            task_plate = numpyro.plate("task", num_tasks)
+            theta = self._theta(num_tasks, param_shape, None if _prior else centered, task_plate)
+            extras = likelihood.sample_extras(num_tasks, task_plate)
+            if per_task:
+                with task_plate:
+                    numpyro.sample("y", lk._RowLogDensity(likelihood.task_log_density(
+                        jnp.broadcast_to(theta, (num_tasks, *param_shape)), data)),
+                        obs=None if y is None else jnp.zeros(num_tasks))
+                return
+            theta_rows = theta if theta.ndim == len(param_shape) else theta[task_index]
+            with numpyro.plate(obs_dim, num_obs):
+                numpyro.sample("y", likelihood.row_dist(
+                    theta_rows, data, likelihood.extras_rows(extras, task_index)), obs=y)
+
+        dims = {self.theta_site: self._theta_dims(param_dim), "y": [obs_dim]}
+        dims.update(self._extra_dims(param_dim))
+        for name in likelihood.global_priors():
+            dims[name] = []
+        for name in likelihood.task_priors():
+            dims[name] = ["task"]
+        coords = {"task": list(tasks.labels)}
+        if obs_dim == "obs":
+            coords["obs"] = list(range(num_obs))
+        if pd is not None:
+            coords[pd[0]] = list(pd[1])
+            if isinstance(getattr(self, "population", None), pops.MvNormal):
+                coords[f"{pd[0]}_bis"] = list(pd[1])
+        data = {k: jnp.asarray(v) for k, v in likelihood.data_arrays(tasks).items()}
+        hidden = (f"{self.theta_site}_raw",)
+        return BuiltModel(model, data, dims, coords, param_shape, centered, obs_dim, hidden)
+
+    def _check_shape(self, param_shape):
+        pass
+
+
+class Hierarchical(_TaskModel):
+    """Partial pooling: ``y_t ~ likelihood(theta_t)``, ``theta_t ~ population(phi)``.
+
+    Args:
+      likelihood: a ``bm.likelihoods`` object (its parameter shape follows the data).
+      population: a ``bm.populations`` object (default ``Normal()`` with its default
+        hyperpriors ``mu ~ N(0, 5)``, ``tau ~ HalfCauchy(5)``).
+
+    >>> import numpyro.distributions as dist, bayesmeta as bm
+    >>> model = bm.Hierarchical(
+    ...     likelihood=bm.likelihoods.NormalKnownNoise(),
+    ...     population=bm.populations.Normal(loc=dist.Normal(0, 5), scale=dist.HalfCauchy(5)))
+    """
+
+    def __init__(self, likelihood: lk.Likelihood, population: pops.Population | None = None):
+        self.likelihood = _check_likelihood(likelihood)
+        if population is None:
+            population = pops.Normal()
+        if not isinstance(population, pops.Population):
+            raise ValueError(f"population: expected a bm.populations object, got "
+                             f"{type(population).__name__}")
+        self.population = population
+        self.theta_site = population.theta_site
+
+    def hyper_sites(self):
+        return self.population.hyper_sites()
+
+    def _check_shape(self, param_shape):
+        self.population.check_shape(param_shape)
+
+    def _centered(self, tasks, param_shape):
+        info = self.likelihood.information(tasks)
+        if info is not None:
+            info = np.asarray(info, float).reshape((tasks.num_tasks, *param_shape))
+        mask = self.population.centered_mask(info, param_shape)
+        if mask is not None and mask.shape[0] == 1 and tasks.num_tasks > 1:
+            mask = np.broadcast_to(mask, (tasks.num_tasks, *param_shape))
+        return mask
+
+    def _theta(self, num_tasks, param_shape, centered, task_plate):
+        hyper = self.population.sample_hyper(param_shape)
+        with task_plate:
+            return self.population.sample_theta(hyper, param_shape, centered)
+
+    def _theta_dims(self, param_dim):
+        return ["task"] + ([param_dim] if param_dim else [])
+
+    def _extra_dims(self, param_dim):
+        return self.population.hyper_dims(param_dim)
+
+    def numpyro_model(self, tasks: TaskSet) -> tuple[Callable, dict]:
+        """``(fn, data)``: the plain NumPyro model and its keyword data, ``fn(**data)``."""
+        built = self.build(tasks)
+        return built.fn, built.data
+
+    def __repr__(self):
+        return f"Hierarchical(likelihood={self.likelihood!r}, population={self.population!r})"
+
+
+def _check_prior(prior: Any) -> dist.Distribution:
+    if prior is None:
+        return dist.Normal(0.0, 10.0)
+    if not isinstance(prior, dist.Distribution):
+        raise ValueError(f"prior: expected a numpyro distribution, got {type(prior).__name__}")
+    return prior
+
+
+def _expand_prior(prior, param_shape):
+    return pops._expand(prior, param_shape, "prior")
+
+
+class Pooled(_TaskModel):
+    """Complete pooling: one ``theta`` shared by every task, prior ``prior``
+    (default ``Normal(0, 10)`` per component)."""
+
+    def __init__(self, likelihood: lk.Likelihood, prior: dist.Distribution | None = None):
+        self.likelihood = _check_likelihood(likelihood)
+        self.prior = _check_prior(prior)
+
+    def hyper_sites(self):
+        return ["theta"]
+
+    def _theta(self, num_tasks, param_shape, centered, task_plate):
+        return numpyro.sample("theta", _expand_prior(self.prior, param_shape))
+
+    def _theta_dims(self, param_dim):
+        return [param_dim] if param_dim else []
+
+    def __repr__(self):
+        return f"Pooled(likelihood={self.likelihood!r})"
+
+
+class Unpooled(_TaskModel):
+    """No pooling: ``theta_t ~ prior`` independently per task (default ``Normal(0, 10)``)."""
+
+    def __init__(self, likelihood: lk.Likelihood, prior: dist.Distribution | None = None):
+        self.likelihood = _check_likelihood(likelihood)
+        self.prior = _check_prior(prior)
+
+    def _theta(self, num_tasks, param_shape, centered, task_plate):
+        with task_plate:
+            return numpyro.sample("theta", _expand_prior(self.prior, param_shape))
+
+    def _theta_dims(self, param_dim):
+        return ["task"] + ([param_dim] if param_dim else [])
+
+    def __repr__(self):
+        return f"Unpooled(likelihood={self.likelihood!r})"
+
+
+def pooled(likelihood: lk.Likelihood, prior: dist.Distribution | None = None) -> Pooled:
+    """Complete pooling of ``likelihood`` (see :class:`Pooled`)."""
+    return Pooled(likelihood, prior)
+
+
+def unpooled(likelihood: lk.Likelihood, prior: dist.Distribution | None = None) -> Unpooled:
+    """No pooling of ``likelihood`` (see :class:`Unpooled`)."""
+    return Unpooled(likelihood, prior)
+
+
+def build_callable(fn: Callable, tasks: TaskSet) -> BuiltModel:
+    """Wrap a user's NumPyro model for ``fit``.
+
+    The model is called with keyword arguments ``y``, ``task_index`` (the task of each row),
+    ``num_tasks``, and ``x`` / ``noise_scale`` when the TaskSet has them. Per-task sites
+    should live in ``numpyro.plate("task", num_tasks)``; their dims are read off the plates.
+    """
+    from numpyro import handlers
+
+    tasks = _check_tasks(tasks)
+    data = {"y": tasks.y, "task_index": tasks.task_index}
+    if tasks.x is not None:
+        data["x"] = tasks.x
+    if tasks.noise_scale is not None:
+        data["noise_scale"] = tasks.noise_scale
+    data = {k: jnp.asarray(v) for k, v in data.items()}
+
+    def model(**kw):
+        kw.pop("_prior", None)
+        return fn(num_tasks=tasks.num_tasks, **kw)
+
+    try:
+        trace = handlers.trace(handlers.seed(model, 0)).get_trace(**data)
+    except TypeError as err:
+        raise ValueError(f"model: a NumPyro model passed to fit is called as model(y=, "
+                         f"task_index=, num_tasks=, x=, noise_scale=); calling it failed: "
+                         f"{err}") from err
+    dims = {}
+    for name, site in trace.items():
+        if site["type"] not in ("sample", "deterministic"):
+            continue
+        shape = jnp.shape(site["value"])
+        names = [f"{name}_dim_{i}" for i in range(len(shape))]
+        event_dim = 0
+        if site["type"] == "sample":
+            event_dim = len(site["fn"].event_shape)
+        for frame in site.get("cond_indep_stack", []):
+            pos = len(shape) - event_dim + frame.dim
+            if 0 <= pos < len(shape):
+                names[pos] = frame.name
+        dims[name] = names
+    coords = {"task": list(tasks.labels), "obs": list(range(tasks.num_obs))}
+    return BuiltModel(model, data, dims, coords, (), None, "obs", ())

@@ -1,0 +1,417 @@
+"""Population priors over per-task parameters: ``theta_t ~ p(theta | phi)``.
+
+A population has hyperparameters ``phi`` (location ``mu``, scale ``tau``, and a correlation
+or degrees of freedom where the family needs one). Each hyperprior is a NumPyro
+distribution passed by the user, or a plain number to hold that hyperparameter fixed.
+
+Defaults (documented, weakly informative for data on the unit-to-tens scale):
+
+=============  =========================  ====================================
+family         hyperparameter             default hyperprior
+=============  =========================  ====================================
+all            ``mu`` (location)          ``Normal(0, 5)``
+all            ``tau`` (scale, per dim)   ``HalfCauchy(5)``
+MvNormal       ``corr_chol`` (Cholesky)   ``LKJCholesky(dim, concentration=2)``
+StudentT       ``nu`` (degrees of freedom) ``Gamma(2, 0.1)``
+=============  =========================  ====================================
+
+Site names are ``mu``, ``tau``, ``theta`` (per task, in the ``task`` plate); ``name="b"``
+prefixes them (``b_mu``, ``b_tau``, ``b_theta``).
+
+**Parameterisation.** ``"centered"`` samples ``theta_t ~ N(mu, tau)`` directly;
+``"noncentered"`` samples ``z_t ~ N(0, 1)`` and sets ``theta_t = mu + tau z_t``;
+``"auto"`` (the default) decides *per task and per dimension*: a task is centred when its
+data pin ``theta_t`` down more tightly than the population does, i.e. when
+
+    information_t * tau_ref**2 > 1,
+
+where ``information_t`` is the likelihood's Fisher information about ``theta_t`` (for
+known noise ``sum_r 1/s_r**2``; see each likelihood's ``information``) and ``tau_ref`` is
+the median of the scale hyperprior (or the fixed scale). Weakly identified tasks (the
+eight schools: ``se >= 9`` against ``tau_ref = 5``) come out non-centred, data-rich tasks
+centred. Mixed choices use a per-task partially centred variable
+``z_t ~ N(c_t mu, tau**c_t)``, ``theta_t = mu + tau**(1-c_t) (z_t - c_t mu)`` with
+``c_t`` in {0, 1}; the latent site is ``theta_raw`` and ``theta`` is deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+__all__ = ["Population", "Normal", "MvNormal", "StudentT"]
+
+_PARAMETERIZATIONS = ("auto", "centered", "noncentered")
+
+
+def _check_hyperprior(field: str, value: Any, positive: bool) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, dist.Distribution):
+        if positive:
+            support = value.support
+            lower = getattr(support, "lower_bound", None)
+            ok = support in (dist.constraints.positive, dist.constraints.nonnegative) or (
+                lower is not None and float(np.min(lower)) >= 0
+            )
+            if not ok:
+                raise ValueError(f"{field}: the hyperprior must have positive support, "
+                                 f"got {type(value).__name__}")
+        return value
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field}: expected a numpyro distribution or a number, got "
+                         f"{type(value).__name__}") from None
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{field}: fixed value must be finite, got {value}")
+    if positive and np.any(arr <= 0):
+        raise ValueError(f"{field}: fixed scale must be positive, got {value}")
+    return arr
+
+
+def _expand(d: dist.Distribution, shape: tuple[int, ...], field: str) -> dist.Distribution:
+    """A hyperprior over an array of ``shape``: broadcast a scalar prior, keep a matching one."""
+    if not shape:
+        if d.batch_shape or d.event_shape:
+            raise ValueError(f"{field}: hyperprior has shape {d.batch_shape + d.event_shape}, "
+                             "the parameter is a scalar")
+        return d
+    if d.event_shape == shape:
+        return d
+    if d.event_shape:
+        raise ValueError(f"{field}: hyperprior event shape {d.event_shape} != {shape}")
+    if d.batch_shape == ():
+        return d.expand(shape).to_event(len(shape))
+    if d.batch_shape == shape:
+        return d.to_event(len(shape))
+    raise ValueError(f"{field}: hyperprior batch shape {d.batch_shape} does not match the "
+                     f"per-task parameter shape {shape}")
+
+
+def _fixed_shape(arr: np.ndarray, shape: tuple[int, ...], field: str) -> jnp.ndarray:
+    try:
+        return jnp.broadcast_to(jnp.asarray(arr), shape)
+    except ValueError:
+        raise ValueError(f"{field}: fixed value of shape {arr.shape} does not fit the "
+                         f"per-task parameter shape {shape}") from None
+
+
+def _median(d: dist.Distribution) -> np.ndarray:
+    try:
+        return np.asarray(d.icdf(jnp.asarray(0.5)))
+    except (NotImplementedError, AttributeError, TypeError):
+        draws = d.sample(jax.random.PRNGKey(0), (4001,))
+        return np.median(np.asarray(draws), axis=0)
+
+
+class Population:
+    """Abstract base: a family of priors ``p(theta | phi)`` over one task's parameters.
+
+    Subclasses define ``_hyper_sites``, ``sample_hyper``, ``dist`` and ``_sample_theta``.
+    """
+
+    family = "population"
+
+    def __init__(self, dim, loc, scale, parameterization, name):
+        if dim is not None and (not isinstance(dim, int | np.integer) or dim < 1):
+            raise ValueError(f"dim: must be a positive integer, got {dim!r}")
+        if parameterization not in _PARAMETERIZATIONS:
+            raise ValueError(f"parameterization: must be one of {_PARAMETERIZATIONS}, got "
+                             f"{parameterization!r}")
+        if name is not None and (not isinstance(name, str) or not name.isidentifier()):
+            raise ValueError(f"name: must be an identifier, got {name!r}")
+        self.dim = None if dim is None else int(dim)
+        self.loc = dist.Normal(0.0, 5.0) if loc is None else _check_hyperprior("loc", loc, False)
+        self.scale = (dist.HalfCauchy(5.0) if scale is None
+                      else _check_hyperprior("scale", scale, True))
+        self.parameterization = parameterization
+        self.name = name
+
+    # ------------------------------------------------------------------ names
+    def site(self, base: str) -> str:
+        return base if self.name is None else f"{self.name}_{base}"
+
+    @property
+    def theta_site(self) -> str:
+        return self.site("theta")
+
+    def hyper_sites(self) -> list[str]:
+        """Names of the sampled (not fixed) hyperparameter sites."""
+        return [self.site(b) for b, v in self._hyper_priors().items()
+                if isinstance(v, dist.Distribution)]
+
+    def _hyper_priors(self) -> dict[str, Any]:
+        return {"mu": self.loc, "tau": self.scale}
+
+    def fixed_values(self, param_shape: tuple[int, ...]) -> dict[str, jnp.ndarray]:
+        """The fixed (non-sampled) hyperparameters, by site name."""
+        out = {}
+        for base, v in self._hyper_priors().items():
+            if not isinstance(v, dist.Distribution) and v is not None:
+                out[self.site(base)] = _fixed_shape(v, self._hyper_shape(base, param_shape),
+                                                    base)
+        return out
+
+    def _hyper_shape(self, base: str, param_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return param_shape
+
+    def hyper_dims(self, param_dim: str | None) -> dict[str, list[str]]:
+        dims = [] if param_dim is None else [param_dim]
+        return {self.site(b): dims for b in ("mu", "tau")}
+
+    def check_shape(self, param_shape: tuple[int, ...]) -> None:
+        """Raise if the population's ``dim`` does not match the likelihood's parameter."""
+        size = int(np.prod(param_shape)) if param_shape else 1
+        if len(param_shape) > 1:
+            raise ValueError(f"population: per-task parameters of shape {param_shape} "
+                             "are not supported (use a vector)")
+        if self.dim is not None and self.dim != size:
+            raise ValueError(
+                f"population: dim={self.dim} but the likelihood has {size} parameter(s) per "
+                "task (model/likelihood mismatch)"
+            )
+
+    # ------------------------------------------------------------------ numpyro pieces
+    def sample_hyper(self, param_shape: tuple[int, ...]) -> dict[str, jnp.ndarray]:
+        """Sample (inside a NumPyro model) or fix every hyperparameter; keyed by site name."""
+        out = self.fixed_values(param_shape)
+        for base, prior in self._hyper_priors().items():
+            if isinstance(prior, dist.Distribution):
+                d = _expand(prior, self._hyper_shape(base, param_shape), base)
+                out[self.site(base)] = numpyro.sample(self.site(base), d)
+        return out
+
+    def dist(self, hyper: dict[str, jnp.ndarray], param_shape: tuple[int, ...]):
+        """``p(theta | phi)`` as a NumPyro distribution with event shape ``param_shape``.
+
+        Hyperparameter arrays may carry leading batch dims (e.g. posterior draws); they
+        become the distribution's batch shape.
+        """
+        raise NotImplementedError
+
+    def sample_theta(self, hyper, param_shape, centered: np.ndarray | None) -> jnp.ndarray:
+        """Sample ``theta`` inside the ``task`` plate.
+
+        ``centered`` is None (all centred) or a bool array ``(num_tasks, *param_shape)``.
+        """
+        site = self.theta_site
+        if centered is None or np.all(centered):
+            return numpyro.sample(site, self.dist(hyper, param_shape))
+        return self._sample_theta_reparam(hyper, param_shape, np.asarray(centered, bool))
+
+    def _sample_theta_reparam(self, hyper, param_shape, centered):
+        raise NotImplementedError
+
+    def centered_mask(self, information: np.ndarray | None, param_shape) -> np.ndarray | None:
+        """The per-task, per-dimension choice of centring (True = centred); see module doc."""
+        if self.parameterization == "centered":
+            return None
+        if self.parameterization == "noncentered" or information is None:
+            shape = (1, *param_shape) if information is None else information.shape
+            return np.zeros(shape, dtype=bool)
+        tau_ref = self.scale_reference(param_shape)
+        return np.asarray(information) * tau_ref**2 > 1.0
+
+    def scale_reference(self, param_shape) -> np.ndarray:
+        """Median of the scale hyperprior (or the fixed scale), shape ``param_shape``."""
+        if isinstance(self.scale, dist.Distribution):
+            med = _median(self.scale)
+        else:
+            med = np.asarray(self.scale)
+        return np.broadcast_to(med, param_shape)
+
+    def __repr__(self) -> str:
+        def show(v):
+            if isinstance(v, dist.Distribution):
+                return type(v).__name__
+            return f"fixed {np.asarray(v).tolist()}"
+
+        hp = ", ".join(f"{k}={show(v)}" for k, v in self._hyper_priors().items())
+        return (f"{type(self).__name__}(dim={self.dim}, {hp}, "
+                f"parameterization={self.parameterization!r}, name={self.name!r})")
+
+
+def _locscale_partial(base_fn, hyper_mu, hyper_tau, param_shape, centered, site):
+    """Partially centred location-scale draw with per-element c in {0, 1}."""
+    c = jnp.asarray(centered, dtype=jnp.result_type(float))
+    tau_c = jnp.where(c > 0, hyper_tau, 1.0)
+    base = base_fn(c * hyper_mu, tau_c)
+    if param_shape:
+        base = base.to_event(len(param_shape))
+    z = numpyro.sample(f"{site}_raw", base)
+    theta = jnp.where(c > 0, z, hyper_mu + hyper_tau * z)
+    return numpyro.deterministic(site, theta)
+
+
+class Normal(Population):
+    """Independent normal population: ``theta_t[d] ~ N(mu[d], tau[d])``.
+
+    Args:
+      dim: number of parameters per task (None: taken from the likelihood).
+      loc: hyperprior on ``mu`` (NumPyro distribution) or a fixed number/array.
+      scale: hyperprior on ``tau`` (positive support) or a fixed positive number/array.
+      parameterization: ``"auto"`` (default), ``"centered"`` or ``"noncentered"``.
+      name: optional prefix for the site names.
+
+    >>> import numpyro.distributions as dist, bayesmeta as bm
+    >>> pop = bm.populations.Normal(loc=dist.Normal(0, 5), scale=dist.HalfCauchy(5))
+    """
+
+    family = "normal"
+
+    def __init__(self, dim=None, loc=None, scale=None, parameterization="auto", name=None):
+        super().__init__(dim, loc, scale, parameterization, name)
+
+    def dist(self, hyper, param_shape):
+        d = dist.Normal(hyper[self.site("mu")], hyper[self.site("tau")])
+        return d.to_event(len(param_shape)) if param_shape else d
+
+    def _sample_theta_reparam(self, hyper, param_shape, centered):
+        return _locscale_partial(dist.Normal, hyper[self.site("mu")], hyper[self.site("tau")],
+                                 param_shape, centered, self.theta_site)
+
+
+class StudentT(Population):
+    """Heavy-tailed population: ``theta_t[d] ~ StudentT(nu, mu[d], tau[d])``.
+
+    ``df`` is the hyperprior on the degrees of freedom ``nu`` (default ``Gamma(2, 0.1)``,
+    Juárez & Steel 2010) or a fixed number. Other arguments as :class:`Normal`.
+    """
+
+    family = "studentt"
+
+    def __init__(self, dim=None, loc=None, scale=None, df=None, parameterization="auto",
+                 name=None):
+        super().__init__(dim, loc, scale, parameterization, name)
+        self.df = dist.Gamma(2.0, 0.1) if df is None else _check_hyperprior("df", df, True)
+
+    def _hyper_priors(self):
+        return {"mu": self.loc, "tau": self.scale, "nu": self.df}
+
+    def _hyper_shape(self, base, param_shape):
+        return () if base == "nu" else param_shape
+
+    def hyper_dims(self, param_dim):
+        out = super().hyper_dims(param_dim)
+        out[self.site("nu")] = []
+        return out
+
+    def _nu(self, hyper, param_shape):
+        nu = hyper[self.site("nu")]
+        return nu[..., None] if param_shape else nu
+
+    def dist(self, hyper, param_shape):
+        d = dist.StudentT(self._nu(hyper, param_shape), hyper[self.site("mu")],
+                          hyper[self.site("tau")])
+        return d.to_event(len(param_shape)) if param_shape else d
+
+    def _sample_theta_reparam(self, hyper, param_shape, centered):
+        nu = self._nu(hyper, param_shape)
+        return _locscale_partial(lambda m, s: dist.StudentT(nu, m, s), hyper[self.site("mu")],
+                                 hyper[self.site("tau")], param_shape, centered,
+                                 self.theta_site)
+
+
+class MvNormal(Population):
+    """Correlated normal population: ``theta_t ~ MvN(mu, diag(tau) R diag(tau))``.
+
+    The correlation ``R = L L^T`` has an LKJ prior on its Cholesky factor ``L`` (site
+    ``corr_chol``); ``corr`` is the LKJ concentration (default 2; 1 is uniform over
+    correlation matrices) or a fixed correlation matrix.
+
+    Args:
+      dim: number of parameters per task (>= 2; None: taken from the likelihood).
+      loc, scale, parameterization, name: as :class:`Normal`.
+      corr: LKJ concentration (float > 0) or a fixed ``(dim, dim)`` correlation matrix.
+    """
+
+    family = "mvnormal"
+
+    def __init__(self, dim=None, loc=None, scale=None, corr=2.0, parameterization="auto",
+                 name=None):
+        super().__init__(dim, loc, scale, parameterization, name)
+        corr_arr = np.asarray(corr, dtype=float)
+        if corr_arr.ndim == 0:
+            if not corr_arr > 0:
+                raise ValueError(f"corr: LKJ concentration must be positive, got {corr}")
+            self.corr_concentration, self.corr_fixed = float(corr_arr), None
+        else:
+            if corr_arr.ndim != 2 or corr_arr.shape[0] != corr_arr.shape[1]:
+                raise ValueError(f"corr: expected a square correlation matrix, got shape "
+                                 f"{corr_arr.shape}")
+            if not np.allclose(np.diag(corr_arr), 1) or not np.allclose(corr_arr, corr_arr.T):
+                raise ValueError("corr: a correlation matrix needs a unit diagonal and symmetry")
+            try:
+                chol = np.linalg.cholesky(corr_arr)
+            except np.linalg.LinAlgError:
+                raise ValueError("corr: the correlation matrix is not positive definite") from None
+            self.corr_concentration, self.corr_fixed = None, chol
+
+    def check_shape(self, param_shape):
+        super().check_shape(param_shape)
+        if len(param_shape) != 1 or param_shape[0] < 2:
+            raise ValueError("population: MvNormal needs a vector of >= 2 parameters per task "
+                             f"(the likelihood has shape {param_shape}); use Normal")
+        if self.corr_fixed is not None and self.corr_fixed.shape[0] != param_shape[0]:
+            raise ValueError(f"corr: fixed matrix is {self.corr_fixed.shape}, the likelihood has "
+                             f"{param_shape[0]} parameters")
+
+    def hyper_sites(self):
+        sites = super().hyper_sites()
+        if self.corr_fixed is None:
+            sites.append(self.site("corr_chol"))
+        return sites
+
+    def hyper_dims(self, param_dim):
+        out = super().hyper_dims(param_dim)
+        pd = param_dim or "param"
+        out[self.site("corr_chol")] = [pd, f"{pd}_bis"]
+        return out
+
+    def fixed_values(self, param_shape):
+        out = super().fixed_values(param_shape)
+        if self.corr_fixed is not None:
+            out[self.site("corr_chol")] = jnp.asarray(self.corr_fixed)
+        return out
+
+    def sample_hyper(self, param_shape):
+        out = super().sample_hyper(param_shape)
+        if self.corr_fixed is None:
+            out[self.site("corr_chol")] = numpyro.sample(
+                self.site("corr_chol"), dist.LKJCholesky(param_shape[0], self.corr_concentration)
+            )
+        return out
+
+    def _scale_tril(self, hyper):
+        return hyper[self.site("tau")][..., :, None] * hyper[self.site("corr_chol")]
+
+    def dist(self, hyper, param_shape):
+        return dist.MultivariateNormal(hyper[self.site("mu")], scale_tril=self._scale_tril(hyper))
+
+    def centered_mask(self, information, param_shape):
+        mask = super().centered_mask(information, param_shape)
+        if mask is None:
+            return None
+        # the correlated draw centres whole vectors: a task is centred when all its
+        # dimensions are well informed
+        return np.broadcast_to(np.all(mask, axis=-1, keepdims=True), mask.shape)
+
+    def _sample_theta_reparam(self, hyper, param_shape, centered):
+        site = self.theta_site
+        c = jnp.asarray(centered[..., 0], dtype=jnp.result_type(float))  # (T,)
+        mu, tril = hyper[self.site("mu")], self._scale_tril(hyper)
+        # z is an unconstrained latent whose density is added by hand: MvN(z; mu, S) where
+        # centred, N(z; 0, I) where not (theta = mu + S z)
+        z = numpyro.sample(f"{site}_raw", dist.Normal(0.0, 1.0).expand(param_shape)
+                           .to_event(1).mask(False))
+        lp_c = dist.MultivariateNormal(mu, scale_tril=tril).log_prob(z)
+        lp_n = dist.Normal(0.0, 1.0).to_event(1).log_prob(z)
+        numpyro.factor(f"{site}_raw_lp", c * lp_c + (1.0 - c) * lp_n)
+        theta = jnp.where(c[:, None] > 0, z, mu + z @ jnp.swapaxes(tril, -1, -2))
+        return numpyro.deterministic(site, theta)

@@ -1,0 +1,572 @@
+"""Task collections: ragged per-task data sets in one flat layout.
+
+A :class:`TaskSet` holds ``num_obs`` rows, each belonging to one of ``num_tasks`` tasks.
+Rows are stored *sorted by task* in flat arrays (the canonical layout): per-task sums are
+segment sums over ``task_index``, and task ``t`` owns rows ``offsets[t]:offsets[t+1]``.
+:meth:`TaskSet.padded` gives an equal-shape view with a mask for code that must ``vmap``
+over tasks; padded rows carry a mask of ``False`` and never enter a log-density.
+
+Meta-analysis data (one estimate and one standard error per task) is the special case of
+one row per task with a known noise scale: :meth:`TaskSet.from_estimates`.
+
+>>> import numpy as np, bayesmeta as bm
+>>> tasks = bm.TaskSet.from_arrays(y=np.array([1.0, 2.0, 3.0]), task=np.array(["a", "b", "a"]))
+>>> tasks.num_tasks, tasks.counts.tolist(), tasks.labels
+(2, [2, 1], ('a', 'b'))
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["TaskSet", "PaddedTasks"]
+
+
+class PaddedTasks(NamedTuple):
+    """Equal-shape view of a TaskSet: every task padded to ``max_count`` rows.
+
+    Fields (``T = num_tasks``, ``M = max(counts)``):
+      y            # shape=(T, M), padded with 0
+      x            # shape=(T, M, *feature_shape) or None, padded with 0
+      noise_scale  # shape=(T, M) or None, padded with 1
+      mask         # shape=(T, M), bool, True on real rows
+    """
+
+    y: np.ndarray
+    x: np.ndarray | None
+    noise_scale: np.ndarray | None
+    mask: np.ndarray
+
+
+def _as_float_array(name: str, value: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: could not convert to a float array ({err})") from None
+    return arr
+
+
+def _first_bad_row(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+class TaskSet:
+    """A collection of ragged tasks in a flat, task-sorted layout.
+
+    Attributes:
+      y            # shape=(N,), float: the responses (or per-task estimates)
+      x            # shape=(N, *feature_shape) or None: inputs
+      task_index   # shape=(N,), int32: task of each row, non-decreasing
+      noise_scale  # shape=(N,) or None: known observation noise sd per row
+      labels       # tuple of str, one per task
+      is_estimates # True when built by from_estimates (one estimate + se per task)
+
+    Use the constructors (``from_arrays``, ``from_tasks``, ``from_estimates``,
+    ``from_csv``) rather than ``__init__``; they validate their input and name the field,
+    task and row of the first problem.
+    """
+
+    def __init__(
+        self,
+        y: np.ndarray,
+        task_index: np.ndarray,
+        labels: Sequence[str],
+        x: np.ndarray | None = None,
+        noise_scale: np.ndarray | None = None,
+        is_estimates: bool = False,
+        row_ids: np.ndarray | None = None,
+    ):
+        self.y = np.asarray(y, dtype=float)
+        self.task_index = np.asarray(task_index, dtype=np.int32)
+        self.labels = tuple(str(label) for label in labels)
+        self.x = None if x is None else np.asarray(x, dtype=float)
+        self.noise_scale = None if noise_scale is None else np.asarray(noise_scale, dtype=float)
+        self.is_estimates = bool(is_estimates)
+        # the caller's row number of each stored row, for error messages
+        self.row_ids = np.arange(self.y.shape[0]) if row_ids is None else np.asarray(row_ids)
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _where(self, row: int) -> str:
+        return f"task {self.labels[self.task_index[row]]!r}, row {int(self.row_ids[row])}"
+
+    def _validate(self) -> None:
+        n = self.y.shape[0]
+        if self.y.ndim != 1:
+            raise ValueError(f"y: expected a 1-d array of responses, got shape {self.y.shape}")
+        if n == 0:
+            raise ValueError("y: the task set has no observations")
+        if self.task_index.shape != (n,):
+            raise ValueError(
+                f"task: length {self.task_index.shape[0]} does not match y's length {n}"
+            )
+        if len(self.labels) == 0:
+            raise ValueError("task: no tasks given")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels: task labels must be unique")
+        if np.any(np.diff(self.task_index) < 0):
+            raise ValueError("task_index: rows must be sorted by task (use a constructor)")
+        if self.task_index.min() < 0 or self.task_index.max() >= len(self.labels):
+            raise ValueError("task_index: out of range of the labels")
+        counts = np.bincount(self.task_index, minlength=len(self.labels))
+        if np.any(counts == 0):
+            empty = self.labels[int(np.flatnonzero(counts == 0)[0])]
+            raise ValueError(f"task {empty!r}: the task is empty (no rows)")
+        bad = ~np.isfinite(self.y)
+        if bad.any():
+            row = _first_bad_row(bad)
+            raise ValueError(f"y: non-finite value {self.y[row]} at {self._where(row)}")
+        if self.x is not None:
+            if self.x.shape[0] != n:
+                raise ValueError(f"x: length {self.x.shape[0]} does not match y's length {n}")
+            bad = ~np.isfinite(self.x.reshape(n, -1)).all(axis=1)
+            if bad.any():
+                row = _first_bad_row(bad)
+                raise ValueError(f"x: non-finite value at {self._where(row)}")
+        if self.noise_scale is not None:
+            if self.noise_scale.shape != (n,):
+                raise ValueError(
+                    f"noise_scale: expected shape ({n},) (one per row), "
+                    f"got {self.noise_scale.shape}"
+                )
+            field = "se" if self.is_estimates else "noise_scale"
+            bad = ~np.isfinite(self.noise_scale)
+            if bad.any():
+                row = _first_bad_row(bad)
+                raise ValueError(
+                    f"{field}: non-finite value {self.noise_scale[row]} at {self._where(row)}"
+                )
+            bad = self.noise_scale <= 0
+            if bad.any():
+                row = _first_bad_row(bad)
+                raise ValueError(
+                    f"{field}: must be positive, got {self.noise_scale[row]} at {self._where(row)}"
+                )
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_arrays(
+        cls,
+        y: Any,
+        task: Any,
+        x: Any = None,
+        noise_scale: Any = None,
+        labels: Sequence[str] | None = None,
+    ) -> TaskSet:
+        """Build from flat rows with a task id per row.
+
+        Args:
+          y: responses, shape ``(N,)``.
+          task: task id of each row, shape ``(N,)`` (any hashable values; labels are
+            ``str(id)`` in order of first appearance unless ``labels`` is given).
+          x: optional inputs, shape ``(N,)`` or ``(N, *feature_shape)``; a 1-d ``x`` becomes
+            one feature column.
+          noise_scale: optional known noise sd, a scalar, shape ``(N,)`` (per row).
+          labels: optional explicit task labels; then ``task`` must hold integer indices
+            into ``labels``.
+        """
+        y_arr = _as_float_array("y", y)
+        if y_arr.ndim != 1:
+            raise ValueError(f"y: expected a 1-d array, got shape {y_arr.shape}")
+        n = y_arr.shape[0]
+        task_arr = np.asarray(task)
+        if task_arr.ndim != 1 or task_arr.shape[0] != n:
+            raise ValueError(f"task: expected {n} task ids (one per row of y), got shape "
+                             f"{task_arr.shape}")
+        if labels is not None:
+            labels = [str(label) for label in labels]
+            try:
+                index = task_arr.astype(np.int64)
+            except (TypeError, ValueError):
+                raise ValueError("task: with labels given, task must hold integer indices") from None
+            if np.any(index != task_arr) or index.min(initial=0) < 0 or index.max(
+                initial=0
+            ) >= len(labels):
+                row = int(np.flatnonzero((index < 0) | (index >= len(labels)) | (index != task_arr))[0])
+                raise ValueError(f"task: row {row} has index {task_arr[row]!r}, "
+                                 f"not in 0..{len(labels) - 1}")
+        else:
+            keys: dict[Any, int] = {}
+            index = np.empty(n, dtype=np.int64)
+            for row, value in enumerate(task_arr.tolist()):
+                if isinstance(value, float) and not np.isfinite(value):
+                    raise ValueError(f"task: missing task id ({value}) at row {row}")
+                index[row] = keys.setdefault(value, len(keys))
+            labels = [str(k) for k in keys]
+            if len(set(labels)) != len(labels):
+                raise ValueError("task: two task ids print the same label")
+        x_arr = None
+        if x is not None:
+            x_arr = _as_float_array("x", x)
+            if x_arr.ndim == 0 or x_arr.shape[0] != n:
+                raise ValueError(f"x: expected {n} rows (one per row of y), got shape {x_arr.shape}")
+            if x_arr.ndim == 1:
+                x_arr = x_arr[:, None]
+        ns_arr = None
+        if noise_scale is not None:
+            ns_arr = _as_float_array("noise_scale", noise_scale)
+            if ns_arr.ndim == 0:
+                ns_arr = np.full(n, float(ns_arr))
+            if ns_arr.shape != (n,):
+                raise ValueError(f"noise_scale: expected a scalar or {n} values (one per row), "
+                                 f"got shape {ns_arr.shape}")
+        order = np.argsort(index, kind="stable")
+        return cls(
+            y=y_arr[order],
+            task_index=index[order],
+            labels=labels,
+            x=None if x_arr is None else x_arr[order],
+            noise_scale=None if ns_arr is None else ns_arr[order],
+            row_ids=order,
+        )
+
+    @classmethod
+    def from_tasks(
+        cls,
+        tasks: Sequence[Any],
+        labels: Sequence[str] | None = None,
+        noise_scale: Any = None,
+    ) -> TaskSet:
+        """Build from a list of per-task data: each item ``(x, y)`` or ``y`` alone.
+
+        ``noise_scale`` may be a scalar, one value per task, or a list of per-row arrays.
+        """
+        if len(tasks) == 0:
+            raise ValueError("tasks: no tasks given")
+        if labels is None:
+            labels = [str(i) for i in range(len(tasks))]
+        labels = [str(label) for label in labels]
+        if len(labels) != len(tasks):
+            raise ValueError(f"labels: {len(labels)} labels for {len(tasks)} tasks")
+        ys, xs, ids, scales = [], [], [], []
+        has_x = None
+        for t, item in enumerate(tasks):
+            if isinstance(item, tuple | list) and len(item) == 2:
+                x_t, y_t = item
+            else:
+                x_t, y_t = None, item
+            y_t = _as_float_array(f"y (task {labels[t]!r})", y_t).reshape(-1)
+            if y_t.shape[0] == 0:
+                raise ValueError(f"task {labels[t]!r}: the task is empty (no rows)")
+            if has_x is None:
+                has_x = x_t is not None
+            elif has_x != (x_t is not None):
+                raise ValueError(f"x: task {labels[t]!r} has no x while others do (or vice versa)")
+            if x_t is not None:
+                x_t = _as_float_array(f"x (task {labels[t]!r})", x_t)
+                if x_t.ndim == 1:
+                    x_t = x_t[:, None]
+                if x_t.shape[0] != y_t.shape[0]:
+                    raise ValueError(
+                        f"x: task {labels[t]!r} has {x_t.shape[0]} rows of x but "
+                        f"{y_t.shape[0]} of y"
+                    )
+                if xs and x_t.shape[1:] != xs[0].shape[1:]:
+                    raise ValueError(
+                        f"x: task {labels[t]!r} has feature shape {x_t.shape[1:]}, "
+                        f"others {xs[0].shape[1:]}"
+                    )
+                xs.append(x_t)
+            ys.append(y_t)
+            ids.append(np.full(y_t.shape[0], t))
+            if noise_scale is not None:
+                if np.ndim(noise_scale) == 0:
+                    scales.append(np.full(y_t.shape[0], float(noise_scale)))
+                else:
+                    s_t = _as_float_array("noise_scale", noise_scale[t]).reshape(-1)
+                    if s_t.shape[0] == 1:
+                        s_t = np.full(y_t.shape[0], float(s_t[0]))
+                    if s_t.shape[0] != y_t.shape[0]:
+                        raise ValueError(
+                            f"noise_scale: task {labels[t]!r} has {s_t.shape[0]} values for "
+                            f"{y_t.shape[0]} rows"
+                        )
+                    scales.append(s_t)
+        row_ids = np.concatenate([np.arange(len(y)) for y in ys])
+        return cls(
+            y=np.concatenate(ys),
+            task_index=np.concatenate(ids),
+            labels=labels,
+            x=np.concatenate(xs) if has_x else None,
+            noise_scale=np.concatenate(scales) if scales else None,
+            row_ids=row_ids,
+        )
+
+    @classmethod
+    def from_estimates(cls, y: Any, se: Any, labels: Sequence[str] | None = None) -> TaskSet:
+        """One estimate ``y[t]`` with standard error ``se[t]`` per task (meta-analysis)."""
+        y_arr = _as_float_array("y", y).reshape(-1) if np.ndim(y) <= 1 else None
+        if y_arr is None:
+            raise ValueError(f"y: expected one estimate per task (1-d), got shape {np.shape(y)}")
+        se_arr = _as_float_array("se", se)
+        if se_arr.ndim == 0:
+            se_arr = np.full(y_arr.shape[0], float(se_arr))
+        if se_arr.shape != y_arr.shape:
+            raise ValueError(f"se: {se_arr.shape[0]} standard errors for {y_arr.shape[0]} estimates")
+        if y_arr.shape[0] == 0:
+            raise ValueError("y: no estimates given")
+        if labels is None:
+            labels = [str(i) for i in range(y_arr.shape[0])]
+        labels = [str(label) for label in labels]
+        if len(labels) != y_arr.shape[0]:
+            raise ValueError(f"labels: {len(labels)} labels for {y_arr.shape[0]} estimates")
+        return cls(
+            y=y_arr,
+            task_index=np.arange(y_arr.shape[0]),
+            labels=labels,
+            noise_scale=se_arr,
+            is_estimates=True,
+        )
+
+    @classmethod
+    def from_csv(
+        cls,
+        path: str,
+        task: str,
+        y: str,
+        x: Sequence[str] | str | None = None,
+        noise_scale: str | None = None,
+    ) -> TaskSet:
+        """Read a CSV file with a header: a task column, a response column, optional input
+        columns and an optional noise-scale column. Errors name the CSV line."""
+        x_cols = [x] if isinstance(x, str) else list(x or [])
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            for field, col in [("task", task), ("y", y), ("noise_scale", noise_scale)] + [
+                ("x", c) for c in x_cols
+            ]:
+                if col is not None and col not in header:
+                    raise ValueError(f"{field}: column {col!r} not in {path} (columns: {header})")
+            ids, ys, xs, ns = [], [], [], []
+            for line, row in enumerate(reader, start=2):
+                def num(col: str, field: str, _row=row, _line=line) -> float:
+                    raw = (_row[col] or "").strip()
+                    try:
+                        return float(raw)
+                    except ValueError:
+                        raise ValueError(
+                            f"{field}: column {col!r} has {raw!r}, not a number, at "
+                            f"task {_row[task]!r}, line {_line} of {path}"
+                        ) from None
+
+                ids.append(row[task])
+                ys.append(num(y, "y"))
+                if x_cols:
+                    xs.append([num(c, "x") for c in x_cols])
+                if noise_scale is not None:
+                    ns.append(num(noise_scale, "noise_scale"))
+        if not ys:
+            raise ValueError(f"{path}: no data rows")
+        return cls.from_arrays(
+            y=np.array(ys),
+            task=np.array(ids, dtype=object),
+            x=np.array(xs) if x_cols else None,
+            noise_scale=np.array(ns) if noise_scale is not None else None,
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_tasks(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_obs(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Rows per task, shape ``(num_tasks,)``."""
+        return np.bincount(self.task_index, minlength=self.num_tasks)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Start row of each task and the end, shape ``(num_tasks + 1,)``."""
+        return np.concatenate([[0], np.cumsum(self.counts)])
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return () if self.x is None else tuple(self.x.shape[1:])
+
+    def __len__(self) -> int:
+        return self.num_tasks
+
+    def __repr__(self) -> str:
+        c = self.counts
+        kind = "estimates" if self.is_estimates else "rows"
+        return (
+            f"TaskSet(num_tasks={self.num_tasks}, num_obs={self.num_obs} {kind}, "
+            f"rows/task {c.min()}..{c.max()}, x={self.feature_shape if self.x is not None else None}"
+            f", noise_scale={'known' if self.noise_scale is not None else None})"
+        )
+
+    def task_rows(self, t: int) -> slice:
+        off = self.offsets
+        return slice(int(off[t]), int(off[t + 1]))
+
+    def task_data(self, t: int | str) -> tuple[np.ndarray | None, np.ndarray]:
+        """``(x, y)`` of one task by index or label."""
+        t = self._index_of(t)
+        rows = self.task_rows(t)
+        return (None if self.x is None else self.x[rows]), self.y[rows]
+
+    def _index_of(self, t: int | str) -> int:
+        if isinstance(t, str):
+            try:
+                return self.labels.index(t)
+            except ValueError:
+                raise ValueError(f"task: no task labelled {t!r}") from None
+        t = int(t)
+        if not 0 <= t < self.num_tasks:
+            raise ValueError(f"task: index {t} out of range 0..{self.num_tasks - 1}")
+        return t
+
+    # ------------------------------------------------------------------ operations
+    def _take_rows(self, rows: np.ndarray, new_index: np.ndarray, labels: Sequence[str]) -> TaskSet:
+        return TaskSet(
+            y=self.y[rows],
+            task_index=new_index,
+            labels=labels,
+            x=None if self.x is None else self.x[rows],
+            noise_scale=None if self.noise_scale is None else self.noise_scale[rows],
+            is_estimates=self.is_estimates,
+            row_ids=self.row_ids[rows],
+        )
+
+    def subset(self, tasks: Sequence[int | str]) -> TaskSet:
+        """The tasks named by labels or indices, in the order given."""
+        idx = [self._index_of(t) for t in tasks]
+        if not idx:
+            raise ValueError("subset: no tasks selected")
+        if len(set(idx)) != len(idx):
+            raise ValueError("subset: a task is selected twice")
+        off = self.offsets
+        rows = np.concatenate([np.arange(off[t], off[t + 1]) for t in idx])
+        new_index = np.concatenate([np.full(off[t + 1] - off[t], i) for i, t in enumerate(idx)])
+        return self._take_rows(rows, new_index, [self.labels[t] for t in idx])
+
+    def split_tasks(self, key: Any, test_fraction: float = 0.2) -> tuple[TaskSet, TaskSet]:
+        """Random split of whole tasks into (train, test); labels are kept."""
+        if not 0.0 < float(test_fraction) < 1.0:
+            raise ValueError(f"test_fraction: must be in (0, 1), got {test_fraction}")
+        num_test = int(round(test_fraction * self.num_tasks))
+        if num_test == 0 or num_test == self.num_tasks:
+            raise ValueError(
+                f"test_fraction: {test_fraction} of {self.num_tasks} tasks leaves an empty side"
+            )
+        perm = _permutation(key, self.num_tasks)
+        test_idx, train_idx = np.sort(perm[:num_test]), np.sort(perm[num_test:])
+        return self.subset(train_idx.tolist()), self.subset(test_idx.tolist())
+
+    def split_shots(self, key: Any, num_support: int) -> tuple[TaskSet, TaskSet]:
+        """Per task, a random ``num_support`` rows as support and the rest as query.
+
+        Every task must have more than ``num_support`` rows, so both sides keep every task.
+        """
+        num_support = int(num_support)
+        if num_support < 1:
+            raise ValueError(f"num_support: must be >= 1, got {num_support}")
+        counts = self.counts
+        short = np.flatnonzero(counts <= num_support)
+        if short.size:
+            t = int(short[0])
+            raise ValueError(
+                f"num_support: task {self.labels[t]!r} has {counts[t]} rows, needs more than "
+                f"{num_support} to leave a query set"
+            )
+        off = self.offsets
+        sup_rows, qry_rows = [], []
+        keys = _split_key(key, self.num_tasks)
+        for t in range(self.num_tasks):
+            perm = _permutation(keys[t], int(counts[t])) + off[t]
+            sup_rows.append(np.sort(perm[:num_support]))
+            qry_rows.append(np.sort(perm[num_support:]))
+        sup, qry = np.concatenate(sup_rows), np.concatenate(qry_rows)
+        return (
+            self._take_rows(sup, self.task_index[sup], self.labels),
+            self._take_rows(qry, self.task_index[qry], self.labels),
+        )
+
+    def padded(self, max_count: int | None = None) -> PaddedTasks:
+        """Equal-shape arrays plus a mask (see :class:`PaddedTasks`)."""
+        counts = self.counts
+        m = int(counts.max()) if max_count is None else int(max_count)
+        if m < counts.max():
+            raise ValueError(f"max_count: {m} is less than the largest task ({counts.max()} rows)")
+        pos = np.arange(self.num_obs) - self.offsets[self.task_index]
+        t = self.task_index
+        y = np.zeros((self.num_tasks, m))
+        y[t, pos] = self.y
+        mask = np.zeros((self.num_tasks, m), dtype=bool)
+        mask[t, pos] = True
+        x = None
+        if self.x is not None:
+            x = np.zeros((self.num_tasks, m, *self.feature_shape))
+            x[t, pos] = self.x
+        ns = None
+        if self.noise_scale is not None:
+            ns = np.ones((self.num_tasks, m))
+            ns[t, pos] = self.noise_scale
+        return PaddedTasks(y=y, x=x, noise_scale=ns, mask=mask)
+
+    def per_task_estimates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-task estimate of the mean response and its standard error.
+
+        For estimates data these are ``y`` and ``se``. For raw rows: the (inverse-variance
+        weighted, when noise scales are known) mean of each task's rows; its standard error
+        uses the known noise scales, or else the pooled within-task standard deviation
+        (so single-row tasks still get one). Shapes ``(num_tasks,)``.
+        """
+        if self.is_estimates:
+            return self.y.copy(), self.noise_scale.copy()
+        t = self.task_index
+        if self.noise_scale is not None:
+            w = 1.0 / self.noise_scale**2
+            sw = np.bincount(t, weights=w, minlength=self.num_tasks)
+            est = np.bincount(t, weights=w * self.y, minlength=self.num_tasks) / sw
+            return est, 1.0 / np.sqrt(sw)
+        n = self.counts.astype(float)
+        est = np.bincount(t, weights=self.y, minlength=self.num_tasks) / n
+        resid = self.y - est[t]
+        dof = self.num_obs - self.num_tasks
+        if dof < 1:
+            raise ValueError(
+                "noise_scale: every task has one row and no noise scale is known; "
+                "per-task standard errors cannot be estimated"
+            )
+        s2 = float(np.sum(resid**2) / dof)
+        if s2 <= 0:
+            raise ValueError("y: no within-task variation; per-task standard errors would be 0")
+        return est, np.sqrt(s2 / n)
+
+    def with_noise_scale(self, noise_scale: Any) -> TaskSet:
+        """A copy with a known noise scale (scalar or per row)."""
+        ns = _as_float_array("noise_scale", noise_scale)
+        if ns.ndim == 0:
+            ns = np.full(self.num_obs, float(ns))
+        return TaskSet(self.y, self.task_index, self.labels, self.x, ns, self.is_estimates,
+                       self.row_ids)
+
+
+def _key_data(key: Any) -> np.ndarray:
+    import jax
+
+    if isinstance(key, int | np.integer):
+        key = jax.random.PRNGKey(int(key))
+    return key
+
+
+def _permutation(key: Any, n: int) -> np.ndarray:
+    import jax
+
+    return np.asarray(jax.random.permutation(_key_data(key), n))
+
+
+def _split_key(key: Any, n: int) -> list:
+    import jax
+
+    return list(jax.random.split(_key_data(key), n))
