@@ -10,7 +10,8 @@ Layout of the input, for every method:
 
 * ``posterior``, ``log_likelihood``, ``posterior_predictive``, ``sample_stats``: arrays of
   shape ``(chain, draw, *shape)`` with the posterior's ``(chain, draw)``;
-* ``prior``: ``(chain, draw, *shape)`` with its own ``(chain, draw)``, often ``(1, draw)``;
+* ``prior``, ``prior_predictive``: ``(chain, draw, *shape)`` with their own ``(chain, draw)``,
+  often ``(1, draw)``;
 * ``observed_data``, ``constant_data``: arrays without sample dimensions.
 
 ``dims`` names the dimensions after ``(chain, draw)``, per variable name, and is shared by all
@@ -164,11 +165,16 @@ def _check_dims(
 
 def _rename_sample_stats(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
+    source: dict[str, str] = {}
     for name, value in stats.items():
         new = _SAMPLE_STATS_RENAME.get(name, name)
         if new in out:
-            raise ValueError(f"sample_stats['{name}']: duplicates sample_stats['{new}']")
+            raise ValueError(
+                f"sample_stats['{name}']: both it and sample_stats['{source[new]}'] "
+                f"become ArviZ's '{new}'"
+            )
         out[new] = -value if name == "potential_energy" else value
+        source[new] = name
     if "n_steps" in out and "tree_depth" not in out:
         num_steps = out["n_steps"]
         if not np.issubdtype(num_steps.dtype, np.number) or np.any(num_steps < 1):
@@ -190,6 +196,7 @@ def to_arviz(
     log_likelihood: Mapping[str, Any] | None = None,
     observed_data: Mapping[str, Any] | None = None,
     prior: Mapping[str, Any] | None = None,
+    prior_predictive: Mapping[str, Any] | None = None,
     posterior_predictive: Mapping[str, Any] | None = None,
     constant_data: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any] | None = None,
@@ -215,6 +222,8 @@ def to_arviz(
         ``az.loo``; use the observed variable's name.
       observed_data, constant_data: ``{name: array}`` without sample dims.
       prior: ``{name: array (chain, draw, *shape)}``; its own ``(chain, draw)``, e.g. ``(1, S)``.
+      prior_predictive: ``{name: array (chain, draw, *obs_shape)}``, the prior's
+        ``(chain, draw)`` when ``prior`` is given.
       posterior_predictive: ``{name: array (chain, draw, *obs_shape)}``.
       attrs: global attributes, e.g. ``{"inference_library": "numpyro", "method": "nuts"}``;
         also written on the ``posterior`` and ``sample_stats`` groups, where ArviZ's own
@@ -261,14 +270,17 @@ def to_arviz(
     for group, mapping in sampled.items():
         if mapping:
             arrays = _as_arrays(group, mapping)
-            if group == "sample_stats":
-                _check_sampled(group, arrays, lead)
-                arrays = _rename_sample_stats(arrays)
             _check_sampled(group, arrays, lead)
+            if group == "sample_stats":
+                arrays = _rename_sample_stats(arrays)
             groups[group] = arrays
+    prior_lead = None
     if prior:
         groups["prior"] = _as_arrays("prior", prior)
-        _check_sampled("prior", groups["prior"], None)
+        prior_lead = _check_sampled("prior", groups["prior"], None)
+    if prior_predictive:
+        groups["prior_predictive"] = _as_arrays("prior_predictive", prior_predictive)
+        _check_sampled("prior_predictive", groups["prior_predictive"], prior_lead)
     for group, mapping in (("observed_data", observed_data), ("constant_data", constant_data)):
         if mapping:
             groups[group] = _as_arrays(group, mapping)
@@ -455,10 +467,17 @@ def loo(data, var_name: str | None = None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- plots
 
 
+def _is_arviz_data(obj) -> bool:
+    if arviz_major() == 0:
+        return isinstance(obj, _az().InferenceData)
+    return isinstance(obj, importlib.import_module("xarray").DataTree)
+
+
 def plot_forest(
     data,
-    var_names: Sequence[str] | None = None,
+    path=None,
     *,
+    var_names: Sequence[str] | None = None,
     ci_prob: float = 0.94,
     combined: bool = True,
 ):
@@ -467,30 +486,42 @@ def plot_forest(
     ``data`` is one ``InferenceData``/``DataTree`` or ``{label: data}`` to overlay methods
     (e.g. ``{"nuts": ..., "vi": ...}``). Thin lines are the ``ci_prob`` highest density
     interval, thick lines the central 50% (ArviZ 0.x: interquartile range; 1.x: 50% HDI),
-    points are means. ``combined=False`` draws one line per chain.
+    points are medians. ``combined=False`` draws one line per chain. When ``path`` is given
+    the figure is also saved there (``bbox_inches="tight"``). Needs matplotlib.
 
-    Save with ``fig.savefig(path, bbox_inches="tight")``. Needs matplotlib.
+    >>> import numpy as np
+    >>> data = to_arviz({"mu": np.random.default_rng(0).normal(size=(2, 50))})
+    >>> fig = plot_forest({"a": data, "b": data}, var_names=["mu"])  # doctest: +SKIP
+    >>> fig.savefig("forest.png")  # doctest: +SKIP
     """
     if not 0.0 < ci_prob < 1.0:
         raise ValueError(f"ci_prob: expected a probability in (0, 1), got {ci_prob!r}")
+    if isinstance(var_names, str):
+        var_names = [var_names]
     az = _az()
+    # InferenceData and DataTree are Mappings themselves (of groups), so a dict of several
+    # results is recognised by its values.
+    several = isinstance(data, Mapping) and not _is_arviz_data(data)
+    if several and not all(_is_arviz_data(value) for value in data.values()):
+        raise ValueError("data: expected InferenceData/DataTree or {label: InferenceData/DataTree}")
     if arviz_major() == 0:
-        if isinstance(data, Mapping):
+        if several:
             kwargs = {"data": list(data.values()), "model_names": [str(k) for k in data]}
         else:
             kwargs = {"data": data}
-        axes = az.plot_forest(
-            **kwargs, var_names=var_names, combined=combined, hdi_prob=ci_prob
+        axes = az.plot_forest(**kwargs, var_names=var_names, combined=combined, hdi_prob=ci_prob)
+        fig = np.ravel(axes)[0].figure
+    else:
+        plot_collection = az.plot_forest(
+            dict(data) if several else data,
+            var_names=var_names,
+            combined=combined,
+            ci_kind="hdi",
+            ci_probs=(0.5, ci_prob),
+            point_estimate="median",  # what ArviZ 0.x always draws
+            backend="matplotlib",
         )
-        return np.ravel(axes)[0].figure
-    dt = dict(data) if isinstance(data, Mapping) else data
-    plot_collection = az.plot_forest(
-        dt,
-        var_names=var_names,
-        combined=combined,
-        ci_kind="hdi",
-        ci_probs=(0.5, ci_prob),
-        point_estimate="mean",
-        backend="matplotlib",
-    )
-    return plot_collection.get_viz("figure")
+        fig = plot_collection.get_viz("figure")
+    if path is not None:
+        fig.savefig(path, bbox_inches="tight")
+    return fig

@@ -231,7 +231,8 @@ class TaskSet:
         labels: Sequence[str] | None = None,
         noise_scale: Any = None,
     ) -> TaskSet:
-        """Build from a list of per-task data: each item ``(x, y)`` or ``y`` alone.
+        """Build from a list of per-task data: each item a tuple ``(x, y)``, or ``y`` alone
+        (a list or array; only a *tuple* of two is read as ``(x, y)``).
 
         ``noise_scale`` may be a scalar, one value per task, or a list of per-row arrays.
         """
@@ -245,7 +246,7 @@ class TaskSet:
         ys, xs, ids, scales = [], [], [], []
         has_x = None
         for t, item in enumerate(tasks):
-            if isinstance(item, tuple | list) and len(item) == 2:
+            if isinstance(item, tuple) and len(item) == 2:
                 x_t, y_t = item
             else:
                 x_t, y_t = None, item

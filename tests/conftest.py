@@ -4,3 +4,25 @@ devices are not needed (chains are vectorised on one device)."""
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+
+import numpyro.distributions as dist  # noqa: E402
+import pytest  # noqa: E402
+
+import bayesmeta as bm  # noqa: E402
+
+
+def eight_schools_model():
+    """mu ~ N(0, 5), tau ~ HalfCauchy(5): the model the issue's reference test uses."""
+    return bm.Hierarchical(
+        likelihood=bm.likelihoods.NormalKnownNoise(),
+        population=bm.populations.Normal(loc=dist.Normal(0.0, 5.0), scale=dist.HalfCauchy(5.0)),
+    )
+
+
+@pytest.fixture(scope="session")
+def eight_schools_post():
+    """One shared NUTS fit of the eight schools (default parameterisation and options,
+    4 chains x 1000 draws) so that the compile is paid once per test session."""
+    return bm.fit(eight_schools_model(), bm.datasets.eight_schools(), method="nuts", seed=0,
+                  num_warmup=1000, num_samples=1000, progress_bar=False)

@@ -91,5 +91,5 @@ def check_fit(samples: dict, num_divergences: int | None, rhat_max: float = 1.01
     if warn and out["problems"]:
         warnings.warn("bayesmeta fit diagnostics: " + "; ".join(out["problems"])
                       + ". Consider more warmup/draws, a higher target_accept, or another "
-                        "parameterization.", FitWarning, stacklevel=3)
+                        "parameterization.", FitWarning, stacklevel=5)
     return out

@@ -16,7 +16,7 @@ NUTS_OPTIONS = {
     "num_chains": 4,
     "num_warmup": 1000,
     "num_samples": 1000,
-    "target_accept": 0.8,
+    "target_accept": 0.9,
     "max_tree_depth": 10,
     "dense_mass": False,
     "progress_bar": None,

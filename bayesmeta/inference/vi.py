@@ -103,7 +103,7 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
     if opts["warn"] and not converged:
         warnings.warn(f"bayesmeta fit diagnostics: VI did not converge (relative ELBO change "
                       f"{change:.3g} over the last tenth of {opts['num_steps']} steps); raise "
-                      "num_steps or adjust learning_rate.", FitWarning, stacklevel=3)
+                      "num_steps or adjust learning_rate.", FitWarning, stacklevel=4)
     draws = Predictive(guide, params=result.params, num_samples=int(opts["num_samples"]))(
         key_draw, **built.data)
     # deterministic sites (theta from theta_raw) come from replaying the model on guide draws

@@ -1,0 +1,395 @@
+"""New-task posteriors from a fitted population, without refitting it; posterior predictive.
+
+Given hyperparameter draws ``phi_s ~ p(phi | D)`` (``s = 1..S``) and a new task's data
+``y_new``, the new task's posterior is
+
+    p(theta | y_new, D)  ∝  p(y_new | theta) · (1/S) Σ_s p(theta | phi_s).
+
+``adapt`` computes it in one of three ways (``method=``):
+
+``"conjugate"``
+    Linear-Gaussian likelihoods (``NormalKnownNoise``, ``Normal`` with a shared noise,
+    ``LinearRegression`` with known or shared noise) under a ``Normal`` or ``MvNormal``
+    population. Each draw ``phi_s`` is reweighted by the new task's exact marginal
+    likelihood ``w_s ∝ p(y_new | phi_s)`` (``theta`` integrated out in closed form), the
+    draws are resampled by those weights, and ``theta`` is drawn from its exact Gaussian
+    conditional ``p(theta | y_new, phi_s)``. Rao-Blackwellised: no Monte-Carlo error from
+    ``theta`` given ``phi``.
+``"importance"``
+    Any likelihood: ``theta_s ~ p(theta | phi_s)`` (one draw per hyperparameter draw, so
+    the proposal is :meth:`Posterior.population`) weighted by ``p(y_new | theta_s)`` and
+    resampled.
+``"nuts"``
+    NUTS on the new task alone, on the exact target above with the mixture over the
+    hyperparameter draws summed out (log-sum-exp over ``s``); shared nuisance parameters
+    (a shared noise) enter the same sum.
+
+``"auto"`` (default) uses ``"conjugate"`` when eligible, else ``"importance"``, and for any
+task whose importance weights have an effective sample size below ``min_ess`` (default
+``max(100, 0.05 S)``) falls back to ``"nuts"`` for that task. The choice and the ESS of each
+task are in ``post.info["adapt"]``. A few observations per task keep the weights even; a
+new task with much data (or one far from the population) gets NUTS.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import logsumexp
+
+from bayesmeta import likelihoods as lk
+from bayesmeta import populations as pops
+from bayesmeta.tasks import TaskSet
+
+__all__ = ["adapt", "predict", "ADAPT_METHODS"]
+
+ADAPT_METHODS = ("auto", "conjugate", "importance", "nuts")
+
+
+# ---------------------------------------------------------------------- eligibility
+def _conjugate_noise(likelihood) -> str | None:
+    """How a linear-Gaussian likelihood's noise is known: 'known', 'shared' or None."""
+    if isinstance(likelihood, lk.NormalKnownNoise):
+        return "known"
+    if isinstance(likelihood, lk.Normal | lk.LinearRegression):
+        mode = likelihood._resolved
+        return mode if mode in ("known", "shared") else None
+    return None
+
+
+def conjugate_eligible(model) -> bool:
+    return (isinstance(model.population, pops.Normal | pops.MvNormal)
+            and _conjugate_noise(model.likelihood) is not None)
+
+
+# ---------------------------------------------------------------------- Gaussian algebra
+def _population_cov(model, hyper, param_shape):
+    """Prior mean ``(S, p)`` and covariance ``(S, p, p)`` of theta under each draw."""
+    pop = model.population
+    mu = hyper[pop.site("mu")]
+    tau = hyper[pop.site("tau")]
+    if not param_shape:
+        return mu[:, None], (tau**2)[:, None, None]
+    if isinstance(pop, pops.MvNormal):
+        tril = tau[..., :, None] * hyper[pop.site("corr_chol")]
+        return mu, tril @ jnp.swapaxes(tril, -1, -2)
+    return mu, jax.vmap(jnp.diag)(tau**2)
+
+
+def _task_stats(model, tasks: TaskSet):
+    """Per-task weighted sufficient statistics with unit noise weights ``w_r`` (known noise:
+    ``1/s_r**2``; learned shared noise: 1, rescaled per draw by ``1/sigma**2``)."""
+    built_data = {k: jnp.asarray(v) for k, v in model.likelihood.data_arrays(tasks).items()}
+    design = model.likelihood.design(built_data)
+    n = tasks.num_obs
+    X = jnp.ones((n, 1)) if design is None else design
+    noise = _conjugate_noise(model.likelihood)
+    if noise == "known":
+        w = 1.0 / built_data["noise_scale"] ** 2
+        logdet_noise = jax.ops.segment_sum(jnp.log(built_data["noise_scale"] ** 2),
+                                           built_data["task_index"], tasks.num_tasks)
+    else:
+        w = jnp.ones(n)
+        logdet_noise = jnp.zeros(tasks.num_tasks)
+    idx = built_data["task_index"]
+    y = built_data["y"]
+    xtx = jax.ops.segment_sum(w[:, None, None] * X[:, :, None] * X[:, None, :], idx,
+                              tasks.num_tasks)
+    xty = jax.ops.segment_sum((w * y)[:, None] * X, idx, tasks.num_tasks)
+    yty = jax.ops.segment_sum(w * y * y, idx, tasks.num_tasks)
+    counts = jnp.asarray(tasks.counts, dtype=y.dtype)
+    return xtx, xty, yty, logdet_noise, counts, noise
+
+
+def _gaussian_update(m, S, xtx, xty, yty, logdet_noise, count, inv_sigma2, log_sigma2):
+    """Log marginal likelihood and posterior (mean, cov) of one task under one draw.
+
+    y ~ N(X theta, sigma² W⁻¹), theta ~ N(m, S). With A = X'WX/σ², b = X'Wy/σ²:
+    P = S⁻¹ + A, mean = P⁻¹(S⁻¹ m + b), and by the matrix determinant lemma
+    log p(y) = -½[n log 2π + logdet_noise + n log σ² + log|S| + log|P| + y'Wy/σ²
+                 + m'S⁻¹m - c'P⁻¹c], c = S⁻¹ m + b.
+    """
+    p = m.shape[-1]
+    A, b = xtx * inv_sigma2, xty * inv_sigma2
+    L_S = jnp.linalg.cholesky(S)
+    S_inv = jax.scipy.linalg.cho_solve((L_S, True), jnp.eye(p))
+    P = S_inv + A
+    L_P = jnp.linalg.cholesky(P)
+    c = S_inv @ m + b
+    mean = jax.scipy.linalg.cho_solve((L_P, True), c)
+    cov = jax.scipy.linalg.cho_solve((L_P, True), jnp.eye(p))
+    logdet_S = 2.0 * jnp.sum(jnp.log(jnp.diag(L_S)))
+    logdet_P = 2.0 * jnp.sum(jnp.log(jnp.diag(L_P)))
+    quad = yty * inv_sigma2 + m @ S_inv @ m - c @ mean
+    logml = -0.5 * (count * jnp.log(2 * jnp.pi) + logdet_noise + count * log_sigma2
+                    + logdet_S + logdet_P + quad)
+    return logml, mean, cov
+
+
+def _conjugate_terms(post, tasks):
+    """Log marginal likelihoods ``(S, T)`` and conditional posteriors under every draw."""
+    model = post.model
+    hyper = post._hyper_draws()
+    m, S = _population_cov(model, hyper, post.param_shape)
+    xtx, xty, yty, logdet_noise, counts, noise = _task_stats(model, tasks)
+    num = m.shape[0]
+    if noise == "shared":
+        sigma = hyper["sigma"]
+        inv_s2, log_s2 = 1.0 / sigma**2, jnp.log(sigma**2)
+    else:
+        inv_s2, log_s2 = jnp.ones(num), jnp.zeros(num)
+    per_task = jax.vmap(_gaussian_update, in_axes=(None, None, 0, 0, 0, 0, 0, None, None))
+    per_draw = jax.vmap(per_task, in_axes=(0, 0, None, None, None, None, None, 0, 0))
+    return jax.jit(per_draw)(m, S, xtx, xty, yty, logdet_noise, counts, inv_s2, log_s2)
+
+
+# ---------------------------------------------------------------------- importance weights
+def _rowwise_loglik(post, tasks, theta, extras):
+    """``(S, T)`` log-likelihood of each new task under one theta per draw ``(S, T, ...)``."""
+    lik = post.model.likelihood
+    data = {k: jnp.asarray(v) for k, v in lik.data_arrays(tasks).items()}
+    idx = data["task_index"]
+
+    def one(theta_s, extras_s):
+        if isinstance(lik, lk.Custom) and not lik.rowwise:
+            return lik.task_log_density(theta_s, data)
+        rows = lik.row_dist(theta_s[idx], data, lik.extras_rows(extras_s, idx))
+        return jax.ops.segment_sum(rows.log_prob(data["y"]), idx, tasks.num_tasks)
+
+    return jax.jit(jax.vmap(one))(theta, extras)
+
+
+def _ess(logw):
+    """Effective sample size of normalised importance weights, per column of ``(S, T)``."""
+    w = jnp.exp(logw - logsumexp(logw, axis=0, keepdims=True))
+    return 1.0 / jnp.sum(w**2, axis=0)
+
+
+def _systematic_resample(key, logw, num):
+    """Indices ``(num,)`` resampled systematically from log weights ``(S,)``."""
+    w = jnp.exp(logw - logsumexp(logw))
+    cdf = jnp.cumsum(w)
+    u = (jax.random.uniform(key) + jnp.arange(num)) / num
+    return jnp.clip(jnp.searchsorted(cdf, u * cdf[-1]), 0, logw.shape[0] - 1)
+
+
+# ---------------------------------------------------------------------- NUTS fallback
+def _nuts_one_task(post, tasks, t, hyper, seed, opts):
+    """NUTS on one new task's parameters under the mixture over hyperparameter draws."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    from bayesmeta.inference.nuts import run_nuts
+
+    model = post.model
+    lik, pop = model.likelihood, model.population
+    sub = tasks.subset([t])
+    data = {k: jnp.asarray(v) for k, v in lik.data_arrays(sub).items()}
+    idx = data["task_index"]
+    param_shape = post.param_shape
+    comp = pop.dist(hyper, param_shape)  # batch (S,)
+    global_extras = {k: hyper[k] for k in lik.global_priors()}
+    log_num = math.log(comp.batch_shape[0])
+
+    def target():
+        theta = numpyro.sample("theta", dist.ImproperUniform(
+            dist.constraints.real_vector if param_shape else dist.constraints.real, (),
+            param_shape))
+        local = {k: numpyro.sample(k, d) for k, d in lik.task_priors().items()}
+
+        def loglik(extras_s):
+            ex = dict(extras_s, **{k: v[None] for k, v in local.items()})
+            if isinstance(lik, lk.Custom) and not lik.rowwise:
+                return lik.task_log_density(theta[None], data)[0]
+            rows = lik.row_dist(theta[None][idx], data, lik.extras_rows(ex, idx))
+            return jnp.sum(rows.log_prob(data["y"]))
+
+        lp_theta = comp.log_prob(theta)  # (S,)
+        ll = jax.vmap(loglik)(global_extras) if global_extras else loglik({})
+        numpyro.factor("mixture", logsumexp(lp_theta + ll) - log_num)
+
+    samples, extras, _ = run_nuts(target, {}, seed, opts)
+    divergences = int(np.sum(np.asarray(extras["diverging"])))
+    return {k: np.asarray(v) for k, v in samples.items()}, divergences
+
+
+# ---------------------------------------------------------------------- public
+def adapt(post, new_tasks: TaskSet, method: str = "auto", seed: int = 0,
+          min_ess: float | None = None, num_warmup: int = 500, progress_bar: bool = False):
+    """Posterior of brand-new tasks under a fitted population (see the module docstring).
+
+    Args:
+      post: a Posterior of a ``bm.Hierarchical`` model.
+      new_tasks: the new tasks' observations (a TaskSet of the same kind of data).
+      method: ``"auto"``, ``"conjugate"``, ``"importance"`` or ``"nuts"``.
+      seed: integer seed.
+      min_ess: effective-sample-size threshold below which ``"auto"`` falls back to NUTS.
+      num_warmup: NUTS warmup of the fallback (its draws match the posterior's shape).
+
+    Returns a Posterior with ``theta`` (and per-task nuisance parameters) for the new tasks,
+    ``(chain, draw)`` shaped like ``post``; ``info["adapt"]`` holds, per task, the method
+    used and the importance ESS.
+    """
+    from bayesmeta.inference.nuts import NUTS_OPTIONS
+    from bayesmeta.posterior import Posterior
+
+    if method not in ADAPT_METHODS:
+        raise ValueError(f"method: must be one of {ADAPT_METHODS}, got {method!r}")
+    if not isinstance(new_tasks, TaskSet):
+        raise ValueError(f"new_tasks: expected a bm.TaskSet, got {type(new_tasks).__name__}")
+    model = post._require_hierarchical()
+    model.likelihood.validate(new_tasks)
+    shape = model.likelihood.param_shape(new_tasks)
+    if shape != post.param_shape:
+        raise ValueError(f"new_tasks: the likelihood gives parameters of shape {shape} for the "
+                         f"new tasks but {post.param_shape} for the fitted ones (different x?)")
+    if method == "conjugate" and not conjugate_eligible(model):
+        raise ValueError("method: 'conjugate' needs a linear-Gaussian likelihood with known or "
+                         "shared noise and a Normal or MvNormal population")
+    num_chains, num_draws = post.num_chains, post.num_draws
+    num = num_chains * num_draws
+    if min_ess is None:
+        min_ess = max(100.0, 0.05 * num)
+    T = new_tasks.num_tasks
+    key = jax.random.PRNGKey(seed)
+    k_theta, k_res, k_draw = jax.random.split(key, 3)
+    hyper = post._hyper_draws()
+    theta_out = np.zeros((num, T, *post.param_shape))
+    local_out = {k: np.zeros((num, T)) for k in model.likelihood.task_priors()}
+    used = ["nuts"] * T
+    ess = np.full(T, np.nan)
+
+    if method in ("auto", "conjugate", "importance"):
+        if method != "importance" and conjugate_eligible(model):
+            logw, means, covs = _conjugate_terms(post, new_tasks)  # (S,T), (S,T,p), (S,T,p,p)
+            kind = "conjugate"
+        else:
+            # theta_s ~ p(theta | phi_s): the population mixture as proposal
+            comp = model.population.dist(hyper, post.param_shape)
+            theta_prop = comp.sample(k_theta, (T,))  # (T, S, ...)
+            theta_prop = jnp.moveaxis(theta_prop, 0, 1)  # (S, T, ...)
+            extras = {k: hyper[k] for k in model.likelihood.global_priors()}
+            local = {}
+            for i, (name, d) in enumerate(model.likelihood.task_priors().items()):
+                local[name] = d.sample(jax.random.fold_in(k_theta, i + 1), (num, T))
+            logw = _rowwise_loglik(post, new_tasks, theta_prop, dict(extras, **local))
+            kind = "importance"
+        ess = np.asarray(_ess(logw))
+        res_keys = jax.random.split(k_res, T)
+        idx = jax.vmap(lambda k, lw: _systematic_resample(k, lw, num), in_axes=(0, 1))(
+            res_keys, logw)  # (T, num)
+        idx = np.asarray(idx)
+        # shuffle so that consecutive draws are not sorted by weight (chains look alike)
+        perm = np.asarray(jax.vmap(lambda k: jax.random.permutation(k, num))(
+            jax.random.split(k_draw, T)))
+        idx = np.take_along_axis(idx, perm, axis=1)
+        if kind == "conjugate":
+            p = means.shape[-1]
+            tt = np.arange(T)[:, None]
+            m_sel = np.asarray(means)[idx, tt]  # (T, num, p)
+            c_sel = np.asarray(covs)[idx, tt]  # (T, num, p, p)
+            z = np.asarray(jax.random.normal(jax.random.fold_in(k_draw, 7), (T, num, p)))
+            chol = np.linalg.cholesky(c_sel)
+            draws = m_sel + np.einsum("tnij,tnj->tni", chol, z)
+            draws = draws[..., 0] if not post.param_shape else draws
+        else:
+            tt = np.arange(T)[:, None]
+            draws = np.asarray(theta_prop)[idx, tt]
+            for name in local_out:
+                local_out[name] = np.asarray(local[name])[idx, tt].T
+        theta_out = np.moveaxis(draws, 0, 1)  # (num, T, ...)
+        ok = ess >= min_ess if method == "auto" else np.ones(T, bool)
+        used = [kind if ok[t] else "nuts" for t in range(T)]
+
+    nuts_tasks = [t for t in range(T) if used[t] == "nuts"]
+    divergences = {}
+    if nuts_tasks:
+        opts = dict(NUTS_OPTIONS, num_chains=num_chains, num_samples=num_draws,
+                    num_warmup=num_warmup, progress_bar=progress_bar)
+        for t in nuts_tasks:
+            samples, div = _nuts_one_task(post, new_tasks, t, hyper, seed + 1 + t, opts)
+            theta_out[:, t] = samples["theta"].reshape(num, *post.param_shape)
+            for name in local_out:
+                local_out[name][:, t] = samples[name].reshape(num)
+            divergences[new_tasks.labels[t]] = div
+
+    theta_site = model.population.theta_site
+    samples = {theta_site: theta_out.reshape(num_chains, num_draws, T, *post.param_shape)}
+    for name, v in local_out.items():
+        samples[name] = v.reshape(num_chains, num_draws, T)
+    dims = {theta_site: post.dims.get(theta_site, ["task"])}
+    for name in local_out:
+        dims[name] = ["task"]
+    coords = {k: v for k, v in post.coords.items() if k not in ("task", "obs")}
+    coords["task"] = list(new_tasks.labels)
+    info = {"adapt": {"method": dict(zip(new_tasks.labels, used, strict=True)),
+                      "ess": dict(zip(new_tasks.labels, ess.tolist(), strict=True)),
+                      "min_ess": min_ess, "nuts_divergences": divergences}}
+    return Posterior(samples, method=f"adapt[{post.method}]", dims=dims, coords=coords,
+                     tasks=new_tasks, model=model, info=info, param_shape=post.param_shape)
+
+
+def predict(post, key, x=None, task=None, noise_scale=None, num_obs=None) -> np.ndarray:
+    """Posterior predictive draws ``(chain, draw, n)`` (see :meth:`Posterior.predict`)."""
+    model = post.model
+    if model is None or not hasattr(model, "likelihood"):
+        raise ValueError("predict: needs a posterior of a bayesmeta model")
+    lik = model.likelihood
+    if isinstance(lik, lk.Custom) and lik.sample_fn is None:
+        raise ValueError("predict: a Custom likelihood needs sample_fn= to simulate data")
+    num = post.num_chains * post.num_draws
+    theta_site = getattr(model, "theta_site", "theta")
+    shared = {k: jnp.asarray(post.flat(k)) for k in lik.global_priors()}
+    local_names = list(lik.task_priors())
+    k_theta, k_y = jax.random.split(key)
+    if x is None and task is None and num_obs is None:
+        # replicate every observed row
+        data = {k: jnp.asarray(v) for k, v in lik.data_arrays(post.tasks).items()}
+        idx = data["task_index"]
+        theta = jnp.asarray(post.flat(theta_site))
+        theta_rows = theta if theta.ndim - 1 == len(post.param_shape or ()) else theta[:, idx]
+        local = {k: jnp.asarray(post.flat(k)) for k in local_names}
+    else:
+        if x is not None:
+            x = np.asarray(x, dtype=float)
+            if x.ndim == 1:
+                x = x[:, None]
+            n = x.shape[0]
+        elif num_obs is not None:
+            n = int(num_obs)
+        else:
+            raise ValueError("predict: give x (or num_obs for tasks without inputs)")
+        idx = jnp.zeros(n, dtype=jnp.int32)
+        data = {"task_index": idx}
+        if x is not None:
+            data["x"] = jnp.asarray(x)
+        if noise_scale is not None:
+            data["noise_scale"] = jnp.broadcast_to(jnp.asarray(noise_scale, float), (n,))
+        elif isinstance(lik, lk.NormalKnownNoise) or getattr(lik, "_resolved", "") == "known":
+            raise ValueError("noise_scale: predicting new rows of a known-noise likelihood "
+                             "needs their noise_scale")
+        if task is None:
+            # a brand-new task: one theta per hyperparameter draw from the population
+            theta = model.population.dist(post._hyper_draws(), post.param_shape).sample(k_theta)
+            local = {k: d.sample(jax.random.fold_in(k_theta, i + 1), (num, 1))
+                     for i, (k, d) in enumerate(lik.task_priors().items())}
+        else:
+            t = post.tasks._index_of(task)
+            theta = jnp.asarray(post.flat(theta_site))[:, t]
+            local = {k: jnp.asarray(post.flat(k))[:, t:t + 1] for k in local_names}
+        theta_rows = jnp.broadcast_to(theta[:, None], (num, n, *theta.shape[1:]))
+    extras = dict(shared, **local)
+    keys = jax.random.split(k_y, num)
+
+    def one(k, th, ex):
+        if isinstance(lik, lk.Custom):
+            xs = data.get("x")
+            ks = jax.random.split(k, th.shape[0])
+            return jax.vmap(lik.sample_fn, in_axes=(0, 0, None if xs is None else 0))(ks, th, xs)
+        return lik.row_dist(th, data, lik.extras_rows(ex, idx)).sample(k)
+
+    out = jax.vmap(one)(keys, theta_rows, extras)
+    return np.asarray(out).reshape(post.num_chains, post.num_draws, -1)

@@ -1,0 +1,102 @@
+"""TaskSet: constructors, layout, splits, padding (property tests)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bayesmeta as bm
+
+
+def test_from_arrays_sorts_rows_by_task_and_keeps_first_appearance_order():
+    ts = bm.TaskSet.from_arrays(y=[1.0, 2.0, 3.0, 4.0], task=["b", "a", "b", "c"],
+                                x=[10.0, 20.0, 30.0, 40.0])
+    assert ts.labels == ("b", "a", "c")
+    assert ts.counts.tolist() == [2, 1, 1]
+    assert ts.y.tolist() == [1.0, 3.0, 2.0, 4.0]
+    assert ts.x[:, 0].tolist() == [10.0, 30.0, 20.0, 40.0]
+    assert ts.offsets.tolist() == [0, 2, 3, 4]
+    x, y = ts.task_data("a")
+    assert y.tolist() == [2.0] and x[:, 0].tolist() == [20.0]
+
+
+def test_from_tasks_and_from_estimates():
+    ts = bm.TaskSet.from_tasks([(np.arange(3.0), np.ones(3)), (np.arange(2.0), np.zeros(2))],
+                               labels=["u", "v"], noise_scale=[0.5, 2.0])
+    assert ts.num_tasks == 2 and ts.num_obs == 5
+    assert ts.noise_scale.tolist() == [0.5, 0.5, 0.5, 2.0, 2.0]
+    est = bm.TaskSet.from_estimates(y=[1.0, 2.0], se=[0.1, 0.2], labels=["p", "q"])
+    assert est.is_estimates and est.counts.tolist() == [1, 1]
+    e, s = est.per_task_estimates()
+    assert e.tolist() == [1.0, 2.0] and s.tolist() == [0.1, 0.2]
+
+
+def test_from_csv_reads_columns(tmp_path):
+    path = tmp_path / "radon.csv"
+    path.write_text("county,floor,log_radon\nA,0,1.5\nB,1,0.5\nA,1,1.0\n")
+    ts = bm.TaskSet.from_csv(str(path), task="county", y="log_radon", x=["floor"])
+    assert ts.labels == ("A", "B")
+    assert ts.y.tolist() == [1.5, 1.0, 0.5]
+    assert ts.x[:, 0].tolist() == [0.0, 1.0, 1.0]
+
+
+def test_split_shots_keeps_every_task_and_partitions_rows():
+    rng = np.random.default_rng(0)
+    ts = bm.TaskSet.from_arrays(y=rng.normal(size=40), task=np.repeat(np.arange(5), 8))
+    sup, qry = ts.split_shots(0, num_support=3)
+    assert sup.counts.tolist() == [3] * 5 and qry.counts.tolist() == [5] * 5
+    for t in range(5):
+        joined = np.sort(np.concatenate([sup.task_data(t)[1], qry.task_data(t)[1]]))
+        assert np.array_equal(joined, np.sort(ts.task_data(t)[1]))
+
+
+def test_split_tasks_and_subset():
+    ts = bm.TaskSet.from_arrays(y=np.arange(10.0), task=np.arange(10) // 2)
+    train, test = ts.split_tasks(1, test_fraction=0.2)
+    assert train.num_tasks == 4 and test.num_tasks == 1
+    assert set(train.labels) | set(test.labels) == set(ts.labels)
+    sub = ts.subset(["3", "1"])
+    assert sub.labels == ("3", "1") and sub.y.tolist() == [6.0, 7.0, 2.0, 3.0]
+
+
+def test_per_task_estimates_weighted_by_known_noise():
+    ts = bm.TaskSet.from_arrays(y=[1.0, 3.0, 5.0], task=[0, 0, 1], noise_scale=[1.0, 2.0, 1.0])
+    est, se = ts.per_task_estimates()
+    # inverse-variance mean of (1, 3) with variances (1, 4): (1 + 3/4) / (1 + 1/4) = 1.4
+    assert est[0] == pytest.approx(1.4) and se[0] == pytest.approx(1 / np.sqrt(1.25))
+
+
+@st.composite
+def ragged(draw):
+    counts = draw(st.lists(st.integers(1, 6), min_size=1, max_size=6))
+    n = sum(counts)
+    y = draw(st.lists(st.floats(-5, 5), min_size=n, max_size=n))
+    task = np.repeat(np.arange(len(counts)), counts)
+    perm = draw(st.permutations(list(range(n))))
+    return np.asarray(y)[perm], task[perm]
+
+
+@settings(max_examples=40, deadline=None)
+@given(ragged(), st.integers(0, 3))
+def test_padding_never_changes_the_log_density(data, extra):
+    """Sum of N(y | theta_t, 1) over the flat rows equals the masked sum over the padded view,
+    whatever extra padding is added."""
+    y, task = data
+    ts = bm.TaskSet.from_arrays(y=y, task=task)
+    theta = np.linspace(-1, 1, ts.num_tasks)
+    flat = np.sum(-0.5 * (ts.y - theta[ts.task_index]) ** 2)
+    pad = ts.padded(max_count=int(ts.counts.max()) + extra)
+    padded = np.sum(np.where(pad.mask, -0.5 * (pad.y - theta[:, None]) ** 2, 0.0))
+    assert padded == pytest.approx(flat, rel=1e-12, abs=1e-12)
+    assert pad.mask.sum(axis=1).tolist() == ts.counts.tolist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(ragged())
+def test_shuffling_rows_only_reorders_tasks(data):
+    y, task = data
+    a = bm.TaskSet.from_arrays(y=y, task=task)
+    rev = np.arange(len(y))[::-1]
+    b = bm.TaskSet.from_arrays(y=y[rev], task=task[rev])
+    for label in a.labels:
+        assert np.array_equal(np.sort(a.task_data(label)[1]), np.sort(b.task_data(label)[1]))
