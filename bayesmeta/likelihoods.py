@@ -188,7 +188,7 @@ class _GLM(Likelihood):
         if cov is None or cov.shape[-1] == 0:
             return None
         if self.intercept:
-            return jnp.concatenate([jnp.ones(cov.shape[:-1] + (1,), cov.dtype), cov], axis=-1)
+            return jnp.concatenate([jnp.ones_like(cov[..., :1]), cov], axis=-1)
         return cov
 
     def _eta(self, theta_rows, data):

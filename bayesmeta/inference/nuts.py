@@ -70,18 +70,11 @@ def run_nuts(fn, data: dict, seed: int, opts: dict, extra_fields=()):
 
 
 def sample_stats_from(extras: dict) -> dict:
-    """NumPyro's extra fields under ArviZ's names, each ``(chain, draw)``."""
-    stats = {
-        "diverging": np.asarray(extras["diverging"]),
-        "energy": np.asarray(extras["energy"]),
-        "n_steps": np.asarray(extras["num_steps"]),
-        "tree_depth": np.floor(np.log2(np.maximum(np.asarray(extras["num_steps"]), 1))).astype(int)
-        + 1,
-        "acceptance_rate": np.asarray(extras["accept_prob"]),
-        "step_size": np.asarray(extras["adapt_state.step_size"]),
-        "lp": -np.asarray(extras["potential_energy"]),
-    }
-    return stats
+    """NumPyro's extra fields under ArviZ's names (the one renaming lives in
+    ``bayesmeta.arviz``), each ``(chain, draw)``."""
+    from bayesmeta.arviz import _rename_sample_stats
+
+    return _rename_sample_stats({k: np.asarray(v) for k, v in extras.items()})
 
 
 def fit_nuts(built, tasks, seed: int, model=None, **options):
