@@ -41,7 +41,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 from bayesmeta import likelihoods as lk
-from bayesmeta import populations as pops
+from bayesmeta.inference import _gaussian as gauss
 from bayesmeta.tasks import TaskSet
 
 __all__ = ["adapt", "predict", "ADAPT_METHODS"]
@@ -49,101 +49,26 @@ __all__ = ["adapt", "predict", "ADAPT_METHODS"]
 ADAPT_METHODS = ("auto", "conjugate", "importance", "nuts")
 
 
-# ---------------------------------------------------------------------- eligibility
-def _conjugate_noise(likelihood) -> str | None:
-    """How a linear-Gaussian likelihood's noise is known: 'known', 'shared' or None."""
-    if isinstance(likelihood, lk.NormalKnownNoise):
-        return "known"
-    if isinstance(likelihood, lk.Normal | lk.LinearRegression):
-        mode = likelihood._resolved
-        return mode if mode in ("known", "shared") else None
-    return None
-
-
+# ---------------------------------------------------------------------- conjugate path
 def conjugate_eligible(model) -> bool:
-    return (isinstance(model.population, pops.Normal | pops.MvNormal)
-            and _conjugate_noise(model.likelihood) is not None)
-
-
-# ---------------------------------------------------------------------- Gaussian algebra
-def _population_cov(model, hyper, param_shape):
-    """Prior mean ``(S, p)`` and covariance ``(S, p, p)`` of theta under each draw."""
-    pop = model.population
-    mu = hyper[pop.site("mu")]
-    tau = hyper[pop.site("tau")]
-    if not param_shape:
-        return mu[:, None], (tau**2)[:, None, None]
-    if isinstance(pop, pops.MvNormal):
-        tril = tau[..., :, None] * hyper[pop.site("corr_chol")]
-        return mu, tril @ jnp.swapaxes(tril, -1, -2)
-    return mu, jax.vmap(jnp.diag)(tau**2)
-
-
-def _task_stats(model, tasks: TaskSet):
-    """Per-task weighted sufficient statistics with unit noise weights ``w_r`` (known noise:
-    ``1/s_r**2``; learned shared noise: 1, rescaled per draw by ``1/sigma**2``)."""
-    built_data = {k: jnp.asarray(v) for k, v in model.likelihood.data_arrays(tasks).items()}
-    design = model.likelihood.design(built_data)
-    n = tasks.num_obs
-    X = jnp.ones((n, 1)) if design is None else design
-    noise = _conjugate_noise(model.likelihood)
-    if noise == "known":
-        w = 1.0 / built_data["noise_scale"] ** 2
-        logdet_noise = jax.ops.segment_sum(jnp.log(built_data["noise_scale"] ** 2),
-                                           built_data["task_index"], tasks.num_tasks)
-    else:
-        w = jnp.ones(n)
-        logdet_noise = jnp.zeros(tasks.num_tasks)
-    idx = built_data["task_index"]
-    y = built_data["y"]
-    xtx = jax.ops.segment_sum(w[:, None, None] * X[:, :, None] * X[:, None, :], idx,
-                              tasks.num_tasks)
-    xty = jax.ops.segment_sum((w * y)[:, None] * X, idx, tasks.num_tasks)
-    yty = jax.ops.segment_sum(w * y * y, idx, tasks.num_tasks)
-    counts = jnp.asarray(tasks.counts, dtype=y.dtype)
-    return xtx, xty, yty, logdet_noise, counts, noise
-
-
-def _gaussian_update(m, S, xtx, xty, yty, logdet_noise, count, inv_sigma2, log_sigma2):
-    """Log marginal likelihood and posterior (mean, cov) of one task under one draw.
-
-    y ~ N(X theta, sigma² W⁻¹), theta ~ N(m, S). With A = X'WX/σ², b = X'Wy/σ²:
-    P = S⁻¹ + A, mean = P⁻¹(S⁻¹ m + b), and by the matrix determinant lemma
-    log p(y) = -½[n log 2π + logdet_noise + n log σ² + log|S| + log|P| + y'Wy/σ²
-                 + m'S⁻¹m - c'P⁻¹c], c = S⁻¹ m + b.
-    """
-    p = m.shape[-1]
-    A, b = xtx * inv_sigma2, xty * inv_sigma2
-    L_S = jnp.linalg.cholesky(S)
-    S_inv = jax.scipy.linalg.cho_solve((L_S, True), jnp.eye(p))
-    P = S_inv + A
-    L_P = jnp.linalg.cholesky(P)
-    c = S_inv @ m + b
-    mean = jax.scipy.linalg.cho_solve((L_P, True), c)
-    cov = jax.scipy.linalg.cho_solve((L_P, True), jnp.eye(p))
-    logdet_S = 2.0 * jnp.sum(jnp.log(jnp.diag(L_S)))
-    logdet_P = 2.0 * jnp.sum(jnp.log(jnp.diag(L_P)))
-    quad = yty * inv_sigma2 + m @ S_inv @ m - c @ mean
-    logml = -0.5 * (count * jnp.log(2 * jnp.pi) + logdet_noise + count * log_sigma2
-                    + logdet_S + logdet_P + quad)
-    return logml, mean, cov
+    return gauss.why_not_gaussian(model) is None
 
 
 def _conjugate_terms(post, tasks):
-    """Log marginal likelihoods ``(S, T)`` and conditional posteriors under every draw."""
+    """Log marginal likelihoods ``(S, T)`` and the exact conditional posteriors of every
+    new task under every hyperparameter draw (means ``(S, T, p)``, covs ``(S, T, p, p)``)."""
     model = post.model
     hyper = post._hyper_draws()
-    m, S = _population_cov(model, hyper, post.param_shape)
-    xtx, xty, yty, logdet_noise, counts, noise = _task_stats(model, tasks)
-    num = m.shape[0]
-    if noise == "shared":
-        sigma = hyper["sigma"]
-        inv_s2, log_s2 = 1.0 / sigma**2, jnp.log(sigma**2)
-    else:
-        inv_s2, log_s2 = jnp.ones(num), jnp.zeros(num)
-    per_task = jax.vmap(_gaussian_update, in_axes=(None, None, 0, 0, 0, 0, 0, None, None))
-    per_draw = jax.vmap(per_task, in_axes=(0, 0, None, None, None, None, None, 0, 0))
-    return jax.jit(per_draw)(m, S, xtx, xty, yty, logdet_noise, counts, inv_s2, log_s2)
+    stats = gauss.task_stats(model.likelihood, tasks)
+    shared = gauss.conjugate_noise(model.likelihood) == "shared"
+    lh = gauss.population_hyper(model.population, hyper, post.param_shape,
+                                hyper["sigma"] if shared else None)
+
+    def one(h):
+        post_h = gauss.task_posterior(stats, h)
+        return gauss.log_marginal(stats, h), post_h.mean, post_h.cov
+
+    return jax.jit(jax.vmap(one))(lh)
 
 
 # ---------------------------------------------------------------------- importance weights
