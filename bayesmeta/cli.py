@@ -67,13 +67,18 @@ def _flatten_summary(post) -> dict:
         flat = x.reshape(x.shape[0], x.shape[1], -1)
         mean, sd = flat.mean(axis=(0, 1)), flat.reshape(-1, flat.shape[-1]).std(axis=0, ddof=1)
         ess = ess_bulk(flat) if x.shape[1] >= 4 else np.full(flat.shape[-1], np.nan)
-        rh = rhat(flat) if x.shape[0] > 1 and x.shape[1] >= 4 else np.full(flat.shape[-1],
-                                                                               np.nan)
+        rh = rhat(flat) if x.shape[0] > 1 and x.shape[1] >= 4 else np.full(flat.shape[-1], np.nan)
         for i, idx in enumerate(np.ndindex(*shape) if shape else [()]):
             key = name if not shape else f"{name}[{','.join(map(str, idx))}]"
-            out[key] = {k: (None if not math.isfinite(float(v)) else float(v)) for k, v in
-                        (("mean", mean[i]), ("sd", sd[i]), ("ess_bulk", ess[i]),
-                         ("r_hat", rh[i]))}
+            out[key] = {
+                k: (None if not math.isfinite(float(v)) else float(v))
+                for k, v in (
+                    ("mean", mean[i]),
+                    ("sd", sd[i]),
+                    ("ess_bulk", ess[i]),
+                    ("r_hat", rh[i]),
+                )
+            }
     return out
 
 
@@ -87,8 +92,10 @@ def _print_table(post, labels: dict) -> None:
         def fmt(v, spec):
             return format(v, spec) if v is not None else "-"
 
-        print(f"{name:<{width}} {fmt(r['mean'], '10.3f')} {fmt(r['sd'], '10.3f')} "
-              f"{fmt(r['ess_bulk'], '9.0f')} {fmt(r['r_hat'], '7.3f')}")
+        print(
+            f"{name:<{width}} {fmt(r['mean'], '10.3f')} {fmt(r['sd'], '10.3f')} "
+            f"{fmt(r['ess_bulk'], '9.0f')} {fmt(r['r_hat'], '7.3f')}"
+        )
 
 
 def _task_labels(post) -> dict:
@@ -120,11 +127,16 @@ def _cmd_fit(args) -> int:
         options, name = {}, "eight schools (built in)"
     method = args.method
     if method in ("nuts", "collapsed", "auto"):
-        options.update(num_chains=args.chains, num_warmup=args.warmup, num_samples=args.draws,
-                       progress_bar=not args.json and sys.stderr.isatty())
+        options.update(
+            num_chains=args.chains,
+            num_warmup=args.warmup,
+            num_samples=args.draws,
+            progress_bar=not args.json and sys.stderr.isatty(),
+        )
     elif method == "vi":
-        options.update(num_samples=args.draws * args.chains,
-                       progress_bar=not args.json and sys.stderr.isatty())
+        options.update(
+            num_samples=args.draws * args.chains, progress_bar=not args.json and sys.stderr.isatty()
+        )
         if args.warmup != 1000:
             options["num_steps"] = args.warmup
     elif method == "exact":
@@ -136,8 +148,11 @@ def _cmd_fit(args) -> int:
         except ValueError as err:
             print(f"bayesmeta fit: error: {err}", file=sys.stderr)
             return 2
-    problems = [str(w.message) for w in caught
-                if issubclass(w.category, bm.inference.diagnostics.FitWarning)]
+    problems = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, bm.inference.diagnostics.FitWarning)
+    ]
     for msg in problems:
         print(f"warning: {msg}", file=sys.stderr)
     divergences = None
@@ -155,8 +170,10 @@ def _cmd_fit(args) -> int:
 
         plot_forest(post.to_arviz(), args.plot)
     if not args.json:
-        print(f"{name}: {tasks.num_tasks} tasks, {tasks.num_obs} rows; method {post.method}, "
-              f"{post.num_chains} chain(s) x {post.num_draws} draws")
+        print(
+            f"{name}: {tasks.num_tasks} tasks, {tasks.num_obs} rows; method {post.method}, "
+            f"{post.num_chains} chain(s) x {post.num_draws} draws"
+        )
         _print_table(post, _task_labels(post))
         if divergences is not None:
             print(f"divergences: {divergences}")
@@ -165,14 +182,23 @@ def _cmd_fit(args) -> int:
         if args.plot:
             print(f"saved {args.plot}")
         return 0
-    diagnostics = {"num_chains": post.num_chains, "num_draws": post.num_draws,
-                   "divergences": divergences, "warnings": problems}
+    diagnostics = {
+        "num_chains": post.num_chains,
+        "num_draws": post.num_draws,
+        "divergences": divergences,
+        "warnings": problems,
+    }
     if "elbo" in post.info:
         diagnostics["final_elbo"] = float(post.info["elbo"][-1])
         diagnostics["converged"] = bool(post.info["converged"])
-    payload = {"method": post.method, "model": name, "num_tasks": tasks.num_tasks,
-               "labels": list(tasks.labels), "parameters": _flatten_summary(post),
-               "diagnostics": diagnostics}
+    payload = {
+        "method": post.method,
+        "model": name,
+        "num_tasks": tasks.num_tasks,
+        "labels": list(tasks.labels),
+        "parameters": _flatten_summary(post),
+        "diagnostics": diagnostics,
+    }
     print(json.dumps(payload))
     return 0
 
@@ -182,11 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit a gallery model file (default: eight schools)")
     fit.add_argument("model_file", nargs="?", help="a models/NAME.py file")
-    fit.add_argument("--method", default="nuts",
-                     choices=["nuts", "vi", "exact", "collapsed", "auto"])
+    fit.add_argument(
+        "--method", default="nuts", choices=["nuts", "vi", "exact", "collapsed", "auto"]
+    )
     fit.add_argument("--chains", type=_positive_int, default=4)
-    fit.add_argument("--warmup", type=_nonneg_int, default=1000,
-                     help="NUTS warmup steps (VI: optimisation steps when given)")
+    fit.add_argument(
+        "--warmup",
+        type=_nonneg_int,
+        default=1000,
+        help="NUTS warmup steps (VI: optimisation steps when given)",
+    )
     fit.add_argument("--draws", type=_positive_int, default=1000, help="draws per chain")
     fit.add_argument("--seed", type=_nonneg_int, default=0)
     fit.add_argument("--out", help="save the ArviZ data to this NetCDF file")

@@ -43,8 +43,7 @@ def eight_schools() -> TaskSet:
     >>> bm.datasets.eight_schools().labels  # doctest: +SKIP
     ('A', 'B', 'C', 'D', 'E', 'F', 'G', 'H')
     """
-    return TaskSet.from_estimates(y=np.array(_SCHOOL_Y), se=np.array(_SCHOOL_SE),
-                                  labels=_SCHOOLS)
+    return TaskSet.from_estimates(y=np.array(_SCHOOL_Y), se=np.array(_SCHOOL_SE), labels=_SCHOOLS)
 
 
 def bcg_table() -> dict[str, np.ndarray]:
@@ -82,8 +81,9 @@ def bcg(kind: str = "logrr") -> TaskSet:
             rows.append((t["tpos"][i], t["tpos"][i] + t["tneg"][i], 1.0, i))
             rows.append((t["cpos"][i], t["cpos"][i] + t["cneg"][i], 0.0, i))
         y, n, treat, task = (np.array(c, dtype=float) for c in zip(*rows, strict=True))
-        ts = TaskSet.from_arrays(y=y, x=np.stack([n, treat], axis=1), task=task.astype(int),
-                                 labels=labels)
+        ts = TaskSet.from_arrays(
+            y=y, x=np.stack([n, treat], axis=1), task=task.astype(int), labels=labels
+        )
         ts.feature_names = ["trials", "vaccinated"]
         return ts
     raise ValueError(f"kind: must be 'logrr' or 'counts', got {kind!r}")

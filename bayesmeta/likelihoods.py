@@ -124,21 +124,25 @@ def _check_counts(tasks: TaskSet, field: str = "y", upper: np.ndarray | None = N
     bad = (y < 0) | (y != np.round(y))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{field}: counts must be non-negative integers, got {y[row]} at "
-                         f"{_where(tasks, row)}")
+        raise ValueError(
+            f"{field}: counts must be non-negative integers, got {y[row]} at {_where(tasks, row)}"
+        )
     if upper is not None:
         bad = y > upper
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{field}: {y[row]} successes exceed {upper[row]} trials at "
-                             f"{_where(tasks, row)}")
+            raise ValueError(
+                f"{field}: {y[row]} successes exceed {upper[row]} trials at {_where(tasks, row)}"
+            )
 
 
 def _noise_prior(prior: Any) -> dist.Distribution:
     if prior is None:
         return dist.HalfNormal(5.0)
     if not isinstance(prior, dist.Distribution):
-        raise ValueError(f"noise_prior: expected a numpyro distribution, got {type(prior).__name__}")
+        raise ValueError(
+            f"noise_prior: expected a numpyro distribution, got {type(prior).__name__}"
+        )
     return prior
 
 
@@ -158,8 +162,9 @@ class _GLM(Likelihood):
         if tasks.x is None:
             return 0
         if len(tasks.feature_shape) != 1:
-            raise ValueError(f"x: expected a matrix of shape (N, k), got feature shape "
-                             f"{tasks.feature_shape}")
+            raise ValueError(
+                f"x: expected a matrix of shape (N, k), got feature shape {tasks.feature_shape}"
+            )
         return tasks.feature_shape[0]
 
     def validate(self, tasks):
@@ -240,13 +245,17 @@ class NormalKnownNoise(_GLM):
             if self.noise_scale.ndim == 0:
                 return np.full(tasks.num_obs, float(self.noise_scale))
             if self.noise_scale.shape != (tasks.num_tasks,):
-                raise ValueError(f"noise_scale: expected a scalar or {tasks.num_tasks} values "
-                                 f"(one per task), got shape {self.noise_scale.shape}")
+                raise ValueError(
+                    f"noise_scale: expected a scalar or {tasks.num_tasks} values "
+                    f"(one per task), got shape {self.noise_scale.shape}"
+                )
             return self.noise_scale[tasks.task_index]
         if tasks.noise_scale is None:
-            raise ValueError("noise_scale: NormalKnownNoise needs known noise scales (build the "
-                             "TaskSet with from_estimates or noise_scale=, or pass noise_scale "
-                             "to the likelihood)")
+            raise ValueError(
+                "noise_scale: NormalKnownNoise needs known noise scales (build the "
+                "TaskSet with from_estimates or noise_scale=, or pass noise_scale "
+                "to the likelihood)"
+            )
         return tasks.noise_scale
 
     def validate(self, tasks):
@@ -375,8 +384,10 @@ class LogisticRegression(_GLM):
         bad = (tasks.y != 0) & (tasks.y != 1)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"y: LogisticRegression needs binary y (0 or 1), got {tasks.y[row]} "
-                             f"at {_where(tasks, row)}")
+            raise ValueError(
+                f"y: LogisticRegression needs binary y (0 or 1), got {tasks.y[row]} "
+                f"at {_where(tasks, row)}"
+            )
 
     def row_dist(self, theta_rows, data, extras_rows):
         return dist.Bernoulli(logits=self._eta(theta_rows, data))
@@ -430,8 +441,10 @@ class Binomial(_GLM):
         bad = (trials < 1) | (trials != np.round(trials))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"x: trials (column 0) must be positive integers, got {trials[row]} "
-                             f"at {_where(tasks, row)}")
+            raise ValueError(
+                f"x: trials (column 0) must be positive integers, got {trials[row]} "
+                f"at {_where(tasks, row)}"
+            )
         super().validate(tasks)
         _check_counts(tasks, upper=trials)
 
@@ -441,7 +454,7 @@ class Binomial(_GLM):
             return None
         names = getattr(tasks, "feature_names", None)
         k = self._num_covariates(tasks)
-        cov = list(names[1:k + 1]) if names else [f"x{i + 1}" for i in range(k)]
+        cov = list(names[1 : k + 1]) if names else [f"x{i + 1}" for i in range(k)]
         return "coef", (["intercept"] if self.intercept else []) + cov
 
     def row_dist(self, theta_rows, data, extras_rows):
@@ -487,16 +500,24 @@ class Custom(Likelihood):
         for ``parameterization="auto"`` (without it, auto means non-centred).
     """
 
-    def __init__(self, loglik_fn: Callable, param_shape: tuple[int, ...] = (),
-                 rowwise: bool = True, sample_fn: Callable | None = None,
-                 information_fn: Callable | None = None, param_names: list[str] | None = None):
+    def __init__(
+        self,
+        loglik_fn: Callable,
+        param_shape: tuple[int, ...] = (),
+        rowwise: bool = True,
+        sample_fn: Callable | None = None,
+        information_fn: Callable | None = None,
+        param_names: list[str] | None = None,
+    ):
         if not callable(loglik_fn):
             raise ValueError("loglik_fn: expected a callable (theta, x, y) -> log-likelihood")
         self.loglik_fn = loglik_fn
         try:
             self._param_shape = tuple(int(s) for s in param_shape)
         except TypeError:
-            raise ValueError(f"param_shape: expected a tuple of ints, got {param_shape!r}") from None
+            raise ValueError(
+                f"param_shape: expected a tuple of ints, got {param_shape!r}"
+            ) from None
         if len(self._param_shape) > 1:
             raise ValueError("param_shape: at most one dimension is supported")
         self.rowwise = bool(rowwise)
@@ -555,11 +576,14 @@ class Custom(Likelihood):
         x = data.get("pad_x")
         in_x = None if x is None else 0
         return jax.vmap(self.loglik_fn, in_axes=(0, in_x, 0, 0))(
-            theta, x, data["pad_y"], data["pad_mask"])
+            theta, x, data["pad_y"], data["pad_mask"]
+        )
 
     def information(self, tasks):
         return None if self.information_fn is None else np.asarray(self.information_fn(tasks))
 
     def __repr__(self):
-        return f"Custom({getattr(self.loglik_fn, '__name__', 'loglik_fn')}, " \
-               f"param_shape={self._param_shape}, rowwise={self.rowwise})"
+        return (
+            f"Custom({getattr(self.loglik_fn, '__name__', 'loglik_fn')}, "
+            f"param_shape={self._param_shape}, rowwise={self.rowwise})"
+        )

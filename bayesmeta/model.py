@@ -60,8 +60,9 @@ class BuiltModel(NamedTuple):
 
 def _check_likelihood(likelihood: Any) -> lk.Likelihood:
     if not isinstance(likelihood, lk.Likelihood):
-        raise ValueError(f"likelihood: expected a bm.likelihoods object, got "
-                         f"{type(likelihood).__name__}")
+        raise ValueError(
+            f"likelihood: expected a bm.likelihoods object, got {type(likelihood).__name__}"
+        )
     return likelihood
 
 
@@ -113,14 +114,25 @@ class _TaskModel:
             extras = likelihood.sample_extras(num_tasks, task_plate)
             if per_task:
                 with task_plate:
-                    numpyro.sample("y", lk._RowLogDensity(likelihood.task_log_density(
-                        jnp.broadcast_to(theta, (num_tasks, *param_shape)), data)),
-                        obs=None if y is None else jnp.zeros(num_tasks))
+                    numpyro.sample(
+                        "y",
+                        lk._RowLogDensity(
+                            likelihood.task_log_density(
+                                jnp.broadcast_to(theta, (num_tasks, *param_shape)), data
+                            )
+                        ),
+                        obs=None if y is None else jnp.zeros(num_tasks),
+                    )
                 return
             theta_rows = theta if theta.ndim == len(param_shape) else theta[task_index]
             with numpyro.plate(obs_dim, num_obs):
-                numpyro.sample("y", likelihood.row_dist(
-                    theta_rows, data, likelihood.extras_rows(extras, task_index)), obs=y)
+                numpyro.sample(
+                    "y",
+                    likelihood.row_dist(
+                        theta_rows, data, likelihood.extras_rows(extras, task_index)
+                    ),
+                    obs=y,
+                )
 
         dims = {self.theta_site: self._theta_dims(param_dim), "y": [obs_dim]}
         dims.update(self._extra_dims(param_dim))
@@ -162,8 +174,9 @@ class Hierarchical(_TaskModel):
         if population is None:
             population = pops.Normal()
         if not isinstance(population, pops.Population):
-            raise ValueError(f"population: expected a bm.populations object, got "
-                             f"{type(population).__name__}")
+            raise ValueError(
+                f"population: expected a bm.populations object, got {type(population).__name__}"
+            )
         self.population = population
         self.theta_site = population.theta_site
 
@@ -287,9 +300,11 @@ def build_callable(fn: Callable, tasks: TaskSet) -> BuiltModel:
     try:
         trace = handlers.trace(handlers.seed(model, 0)).get_trace(**data)
     except TypeError as err:
-        raise ValueError(f"model: a NumPyro model passed to fit is called as model(y=, "
-                         f"task_index=, num_tasks=, x=, noise_scale=); calling it failed: "
-                         f"{err}") from err
+        raise ValueError(
+            f"model: a NumPyro model passed to fit is called as model(y=, "
+            f"task_index=, num_tasks=, x=, noise_scale=); calling it failed: "
+            f"{err}"
+        ) from err
     dims = {}
     for name, site in trace.items():
         if site["type"] not in ("sample", "deterministic"):

@@ -60,14 +60,17 @@ def _check_hyperprior(field: str, value: Any, positive: bool) -> Any:
                 lower is not None and float(np.min(lower)) >= 0
             )
             if not ok:
-                raise ValueError(f"{field}: the hyperprior must have positive support, "
-                                 f"got {type(value).__name__}")
+                raise ValueError(
+                    f"{field}: the hyperprior must have positive support, "
+                    f"got {type(value).__name__}"
+                )
         return value
     try:
         arr = np.asarray(value, dtype=float)
     except (TypeError, ValueError):
-        raise ValueError(f"{field}: expected a numpyro distribution or a number, got "
-                         f"{type(value).__name__}") from None
+        raise ValueError(
+            f"{field}: expected a numpyro distribution or a number, got {type(value).__name__}"
+        ) from None
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{field}: fixed value must be finite, got {value}")
     if positive and np.any(arr <= 0):
@@ -79,8 +82,10 @@ def _expand(d: dist.Distribution, shape: tuple[int, ...], field: str) -> dist.Di
     """A hyperprior over an array of ``shape``: broadcast a scalar prior, keep a matching one."""
     if not shape:
         if d.batch_shape or d.event_shape:
-            raise ValueError(f"{field}: hyperprior has shape {d.batch_shape + d.event_shape}, "
-                             "the parameter is a scalar")
+            raise ValueError(
+                f"{field}: hyperprior has shape {d.batch_shape + d.event_shape}, "
+                "the parameter is a scalar"
+            )
         return d
     if d.event_shape == shape:
         return d
@@ -90,16 +95,20 @@ def _expand(d: dist.Distribution, shape: tuple[int, ...], field: str) -> dist.Di
         return d.expand(shape).to_event(len(shape))
     if d.batch_shape == shape:
         return d.to_event(len(shape))
-    raise ValueError(f"{field}: hyperprior batch shape {d.batch_shape} does not match the "
-                     f"per-task parameter shape {shape}")
+    raise ValueError(
+        f"{field}: hyperprior batch shape {d.batch_shape} does not match the "
+        f"per-task parameter shape {shape}"
+    )
 
 
 def _fixed_shape(arr: np.ndarray, shape: tuple[int, ...], field: str) -> jnp.ndarray:
     try:
         return jnp.broadcast_to(jnp.asarray(arr), shape)
     except ValueError:
-        raise ValueError(f"{field}: fixed value of shape {arr.shape} does not fit the "
-                         f"per-task parameter shape {shape}") from None
+        raise ValueError(
+            f"{field}: fixed value of shape {arr.shape} does not fit the "
+            f"per-task parameter shape {shape}"
+        ) from None
 
 
 def _median(d: dist.Distribution) -> np.ndarray:
@@ -122,14 +131,16 @@ class Population:
         if dim is not None and (not isinstance(dim, int | np.integer) or dim < 1):
             raise ValueError(f"dim: must be a positive integer, got {dim!r}")
         if parameterization not in _PARAMETERIZATIONS:
-            raise ValueError(f"parameterization: must be one of {_PARAMETERIZATIONS}, got "
-                             f"{parameterization!r}")
+            raise ValueError(
+                f"parameterization: must be one of {_PARAMETERIZATIONS}, got {parameterization!r}"
+            )
         if name is not None and (not isinstance(name, str) or not name.isidentifier()):
             raise ValueError(f"name: must be an identifier, got {name!r}")
         self.dim = None if dim is None else int(dim)
         self.loc = dist.Normal(0.0, 5.0) if loc is None else _check_hyperprior("loc", loc, False)
-        self.scale = (dist.HalfCauchy(5.0) if scale is None
-                      else _check_hyperprior("scale", scale, True))
+        self.scale = (
+            dist.HalfCauchy(5.0) if scale is None else _check_hyperprior("scale", scale, True)
+        )
         self.parameterization = parameterization
         self.name = name
 
@@ -143,8 +154,11 @@ class Population:
 
     def hyper_sites(self) -> list[str]:
         """Names of the sampled (not fixed) hyperparameter sites."""
-        return [self.site(b) for b, v in self._hyper_priors().items()
-                if isinstance(v, dist.Distribution)]
+        return [
+            self.site(b)
+            for b, v in self._hyper_priors().items()
+            if isinstance(v, dist.Distribution)
+        ]
 
     def _hyper_priors(self) -> dict[str, Any]:
         return {"mu": self.loc, "tau": self.scale}
@@ -154,8 +168,7 @@ class Population:
         out = {}
         for base, v in self._hyper_priors().items():
             if not isinstance(v, dist.Distribution) and v is not None:
-                out[self.site(base)] = _fixed_shape(v, self._hyper_shape(base, param_shape),
-                                                    base)
+                out[self.site(base)] = _fixed_shape(v, self._hyper_shape(base, param_shape), base)
         return out
 
     def _hyper_shape(self, base: str, param_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -169,8 +182,10 @@ class Population:
         """Raise if the population's ``dim`` does not match the likelihood's parameter."""
         size = int(np.prod(param_shape)) if param_shape else 1
         if len(param_shape) > 1:
-            raise ValueError(f"population: per-task parameters of shape {param_shape} "
-                             "are not supported (use a vector)")
+            raise ValueError(
+                f"population: per-task parameters of shape {param_shape} "
+                "are not supported (use a vector)"
+            )
         if self.dim is not None and self.dim != size:
             raise ValueError(
                 f"population: dim={self.dim} but the likelihood has {size} parameter(s) per "
@@ -233,8 +248,10 @@ class Population:
             return f"fixed {np.asarray(v).tolist()}"
 
         hp = ", ".join(f"{k}={show(v)}" for k, v in self._hyper_priors().items())
-        return (f"{type(self).__name__}(dim={self.dim}, {hp}, "
-                f"parameterization={self.parameterization!r}, name={self.name!r})")
+        return (
+            f"{type(self).__name__}(dim={self.dim}, {hp}, "
+            f"parameterization={self.parameterization!r}, name={self.name!r})"
+        )
 
 
 def _locscale_partial(base_fn, hyper_mu, hyper_tau, param_shape, centered, site):
@@ -273,8 +290,14 @@ class Normal(Population):
         return d.to_event(len(param_shape)) if param_shape else d
 
     def _sample_theta_reparam(self, hyper, param_shape, centered):
-        return _locscale_partial(dist.Normal, hyper[self.site("mu")], hyper[self.site("tau")],
-                                 param_shape, centered, self.theta_site)
+        return _locscale_partial(
+            dist.Normal,
+            hyper[self.site("mu")],
+            hyper[self.site("tau")],
+            param_shape,
+            centered,
+            self.theta_site,
+        )
 
 
 class StudentT(Population):
@@ -286,8 +309,7 @@ class StudentT(Population):
 
     family = "studentt"
 
-    def __init__(self, dim=None, loc=None, scale=None, df=None, parameterization="auto",
-                 name=None):
+    def __init__(self, dim=None, loc=None, scale=None, df=None, parameterization="auto", name=None):
         super().__init__(dim, loc, scale, parameterization, name)
         self.df = dist.Gamma(2.0, 0.1) if df is None else _check_hyperprior("df", df, True)
 
@@ -307,15 +329,21 @@ class StudentT(Population):
         return nu[..., None] if param_shape else nu
 
     def dist(self, hyper, param_shape):
-        d = dist.StudentT(self._nu(hyper, param_shape), hyper[self.site("mu")],
-                          hyper[self.site("tau")])
+        d = dist.StudentT(
+            self._nu(hyper, param_shape), hyper[self.site("mu")], hyper[self.site("tau")]
+        )
         return d.to_event(len(param_shape)) if param_shape else d
 
     def _sample_theta_reparam(self, hyper, param_shape, centered):
         nu = self._nu(hyper, param_shape)
-        return _locscale_partial(lambda m, s: dist.StudentT(nu, m, s), hyper[self.site("mu")],
-                                 hyper[self.site("tau")], param_shape, centered,
-                                 self.theta_site)
+        return _locscale_partial(
+            lambda m, s: dist.StudentT(nu, m, s),
+            hyper[self.site("mu")],
+            hyper[self.site("tau")],
+            param_shape,
+            centered,
+            self.theta_site,
+        )
 
 
 class MvNormal(Population):
@@ -333,8 +361,9 @@ class MvNormal(Population):
 
     family = "mvnormal"
 
-    def __init__(self, dim=None, loc=None, scale=None, corr=2.0, parameterization="auto",
-                 name=None):
+    def __init__(
+        self, dim=None, loc=None, scale=None, corr=2.0, parameterization="auto", name=None
+    ):
         super().__init__(dim, loc, scale, parameterization, name)
         corr_arr = np.asarray(corr, dtype=float)
         if corr_arr.ndim == 0:
@@ -343,8 +372,9 @@ class MvNormal(Population):
             self.corr_concentration, self.corr_fixed = float(corr_arr), None
         else:
             if corr_arr.ndim != 2 or corr_arr.shape[0] != corr_arr.shape[1]:
-                raise ValueError(f"corr: expected a square correlation matrix, got shape "
-                                 f"{corr_arr.shape}")
+                raise ValueError(
+                    f"corr: expected a square correlation matrix, got shape {corr_arr.shape}"
+                )
             if not np.allclose(np.diag(corr_arr), 1) or not np.allclose(corr_arr, corr_arr.T):
                 raise ValueError("corr: a correlation matrix needs a unit diagonal and symmetry")
             try:
@@ -356,11 +386,15 @@ class MvNormal(Population):
     def check_shape(self, param_shape):
         super().check_shape(param_shape)
         if len(param_shape) != 1 or param_shape[0] < 2:
-            raise ValueError("population: MvNormal needs a vector of >= 2 parameters per task "
-                             f"(the likelihood has shape {param_shape}); use Normal")
+            raise ValueError(
+                "population: MvNormal needs a vector of >= 2 parameters per task "
+                f"(the likelihood has shape {param_shape}); use Normal"
+            )
         if self.corr_fixed is not None and self.corr_fixed.shape[0] != param_shape[0]:
-            raise ValueError(f"corr: fixed matrix is {self.corr_fixed.shape}, the likelihood has "
-                             f"{param_shape[0]} parameters")
+            raise ValueError(
+                f"corr: fixed matrix is {self.corr_fixed.shape}, the likelihood has "
+                f"{param_shape[0]} parameters"
+            )
 
     def hyper_sites(self):
         sites = super().hyper_sites()
@@ -408,8 +442,9 @@ class MvNormal(Population):
         mu, tril = hyper[self.site("mu")], self._scale_tril(hyper)
         # z is an unconstrained latent whose density is added by hand: MvN(z; mu, S) where
         # centred, N(z; 0, I) where not (theta = mu + S z)
-        z = numpyro.sample(f"{site}_raw", dist.Normal(0.0, 1.0).expand(param_shape)
-                           .to_event(1).mask(False))
+        z = numpyro.sample(
+            f"{site}_raw", dist.Normal(0.0, 1.0).expand(param_shape).to_event(1).mask(False)
+        )
         lp_c = dist.MultivariateNormal(mu, scale_tril=tril).log_prob(z)
         lp_n = dist.Normal(0.0, 1.0).to_event(1).log_prob(z)
         numpyro.factor(f"{site}_raw_lp", c * lp_c + (1.0 - c) * lp_n)

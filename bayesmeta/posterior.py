@@ -48,18 +48,30 @@ class Posterior:
       info: method-specific extras (the ELBO trace of VI, the exact results, diagnostics).
     """
 
-    def __init__(self, samples: dict, *, method: str, dims: dict | None = None,
-                 coords: dict | None = None, tasks: TaskSet | None = None, model: Any = None,
-                 sample_stats: dict | None = None, log_likelihood: dict | None = None,
-                 observed_data: dict | None = None, info: dict | None = None,
-                 param_shape: tuple | None = None):
+    def __init__(
+        self,
+        samples: dict,
+        *,
+        method: str,
+        dims: dict | None = None,
+        coords: dict | None = None,
+        tasks: TaskSet | None = None,
+        model: Any = None,
+        sample_stats: dict | None = None,
+        log_likelihood: dict | None = None,
+        observed_data: dict | None = None,
+        info: dict | None = None,
+        param_shape: tuple | None = None,
+    ):
         if not samples:
             raise ValueError("samples: a Posterior needs at least one variable")
         self.samples = {k: np.asarray(v) for k, v in samples.items()}
         lead = {v.shape[:2] for v in self.samples.values()}
         if any(v.ndim < 2 for v in self.samples.values()) or len(lead) != 1:
-            raise ValueError(f"samples: every variable needs the same (chain, draw) leading dims, "
-                             f"got {sorted(lead)}")
+            raise ValueError(
+                f"samples: every variable needs the same (chain, draw) leading dims, "
+                f"got {sorted(lead)}"
+            )
         self.method = method
         self.dims = dict(dims or {})
         self.coords = dict(coords or {})
@@ -100,8 +112,10 @@ class Posterior:
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}{tuple(v.shape[2:])}" for k, v in self.samples.items())
-        return (f"Posterior(method={self.method!r}, chains={self.num_chains}, "
-                f"draws={self.num_draws}, {shapes})")
+        return (
+            f"Posterior(method={self.method!r}, chains={self.num_chains}, "
+            f"draws={self.num_draws}, {shapes})"
+        )
 
     # ------------------------------------------------------------------ ArviZ
     def to_arviz(self, prior: bool = False, num_prior_draws: int = 500, seed: int = 0):
@@ -115,13 +129,19 @@ class Posterior:
         if prior:
             prior_draws, prior_pred = self._prior_draws(num_prior_draws, seed)
         return bm_arviz.to_arviz(
-            self.samples, dims=self.dims, coords=self.coords,
+            self.samples,
+            dims=self.dims,
+            coords=self.coords,
             sample_stats=self.sample_stats or None,
             log_likelihood=self.log_likelihood or None,
             observed_data=self.observed_data or None,
-            prior=prior_draws, prior_predictive=prior_pred,
-            attrs={"inference_library": "numpyro", "creation_library": "bayesmeta",
-                   "method": self.method},
+            prior=prior_draws,
+            prior_predictive=prior_pred,
+            attrs={
+                "inference_library": "numpyro",
+                "creation_library": "bayesmeta",
+                "method": self.method,
+            },
         )
 
     def _prior_draws(self, num_draws: int, seed: int):
@@ -132,7 +152,8 @@ class Posterior:
         built = self.model.build(self.tasks)
         data = {k: v for k, v in built.data.items() if k != "y"}
         draws = Predictive(built.fn, num_samples=num_draws)(
-            jax.random.PRNGKey(seed), y=None, _prior=True, **data)
+            jax.random.PRNGKey(seed), y=None, _prior=True, **data
+        )
         draws = {k: np.asarray(v)[None] for k, v in draws.items() if k not in built.hidden}
         pred = {"y": draws.pop("y")} if "y" in draws else None
         return {k: v for k, v in draws.items() if k in self.samples}, pred
@@ -163,9 +184,11 @@ class Posterior:
         from bayesmeta.model import Hierarchical
 
         if not isinstance(self.model, Hierarchical) or self.param_shape is None:
-            raise ValueError("population: needs a posterior of a bm.Hierarchical model "
-                             f"(this one came from {self.method!r} with model "
-                             f"{type(self.model).__name__})")
+            raise ValueError(
+                "population: needs a posterior of a bm.Hierarchical model "
+                f"(this one came from {self.method!r} with model "
+                f"{type(self.model).__name__})"
+            )
         return self.model
 
     def population(self) -> dist.Distribution:
@@ -187,8 +210,14 @@ class Posterior:
 
         return adapt(self, new_tasks, method=method, seed=seed, **options)
 
-    def predict(self, key: Any = 0, x: Any = None, task: Any = None,
-                noise_scale: Any = None, num_obs: int | None = None) -> np.ndarray:
+    def predict(
+        self,
+        key: Any = 0,
+        x: Any = None,
+        task: Any = None,
+        noise_scale: Any = None,
+        num_obs: int | None = None,
+    ) -> np.ndarray:
         """Posterior predictive draws of ``y``, shape ``(chain, draw, n)``.
 
         - no ``x`` and no ``task``: replicate every observed row (``n = num_obs``);
@@ -200,5 +229,4 @@ class Posterior:
         """
         from bayesmeta.inference.adapt import predict
 
-        return predict(self, _as_key(key), x=x, task=task, noise_scale=noise_scale,
-                       num_obs=num_obs)
+        return predict(self, _as_key(key), x=x, task=task, noise_scale=noise_scale, num_obs=num_obs)

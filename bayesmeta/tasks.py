@@ -175,20 +175,28 @@ class TaskSet:
         n = y_arr.shape[0]
         task_arr = np.asarray(task)
         if task_arr.ndim != 1 or task_arr.shape[0] != n:
-            raise ValueError(f"task: expected {n} task ids (one per row of y), got shape "
-                             f"{task_arr.shape}")
+            raise ValueError(
+                f"task: expected {n} task ids (one per row of y), got shape {task_arr.shape}"
+            )
         if labels is not None:
             labels = [str(label) for label in labels]
             try:
                 index = task_arr.astype(np.int64)
             except (TypeError, ValueError):
-                raise ValueError("task: with labels given, task must hold integer indices") from None
-            if np.any(index != task_arr) or index.min(initial=0) < 0 or index.max(
-                initial=0
-            ) >= len(labels):
-                row = int(np.flatnonzero((index < 0) | (index >= len(labels)) | (index != task_arr))[0])
-                raise ValueError(f"task: row {row} has index {task_arr[row]!r}, "
-                                 f"not in 0..{len(labels) - 1}")
+                raise ValueError(
+                    "task: with labels given, task must hold integer indices"
+                ) from None
+            if (
+                np.any(index != task_arr)
+                or index.min(initial=0) < 0
+                or index.max(initial=0) >= len(labels)
+            ):
+                row = int(
+                    np.flatnonzero((index < 0) | (index >= len(labels)) | (index != task_arr))[0]
+                )
+                raise ValueError(
+                    f"task: row {row} has index {task_arr[row]!r}, not in 0..{len(labels) - 1}"
+                )
         else:
             keys: dict[Any, int] = {}
             index = np.empty(n, dtype=np.int64)
@@ -203,7 +211,9 @@ class TaskSet:
         if x is not None:
             x_arr = _as_float_array("x", x)
             if x_arr.ndim == 0 or x_arr.shape[0] != n:
-                raise ValueError(f"x: expected {n} rows (one per row of y), got shape {x_arr.shape}")
+                raise ValueError(
+                    f"x: expected {n} rows (one per row of y), got shape {x_arr.shape}"
+                )
             if x_arr.ndim == 1:
                 x_arr = x_arr[:, None]
         ns_arr = None
@@ -212,8 +222,10 @@ class TaskSet:
             if ns_arr.ndim == 0:
                 ns_arr = np.full(n, float(ns_arr))
             if ns_arr.shape != (n,):
-                raise ValueError(f"noise_scale: expected a scalar or {n} values (one per row), "
-                                 f"got shape {ns_arr.shape}")
+                raise ValueError(
+                    f"noise_scale: expected a scalar or {n} values (one per row), "
+                    f"got shape {ns_arr.shape}"
+                )
         order = np.argsort(index, kind="stable")
         return cls(
             y=y_arr[order],
@@ -307,7 +319,9 @@ class TaskSet:
         if se_arr.ndim == 0:
             se_arr = np.full(y_arr.shape[0], float(se_arr))
         if se_arr.shape != y_arr.shape:
-            raise ValueError(f"se: {se_arr.shape[0]} standard errors for {y_arr.shape[0]} estimates")
+            raise ValueError(
+                f"se: {se_arr.shape[0]} standard errors for {y_arr.shape[0]} estimates"
+            )
         if y_arr.shape[0] == 0:
             raise ValueError("y: no estimates given")
         if labels is None:
@@ -345,6 +359,7 @@ class TaskSet:
                     raise ValueError(f"{field}: column {col!r} not in {path} (columns: {header})")
             ids, ys, xs, ns = [], [], [], []
             for line, row in enumerate(reader, start=2):
+
                 def num(col: str, field: str, _row=row, _line=line) -> float:
                     raw = (_row[col] or "").strip()
                     try:
@@ -401,7 +416,8 @@ class TaskSet:
         kind = "estimates" if self.is_estimates else "rows"
         return (
             f"TaskSet(num_tasks={self.num_tasks}, num_obs={self.num_obs} {kind}, "
-            f"rows/task {c.min()}..{c.max()}, x={self.feature_shape if self.x is not None else None}"
+            f"rows/task {c.min()}..{c.max()}, "
+            f"x={self.feature_shape if self.x is not None else None}"
             f", noise_scale={'known' if self.noise_scale is not None else None})"
         )
 
@@ -549,8 +565,9 @@ class TaskSet:
         ns = _as_float_array("noise_scale", noise_scale)
         if ns.ndim == 0:
             ns = np.full(self.num_obs, float(ns))
-        return TaskSet(self.y, self.task_index, self.labels, self.x, ns, self.is_estimates,
-                       self.row_ids)
+        return TaskSet(
+            self.y, self.task_index, self.labels, self.x, ns, self.is_estimates, self.row_ids
+        )
 
 
 def _key_data(key: Any) -> np.ndarray:

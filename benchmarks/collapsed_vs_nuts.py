@@ -57,23 +57,36 @@ def _min_ess(samples):
 def run(args):
     y, se = simulate(args.tasks, args.seed)
     tasks = bm.TaskSet.from_estimates(y=y, se=se)
-    model = bm.Hierarchical(bm.likelihoods.NormalKnownNoise(),
-                            bm.populations.Normal(loc=dist.Normal(0.0, 5.0),
-                                                  scale=dist.HalfCauchy(5.0)))
-    opts = dict(num_chains=args.chains, num_warmup=args.warmup, num_samples=args.draws,
-                progress_bar=False, warn=False)
+    model = bm.Hierarchical(
+        bm.likelihoods.NormalKnownNoise(),
+        bm.populations.Normal(loc=dist.Normal(0.0, 5.0), scale=dist.HalfCauchy(5.0)),
+    )
+    opts = dict(
+        num_chains=args.chains,
+        num_warmup=args.warmup,
+        num_samples=args.draws,
+        progress_bar=False,
+        warn=False,
+    )
     rows = {}
     for name, method in (("bayesmeta collapsed", "collapsed"), ("bayesmeta nuts", "nuts")):
         t0 = time.perf_counter()
         post = bm.fit(model, tasks, method=method, seed=args.seed, **opts)
         wall = time.perf_counter() - t0
         rows[name] = (wall, _min_ess(post.samples))
-    for name, fn in (("numpyro full (hand)", _hand_full),
-                     ("numpyro marginal (hand)", _hand_marginal)):
+    for name, fn in (
+        ("numpyro full (hand)", _hand_full),
+        ("numpyro marginal (hand)", _hand_marginal),
+    ):
         t0 = time.perf_counter()
-        mcmc = MCMC(NUTS(fn, target_accept_prob=0.9), num_warmup=args.warmup,
-                    num_samples=args.draws, num_chains=args.chains, chain_method="vectorized",
-                    progress_bar=False)
+        mcmc = MCMC(
+            NUTS(fn, target_accept_prob=0.9),
+            num_warmup=args.warmup,
+            num_samples=args.draws,
+            num_chains=args.chains,
+            chain_method="vectorized",
+            progress_bar=False,
+        )
         mcmc.run(jax.random.PRNGKey(args.seed), y=jnp.asarray(y), se=jnp.asarray(se))
         samples = mcmc.get_samples(group_by_chain=True)
         jax.block_until_ready(samples)
@@ -81,17 +94,23 @@ def run(args):
         rows[name] = (wall, _min_ess(samples))
     table = {k: {"wall_s": w, "min_ess": e, "ess_per_s": e / w} for k, (w, e) in rows.items()}
     ratio = table["bayesmeta collapsed"]["ess_per_s"] / table["bayesmeta nuts"]["ess_per_s"]
-    print(f"{args.tasks} normal-normal tasks, {args.chains} chains x {args.draws} draws "
-          f"({args.warmup} warmup), backend {jax.default_backend()}")
+    print(
+        f"{args.tasks} normal-normal tasks, {args.chains} chains x {args.draws} draws "
+        f"({args.warmup} warmup), backend {jax.default_backend()}"
+    )
     print(f"{'fit':<26} {'wall s':>9} {'min ESS':>9} {'ESS/s':>10}")
     for k, r in table.items():
         print(f"{k:<26} {r['wall_s']:9.2f} {r['min_ess']:9.0f} {r['ess_per_s']:10.2f}")
     print(f"collapsed / full NUTS, ESS per second: {ratio:.1f}x")
     hand = table["numpyro marginal (hand)"]["ess_per_s"]
-    print(f"bayesmeta collapsed / hand-written NumPyro marginal: "
-          f"{table['bayesmeta collapsed']['ess_per_s'] / hand:.2f}x")
-    print(f"bayesmeta nuts / hand-written NumPyro full: "
-          f"{table['bayesmeta nuts']['ess_per_s'] / table['numpyro full (hand)']['ess_per_s']:.2f}x")
+    print(
+        f"bayesmeta collapsed / hand-written NumPyro marginal: "
+        f"{table['bayesmeta collapsed']['ess_per_s'] / hand:.2f}x"
+    )
+    print(
+        f"bayesmeta nuts / hand-written NumPyro full: "
+        f"{table['bayesmeta nuts']['ess_per_s'] / table['numpyro full (hand)']['ess_per_s']:.2f}x"
+    )
     if args.json:
         print(json.dumps({"tasks": args.tasks, "results": table, "ratio_collapsed_vs_nuts": ratio}))
 

@@ -29,5 +29,6 @@ def tasks(seed: int = 0, num_tasks: int = 20):
     task = np.repeat(np.arange(num_tasks), counts)
     x = rng.uniform(-2.0, 2.0, size=task.size)
     y = theta[task, 0] + theta[task, 1] * x + NOISE * rng.standard_normal(task.size)
-    return bm.TaskSet.from_arrays(y=y, x=x, task=task, labels=[f"t{i:02d}" for i in
-                                                               range(num_tasks)])
+    return bm.TaskSet.from_arrays(
+        y=y, x=x, task=task, labels=[f"t{i:02d}" for i in range(num_tasks)]
+    )

@@ -29,5 +29,6 @@ def tasks(seed: int = 1, num_tasks: int = 30):
     x = rng.normal(0.0, 1.0, size=task.size)
     p = 1.0 / (1.0 + np.exp(-(theta[task, 0] + theta[task, 1] * x)))
     y = (rng.uniform(size=task.size) < p).astype(float)
-    return bm.TaskSet.from_arrays(y=y, x=x, task=task, labels=[f"g{i:02d}" for i in
-                                                               range(num_tasks)])
+    return bm.TaskSet.from_arrays(
+        y=y, x=x, task=task, labels=[f"g{i:02d}" for i in range(num_tasks)]
+    )

@@ -24,5 +24,12 @@ def eight_schools_model():
 def eight_schools_post():
     """One shared NUTS fit of the eight schools (default parameterisation and options,
     4 chains x 1000 draws) so that the compile is paid once per test session."""
-    return bm.fit(eight_schools_model(), bm.datasets.eight_schools(), method="nuts", seed=0,
-                  num_warmup=1000, num_samples=1000, progress_bar=False)
+    return bm.fit(
+        eight_schools_model(),
+        bm.datasets.eight_schools(),
+        method="nuts",
+        seed=0,
+        num_warmup=1000,
+        num_samples=1000,
+        progress_bar=False,
+    )

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from test_fit import SCHOOL_SE, SCHOOL_Y, _log_normal
 
 import bayesmeta as bm
-from test_fit import SCHOOL_SE, SCHOOL_Y, _log_normal
 
 
 def new_school_by_quadrature(y_new, se_new):
@@ -17,8 +17,10 @@ def new_school_by_quadrature(y_new, se_new):
     se = np.append(SCHOOL_SE, se_new)
     logp = _log_normal(M, 0.0, 5.0) + np.log(2.0 / (np.pi * 5.0 * (1.0 + (T / 5.0) ** 2)))
     logp += np.log(T)
-    logp += np.sum(_log_normal(y[:, None, None], M[None],
-                               np.sqrt(se[:, None, None] ** 2 + T[None] ** 2)), axis=0)
+    logp += np.sum(
+        _log_normal(y[:, None, None], M[None], np.sqrt(se[:, None, None] ** 2 + T[None] ** 2)),
+        axis=0,
+    )
     w = np.exp(logp - logp.max())
     w /= w.sum()
     prec = 1.0 / se_new**2 + 1.0 / T**2
@@ -69,8 +71,9 @@ def test_adapt_importance_agrees_with_conjugate(eight_schools_post):
     new = bm.TaskSet.from_estimates(y=[5.0], se=[10.0], labels=["near"])
     imp = eight_schools_post.adapt(new, method="importance", seed=1)
     assert imp.info["adapt"]["method"]["near"] == "importance"
-    ess = min(imp.info["adapt"]["ess"]["near"],
-              eight_schools_post.info["diagnostics"]["ess_bulk"]["tau"])
+    ess = min(
+        imp.info["adapt"]["ess"]["near"], eight_schools_post.info["diagnostics"]["ess_bulk"]["tau"]
+    )
     _check_against_quadrature(imp.samples["theta"].ravel(), ess, 5.0, 10.0)
 
 

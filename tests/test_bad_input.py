@@ -43,8 +43,9 @@ def test_mismatched_lengths_of_x_and_y():
 
 def test_mismatched_lengths_in_from_tasks():
     with pytest.raises(ValueError, match=r"x: task 'second' has 2 rows of x but 3 of y"):
-        bm.TaskSet.from_tasks([([1.0], [1.0]), ([1.0, 2.0], [1.0, 2.0, 3.0])],
-                              labels=["first", "second"])
+        bm.TaskSet.from_tasks(
+            [([1.0], [1.0]), ([1.0, 2.0], [1.0, 2.0, 3.0])], labels=["first", "second"]
+        )
 
 
 def test_mismatched_lengths_of_estimates_and_se():
@@ -68,16 +69,22 @@ def test_non_positive_standard_error():
 
 
 def test_negative_noise_scale():
-    with pytest.raises(ValueError, match=r"noise_scale: must be positive, got -1.0 at task "
-                                         r"'a', row 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"noise_scale: must be positive, got -1.0 at task "
+        r"'a', row 1",
+    ):
         bm.TaskSet.from_arrays(y=[1.0, 2.0], task=["a", "a"], noise_scale=[1.0, -1.0])
 
 
 def test_non_numeric_csv_cell_names_column_and_line(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("g,y\na,1.0\nb,oops\n")
-    with pytest.raises(ValueError, match=r"y: column 'y' has 'oops', not a number, at task "
-                                         r"'b', line 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"y: column 'y' has 'oops', not a number, at task "
+        r"'b', line 3",
+    ):
         bm.TaskSet.from_csv(str(path), task="g", y="y")
 
 
@@ -120,23 +127,33 @@ def test_scale_hyperprior_must_be_positive():
 def test_logistic_on_non_binary_y_names_task_and_row():
     ts = bm.TaskSet.from_arrays(y=[0.0, 1.0, 2.0], x=[0.1, 0.2, 0.3], task=["a", "b", "b"])
     model = bm.Hierarchical(bm.likelihoods.LogisticRegression())
-    with pytest.raises(ValueError, match=r"y: LogisticRegression needs binary y .* got 2.0 at "
-                                         r"task 'b', row 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"y: LogisticRegression needs binary y .* got 2.0 at "
+        r"task 'b', row 2",
+    ):
         bm.fit(model, ts)
 
 
 def test_poisson_on_negative_counts():
     ts = bm.TaskSet.from_arrays(y=[1.0, -1.0], task=["a", "b"])
-    with pytest.raises(ValueError, match=r"y: counts must be non-negative integers, got -1.0 at "
-                                         r"task 'b', row 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"y: counts must be non-negative integers, got -1.0 at "
+        r"task 'b', row 1",
+    ):
         bm.fit(bm.Hierarchical(bm.likelihoods.Poisson()), ts)
 
 
 def test_binomial_successes_above_trials():
-    ts = bm.TaskSet.from_arrays(y=[3.0, 9.0], x=np.array([[5.0, 1.0], [8.0, 0.0]]),
-                                task=["t1", "t1"])
-    with pytest.raises(ValueError, match=r"y: 9.0 successes exceed 8.0 trials at task 't1', "
-                                         r"row 1"):
+    ts = bm.TaskSet.from_arrays(
+        y=[3.0, 9.0], x=np.array([[5.0, 1.0], [8.0, 0.0]]), task=["t1", "t1"]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"y: 9.0 successes exceed 8.0 trials at task 't1', "
+        r"row 1",
+    ):
         bm.fit(bm.Hierarchical(bm.likelihoods.Binomial()), ts)
 
 

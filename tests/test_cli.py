@@ -20,8 +20,10 @@ def test_fit_default_prints_the_eight_schools_summary(capsys):
 @pytest.mark.arviz
 def test_fit_json_out_and_plot(capsys, tmp_path):
     out_nc, png = tmp_path / "fit.nc", tmp_path / "forest.png"
-    assert main(["fit", "models/bcg.py", *SMALL, "--json", "--out", str(out_nc),
-                 "--plot", str(png)]) == 0
+    assert (
+        main(["fit", "models/bcg.py", *SMALL, "--json", "--out", str(out_nc), "--plot", str(png)])
+        == 0
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     payload = json.loads(last)
     assert payload["method"] == "nuts"
@@ -40,8 +42,24 @@ def test_fit_json_out_and_plot(capsys, tmp_path):
 
 
 def test_fit_vi_json(capsys):
-    assert main(["fit", "models/eight_schools.py", "--method", "vi", "--warmup", "500",
-                 "--draws", "100", "--chains", "1", "--json"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "models/eight_schools.py",
+                "--method",
+                "vi",
+                "--warmup",
+                "500",
+                "--draws",
+                "100",
+                "--chains",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert payload["method"] == "vi" and payload["diagnostics"]["num_chains"] == 1
     assert payload["parameters"]["mu"]["r_hat"] is None  # one chain: no R-hat

@@ -4,19 +4,24 @@ drawn exactly; checked against the exact normal-normal answer and against full N
 import numpy as np
 import numpyro.distributions as dist
 import pytest
+from test_fit import _mcse_mean_sd
 
 import bayesmeta as bm
 from bayesmeta.exact.linear import LinearHyper, linear_log_marginal, linear_task_posterior
 from bayesmeta.inference import _gaussian as gauss
-from test_fit import _mcse_mean_sd
 
 
 @pytest.fixture(scope="module")
 def schools_collapsed():
     from conftest import eight_schools_model
 
-    return bm.fit(eight_schools_model(), bm.datasets.eight_schools(), method="collapsed",
-                  seed=2, progress_bar=False)
+    return bm.fit(
+        eight_schools_model(),
+        bm.datasets.eight_schools(),
+        method="collapsed",
+        seed=2,
+        progress_bar=False,
+    )
 
 
 def test_collapsed_matches_exact_normal_normal(schools_collapsed):
@@ -26,9 +31,11 @@ def test_collapsed_matches_exact_normal_normal(schools_collapsed):
     ref = exact.info["exact"]
     post = schools_collapsed
     assert post.info["diagnostics"]["divergences"] == 0
-    for name, ref_mean, ref_sd in (("mu", ref.mu_mean, ref.mu_sd),
-                                   ("tau", ref.tau_mean, ref.tau_sd),
-                                   ("theta", ref.theta_mean, ref.theta_sd)):
+    for name, ref_mean, ref_sd in (
+        ("mu", ref.mu_mean, ref.mu_sd),
+        ("tau", ref.tau_mean, ref.tau_sd),
+        ("theta", ref.theta_mean, ref.theta_sd),
+    ):
         mean, sd, se_mean, se_sd = _mcse_mean_sd(post.samples[name])
         assert np.all(np.abs(mean - ref_mean) < 4 * se_mean), (name, mean, ref_mean)
         assert np.all(np.abs(sd - ref_sd) < 4 * se_sd), (name, sd, ref_sd)
@@ -38,8 +45,7 @@ def test_collapsed_has_the_schema_of_full_nuts(schools_collapsed, eight_schools_
     a, b = schools_collapsed, eight_schools_post
     assert set(a.samples) == set(b.samples)
     assert a.dims == b.dims and a.coords == b.coords
-    assert {k: v.shape for k, v in a.samples.items()} == {k: v.shape for k, v in
-                                                          b.samples.items()}
+    assert {k: v.shape for k, v in a.samples.items()} == {k: v.shape for k, v in b.samples.items()}
     assert a.log_likelihood["y"].shape == b.log_likelihood["y"].shape
     assert set(a.sample_stats) == set(b.sample_stats)
 
@@ -62,26 +68,34 @@ def test_auto_picks_collapsed_when_eligible():
     assert _eligible_collapsed(bm.Hierarchical(bm.likelihoods.NormalKnownNoise())) is None
     assert _eligible_collapsed(bm.Hierarchical(bm.likelihoods.LogisticRegression())) is not None
     assert _eligible_collapsed(bm.Hierarchical(bm.likelihoods.Normal(noise="task"))) is not None
-    assert _eligible_collapsed(bm.Hierarchical(bm.likelihoods.NormalKnownNoise(),
-                                               bm.populations.StudentT())) is not None
+    assert (
+        _eligible_collapsed(
+            bm.Hierarchical(bm.likelihoods.NormalKnownNoise(), bm.populations.StudentT())
+        )
+        is not None
+    )
 
 
 def test_collapsed_rejects_ineligible_models():
     ts = bm.TaskSet.from_arrays(y=[0.0, 1.0, 1.0], x=[0.0, 1.0, 2.0], task=[0, 0, 1])
-    with pytest.raises(ValueError, match="'collapsed' needs a Gaussian likelihood.*"
-                                         "LogisticRegression is not Gaussian"):
+    with pytest.raises(
+        ValueError,
+        match="'collapsed' needs a Gaussian likelihood.*LogisticRegression is not Gaussian",
+    ):
         bm.fit(bm.Hierarchical(bm.likelihoods.LogisticRegression()), ts, method="collapsed")
 
 
 def test_scalar_fast_path_equals_the_general_algebra():
     rng = np.random.default_rng(0)
     task = np.repeat(np.arange(5), [1, 2, 3, 4, 5])
-    ts = bm.TaskSet.from_arrays(y=rng.normal(size=15), task=task,
-                                noise_scale=rng.uniform(0.5, 2, 15))
+    ts = bm.TaskSet.from_arrays(
+        y=rng.normal(size=15), task=task, noise_scale=rng.uniform(0.5, 2, 15)
+    )
     stats = gauss.task_stats(bm.likelihoods.NormalKnownNoise(), ts)
     hyper = LinearHyper(np.array([0.3]), np.array([[0.7]]), np.array(1.3))
-    np.testing.assert_allclose(gauss.log_marginal(stats, hyper),
-                               linear_log_marginal(stats, hyper), rtol=1e-12)
+    np.testing.assert_allclose(
+        gauss.log_marginal(stats, hyper), linear_log_marginal(stats, hyper), rtol=1e-12
+    )
     a, b = gauss.task_posterior(stats, hyper), linear_task_posterior(stats, hyper)
     np.testing.assert_allclose(a.mean, b.mean, rtol=1e-12)
     np.testing.assert_allclose(a.cov, b.cov, rtol=1e-12)
@@ -89,9 +103,19 @@ def test_scalar_fast_path_equals_the_general_algebra():
 
 def test_mvnormal_population_collapses():
     model, tasks = bm.load_model("models/hier_linear.py")
-    mv = bm.Hierarchical(model.likelihood, bm.populations.MvNormal(
-        loc=dist.Normal(0.0, 3.0), scale=dist.HalfNormal(2.0)))
-    post = bm.fit(mv, tasks, method="collapsed", num_chains=2, num_warmup=300, num_samples=300,
-                  progress_bar=False, warn=False)
+    mv = bm.Hierarchical(
+        model.likelihood,
+        bm.populations.MvNormal(loc=dist.Normal(0.0, 3.0), scale=dist.HalfNormal(2.0)),
+    )
+    post = bm.fit(
+        mv,
+        tasks,
+        method="collapsed",
+        num_chains=2,
+        num_warmup=300,
+        num_samples=300,
+        progress_bar=False,
+        warn=False,
+    )
     assert post.samples["corr_chol"].shape == (2, 300, 2, 2)
     assert post.samples["theta"].shape == (2, 300, 20, 2)

@@ -35,7 +35,9 @@ def eight_schools_by_quadrature():
         m = np.sum(w * grid)
         out[name] = (m, np.sqrt(np.sum(w * (grid - m) ** 2)))
     prec = 1.0 / SCHOOL_SE[:, None, None] ** 2 + 1.0 / T[None] ** 2
-    cmean = (SCHOOL_Y[:, None, None] / SCHOOL_SE[:, None, None] ** 2 + M[None] / T[None] ** 2) / prec
+    cmean = (
+        SCHOOL_Y[:, None, None] / SCHOOL_SE[:, None, None] ** 2 + M[None] / T[None] ** 2
+    ) / prec
     m = np.sum(w * cmean, axis=(1, 2))
     second = np.sum(w * (1.0 / prec + cmean**2), axis=(1, 2))
     out["theta"] = (m, np.sqrt(second - m**2))
@@ -91,8 +93,9 @@ def test_hierarchical_linear_with_fixed_population_matches_conjugate_posterior()
     theta = mu + tau * rng.standard_normal((4, 2))
     y = theta[task, 0] + theta[task, 1] * x + noise * rng.standard_normal(task.size)
     ts = bm.TaskSet.from_arrays(y=y, x=x, task=task, noise_scale=noise)
-    model = bm.Hierarchical(bm.likelihoods.LinearRegression(),
-                            bm.populations.Normal(loc=mu, scale=tau))
+    model = bm.Hierarchical(
+        bm.likelihoods.LinearRegression(), bm.populations.Normal(loc=mu, scale=tau)
+    )
     post = bm.fit(model, ts, seed=1, num_chains=4, num_warmup=500, num_samples=1000)
     assert post.dims["theta"] == ["task", "coef"]
     assert post.coords["coef"] == ["intercept", "x0"]
@@ -115,8 +118,9 @@ def test_vi_recovers_logistic_population_mean():
     spec = util.spec_from_file_location("hl", "models/hier_logistic.py")
     mod = util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    post = bm.fit(model, tasks, method="vi", seed=0, num_steps=3000, learning_rate=0.02,
-                  num_samples=2000)
+    post = bm.fit(
+        model, tasks, method="vi", seed=0, num_steps=3000, learning_rate=0.02, num_samples=2000
+    )
     assert post.num_chains == 1 and post.num_draws == 2000
     assert post.info["converged"]
     assert len(post.info["elbo"]) == 3000
@@ -130,8 +134,9 @@ def test_vi_recovers_logistic_population_mean():
 @pytest.mark.slow
 def test_vi_agrees_with_nuts_on_logistic():
     model, tasks = bm.load_model("models/hier_logistic.py")
-    vi = bm.fit(model, tasks, method="vi", seed=0, num_steps=3000, learning_rate=0.02,
-                num_samples=2000)
+    vi = bm.fit(
+        model, tasks, method="vi", seed=0, num_steps=3000, learning_rate=0.02, num_samples=2000
+    )
     nuts = bm.fit(model, tasks, method="nuts", seed=0)
     assert np.all(np.abs(vi.mean("mu") - nuts.mean("mu")) < 0.5 * nuts.sd("mu"))
 
@@ -146,8 +151,14 @@ def test_user_numpyro_model_with_task_plate():
         with numpyro.plate("obs", y.shape[0]):
             numpyro.sample("y", dist.Normal(theta[task_index], noise_scale), obs=y)
 
-    post = bm.fit(my_model, bm.datasets.eight_schools(), num_chains=2, num_warmup=300,
-                  num_samples=300, warn=False)
+    post = bm.fit(
+        my_model,
+        bm.datasets.eight_schools(),
+        num_chains=2,
+        num_warmup=300,
+        num_samples=300,
+        warn=False,
+    )
     assert post.samples["theta"].shape == (2, 300, 8)
     assert post.dims["theta"] == ["task"] and post.dims["z"] == ["task"]
     assert post.log_likelihood["y"].shape == (2, 300, 8)
@@ -166,8 +177,11 @@ def test_pooled_and_unpooled_match_conjugate_answers():
     prec = 1e-4 + np.sum(1 / SCHOOL_SE**2)
     for post, ref_mean, ref_sd in (
         (pooled, np.sum(SCHOOL_Y / SCHOOL_SE**2) / prec, 1 / np.sqrt(prec)),
-        (unpooled, (SCHOOL_Y / SCHOOL_SE**2) / (1e-4 + 1 / SCHOOL_SE**2),
-         1 / np.sqrt(1e-4 + 1 / SCHOOL_SE**2)),
+        (
+            unpooled,
+            (SCHOOL_Y / SCHOOL_SE**2) / (1e-4 + 1 / SCHOOL_SE**2),
+            1 / np.sqrt(1e-4 + 1 / SCHOOL_SE**2),
+        ),
     ):
         mean, sd, se_mean, se_sd = _mcse_mean_sd(post.samples["theta"])
         assert np.all(np.abs(mean - ref_mean) < 4 * se_mean)

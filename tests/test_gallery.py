@@ -7,8 +7,12 @@ import pytest
 
 import bayesmeta as bm
 
-GALLERY = ["models/eight_schools.py", "models/bcg.py", "models/hier_linear.py",
-           "models/hier_logistic.py"]
+GALLERY = [
+    "models/eight_schools.py",
+    "models/bcg.py",
+    "models/hier_linear.py",
+    "models/hier_logistic.py",
+]
 
 
 def test_gallery_files_exist():

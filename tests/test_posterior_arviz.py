@@ -32,8 +32,7 @@ def test_az_summary_on_a_fit(eight_schools_post):
     assert "theta[A]" in table.index or "theta[0]" in table.index
     ours = eight_schools_post.summary()
     assert ours.loc["mu", "mean"] == pytest.approx(eight_schools_post.mean("mu"), rel=1e-9)
-    assert ours.loc["theta[H]", "sd"] == pytest.approx(eight_schools_post.sd("theta")[7],
-                                                       rel=1e-9)
+    assert ours.loc["theta[H]", "sd"] == pytest.approx(eight_schools_post.sd("theta")[7], rel=1e-9)
 
 
 def test_az_plot_forest_on_a_fit(eight_schools_post, tmp_path):

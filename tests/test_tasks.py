@@ -9,8 +9,9 @@ import bayesmeta as bm
 
 
 def test_from_arrays_sorts_rows_by_task_and_keeps_first_appearance_order():
-    ts = bm.TaskSet.from_arrays(y=[1.0, 2.0, 3.0, 4.0], task=["b", "a", "b", "c"],
-                                x=[10.0, 20.0, 30.0, 40.0])
+    ts = bm.TaskSet.from_arrays(
+        y=[1.0, 2.0, 3.0, 4.0], task=["b", "a", "b", "c"], x=[10.0, 20.0, 30.0, 40.0]
+    )
     assert ts.labels == ("b", "a", "c")
     assert ts.counts.tolist() == [2, 1, 1]
     assert ts.y.tolist() == [1.0, 3.0, 2.0, 4.0]
@@ -21,8 +22,11 @@ def test_from_arrays_sorts_rows_by_task_and_keeps_first_appearance_order():
 
 
 def test_from_tasks_and_from_estimates():
-    ts = bm.TaskSet.from_tasks([(np.arange(3.0), np.ones(3)), (np.arange(2.0), np.zeros(2))],
-                               labels=["u", "v"], noise_scale=[0.5, 2.0])
+    ts = bm.TaskSet.from_tasks(
+        [(np.arange(3.0), np.ones(3)), (np.arange(2.0), np.zeros(2))],
+        labels=["u", "v"],
+        noise_scale=[0.5, 2.0],
+    )
     assert ts.num_tasks == 2 and ts.num_obs == 5
     assert ts.noise_scale.tolist() == [0.5, 0.5, 0.5, 2.0, 2.0]
     est = bm.TaskSet.from_estimates(y=[1.0, 2.0], se=[0.1, 0.2], labels=["p", "q"])

@@ -69,15 +69,18 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
     if not isinstance(tasks, TaskSet):
         raise ValueError(f"tasks: expected a bm.TaskSet, got {type(tasks).__name__}")
     if not isinstance(model, _TaskModel) and not isinstance(model, Callable):
-        raise ValueError(f"model: expected a bm.Hierarchical or a NumPyro model function, got "
-                         f"{type(model).__name__}")
+        raise ValueError(
+            f"model: expected a bm.Hierarchical or a NumPyro model function, got "
+            f"{type(model).__name__}"
+        )
     if method == "auto":
         method = "collapsed" if _eligible_collapsed(model) is None else "nuts"
     allowed = _options_for(method)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"options: unknown option(s) {unknown} for method {method!r}; "
-                         f"known: {sorted(allowed)}")
+        raise ValueError(
+            f"options: unknown option(s) {unknown} for method {method!r}; known: {sorted(allowed)}"
+        )
     if method == "exact":
         from bayesmeta.exact.normal import fit_exact
 
@@ -87,8 +90,10 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
 
         why = _eligible_collapsed(model)
         if why is not None:
-            raise ValueError(f"method: 'collapsed' needs a Gaussian likelihood with a Normal or "
-                             f"MvNormal population; {why}")
+            raise ValueError(
+                f"method: 'collapsed' needs a Gaussian likelihood with a Normal or "
+                f"MvNormal population; {why}"
+            )
         return fit_collapsed(model, tasks, seed=seed, **options)
     if isinstance(model, _TaskModel):
         built, owner = model.build(tasks), model

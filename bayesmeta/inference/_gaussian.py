@@ -79,8 +79,13 @@ def log_marginal(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
     g = (b - A * mu) / s2
     m = 1.0 + tau**2 * A / s2
     rr = (c - 2.0 * mu * b + mu**2 * A) / s2
-    return -0.5 * (stats.count * jnp.log(2.0 * jnp.pi * s2) + 2.0 * stats.log_scale
-                   + jnp.log(m) + rr - (tau * g) ** 2 / m)
+    return -0.5 * (
+        stats.count * jnp.log(2.0 * jnp.pi * s2)
+        + 2.0 * stats.log_scale
+        + jnp.log(m)
+        + rr
+        - (tau * g) ** 2 / m
+    )
 
 
 def task_posterior(stats: LinearStats, hyper: LinearHyper) -> GaussianPosterior:

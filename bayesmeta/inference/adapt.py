@@ -61,8 +61,9 @@ def _conjugate_terms(post, tasks):
     hyper = post._hyper_draws()
     stats = gauss.task_stats(model.likelihood, tasks)
     shared = gauss.conjugate_noise(model.likelihood) == "shared"
-    lh = gauss.population_hyper(model.population, hyper, post.param_shape,
-                                hyper["sigma"] if shared else None)
+    lh = gauss.population_hyper(
+        model.population, hyper, post.param_shape, hyper["sigma"] if shared else None
+    )
 
     def one(h):
         post_h = gauss.task_posterior(stats, h)
@@ -120,9 +121,14 @@ def _nuts_one_task(post, tasks, t, hyper, seed, opts):
     log_num = math.log(comp.batch_shape[0])
 
     def target():
-        theta = numpyro.sample("theta", dist.ImproperUniform(
-            dist.constraints.real_vector if param_shape else dist.constraints.real, (),
-            param_shape))
+        theta = numpyro.sample(
+            "theta",
+            dist.ImproperUniform(
+                dist.constraints.real_vector if param_shape else dist.constraints.real,
+                (),
+                param_shape,
+            ),
+        )
         local = {k: numpyro.sample(k, d) for k, d in lik.task_priors().items()}
 
         def loglik(extras_s):
@@ -142,8 +148,15 @@ def _nuts_one_task(post, tasks, t, hyper, seed, opts):
 
 
 # ---------------------------------------------------------------------- public
-def adapt(post, new_tasks: TaskSet, method: str = "auto", seed: int = 0,
-          min_ess: float | None = None, num_warmup: int = 500, progress_bar: bool = False):
+def adapt(
+    post,
+    new_tasks: TaskSet,
+    method: str = "auto",
+    seed: int = 0,
+    min_ess: float | None = None,
+    num_warmup: int = 500,
+    progress_bar: bool = False,
+):
     """Posterior of brand-new tasks under a fitted population (see the module docstring).
 
     Args:
@@ -169,11 +182,15 @@ def adapt(post, new_tasks: TaskSet, method: str = "auto", seed: int = 0,
     model.likelihood.validate(new_tasks)
     shape = model.likelihood.param_shape(new_tasks)
     if shape != post.param_shape:
-        raise ValueError(f"new_tasks: the likelihood gives parameters of shape {shape} for the "
-                         f"new tasks but {post.param_shape} for the fitted ones (different x?)")
+        raise ValueError(
+            f"new_tasks: the likelihood gives parameters of shape {shape} for the "
+            f"new tasks but {post.param_shape} for the fitted ones (different x?)"
+        )
     if method == "conjugate" and not conjugate_eligible(model):
-        raise ValueError("method: 'conjugate' needs a linear-Gaussian likelihood with known or "
-                         "shared noise and a Normal or MvNormal population")
+        raise ValueError(
+            "method: 'conjugate' needs a linear-Gaussian likelihood with known or "
+            "shared noise and a Normal or MvNormal population"
+        )
     num_chains, num_draws = post.num_chains, post.num_draws
     num = num_chains * num_draws
     if min_ess is None:
@@ -205,11 +222,13 @@ def adapt(post, new_tasks: TaskSet, method: str = "auto", seed: int = 0,
         ess = np.asarray(_ess(logw))
         res_keys = jax.random.split(k_res, T)
         idx = jax.vmap(lambda k, lw: _systematic_resample(k, lw, num), in_axes=(0, 1))(
-            res_keys, logw)  # (T, num)
+            res_keys, logw
+        )  # (T, num)
         idx = np.asarray(idx)
         # shuffle so that consecutive draws are not sorted by weight (chains look alike)
-        perm = np.asarray(jax.vmap(lambda k: jax.random.permutation(k, num))(
-            jax.random.split(k_draw, T)))
+        perm = np.asarray(
+            jax.vmap(lambda k: jax.random.permutation(k, num))(jax.random.split(k_draw, T))
+        )
         idx = np.take_along_axis(idx, perm, axis=1)
         if kind == "conjugate":
             p = means.shape[-1]
@@ -232,8 +251,13 @@ def adapt(post, new_tasks: TaskSet, method: str = "auto", seed: int = 0,
     nuts_tasks = [t for t in range(T) if used[t] == "nuts"]
     divergences = {}
     if nuts_tasks:
-        opts = dict(NUTS_OPTIONS, num_chains=num_chains, num_samples=num_draws,
-                    num_warmup=num_warmup, progress_bar=progress_bar)
+        opts = dict(
+            NUTS_OPTIONS,
+            num_chains=num_chains,
+            num_samples=num_draws,
+            num_warmup=num_warmup,
+            progress_bar=progress_bar,
+        )
         for t in nuts_tasks:
             samples, div = _nuts_one_task(post, new_tasks, t, hyper, seed + 1 + t, opts)
             theta_out[:, t] = samples["theta"].reshape(num, *post.param_shape)
@@ -250,11 +274,24 @@ def adapt(post, new_tasks: TaskSet, method: str = "auto", seed: int = 0,
         dims[name] = ["task"]
     coords = {k: v for k, v in post.coords.items() if k not in ("task", "obs")}
     coords["task"] = list(new_tasks.labels)
-    info = {"adapt": {"method": dict(zip(new_tasks.labels, used, strict=True)),
-                      "ess": dict(zip(new_tasks.labels, ess.tolist(), strict=True)),
-                      "min_ess": min_ess, "nuts_divergences": divergences}}
-    return Posterior(samples, method=f"adapt[{post.method}]", dims=dims, coords=coords,
-                     tasks=new_tasks, model=model, info=info, param_shape=post.param_shape)
+    info = {
+        "adapt": {
+            "method": dict(zip(new_tasks.labels, used, strict=True)),
+            "ess": dict(zip(new_tasks.labels, ess.tolist(), strict=True)),
+            "min_ess": min_ess,
+            "nuts_divergences": divergences,
+        }
+    }
+    return Posterior(
+        samples,
+        method=f"adapt[{post.method}]",
+        dims=dims,
+        coords=coords,
+        tasks=new_tasks,
+        model=model,
+        info=info,
+        param_shape=post.param_shape,
+    )
 
 
 def predict(post, key, x=None, task=None, noise_scale=None, num_obs=None) -> np.ndarray:
@@ -294,17 +331,21 @@ def predict(post, key, x=None, task=None, noise_scale=None, num_obs=None) -> np.
         if noise_scale is not None:
             data["noise_scale"] = jnp.broadcast_to(jnp.asarray(noise_scale, float), (n,))
         elif isinstance(lik, lk.NormalKnownNoise) or getattr(lik, "_resolved", "") == "known":
-            raise ValueError("noise_scale: predicting new rows of a known-noise likelihood "
-                             "needs their noise_scale")
+            raise ValueError(
+                "noise_scale: predicting new rows of a known-noise likelihood "
+                "needs their noise_scale"
+            )
         if task is None:
             # a brand-new task: one theta per hyperparameter draw from the population
             theta = model.population.dist(post._hyper_draws(), post.param_shape).sample(k_theta)
-            local = {k: d.sample(jax.random.fold_in(k_theta, i + 1), (num, 1))
-                     for i, (k, d) in enumerate(lik.task_priors().items())}
+            local = {
+                k: d.sample(jax.random.fold_in(k_theta, i + 1), (num, 1))
+                for i, (k, d) in enumerate(lik.task_priors().items())
+            }
         else:
             t = post.tasks._index_of(task)
             theta = jnp.asarray(post.flat(theta_site))[:, t]
-            local = {k: jnp.asarray(post.flat(k))[:, t:t + 1] for k in local_names}
+            local = {k: jnp.asarray(post.flat(k))[:, t : t + 1] for k in local_names}
         theta_rows = jnp.broadcast_to(theta[:, None], (num, n, *theta.shape[1:]))
     extras = dict(shared, **local)
     keys = jax.random.split(k_y, num)

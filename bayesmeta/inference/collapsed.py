@@ -89,12 +89,23 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     samples, extras, _ = run_nuts(_hyper_model(model, stats, param_shape), {}, seed, nuts_opts)
     samples = {k: np.asarray(v) for k, v in samples.items()}
     chains, draws = next(iter(samples.values())).shape[:2]
-    hyper_flat = {k: jnp.asarray(v.reshape(chains * draws, *v.shape[2:]))
-                  for k, v in samples.items()}
-    hyper_flat.update({k: jnp.broadcast_to(v, (chains * draws, *jnp.shape(v)))
-                       for k, v in model.population.fixed_values(param_shape).items()})
-    theta = _draw_theta(model, stats, param_shape, hyper_flat,
-                        jax.random.fold_in(jax.random.PRNGKey(seed), 1), int(opts["theta_batch"]))
+    hyper_flat = {
+        k: jnp.asarray(v.reshape(chains * draws, *v.shape[2:])) for k, v in samples.items()
+    }
+    hyper_flat.update(
+        {
+            k: jnp.broadcast_to(v, (chains * draws, *jnp.shape(v)))
+            for k, v in model.population.fixed_values(param_shape).items()
+        }
+    )
+    theta = _draw_theta(
+        model,
+        stats,
+        param_shape,
+        hyper_flat,
+        jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+        int(opts["theta_batch"]),
+    )
     site = model.population.theta_site
     samples[site] = theta.reshape(chains, draws, *theta.shape[1:])
     ll = {}
@@ -107,14 +118,26 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
         def pointwise(th, ex):
             return lik.row_dist(th[idx], data, lik.extras_rows(ex, idx)).log_prob(data["y"])
 
-        ll_flat = jax.lax.map(lambda a: pointwise(*a), (jnp.asarray(theta), extras_flat),
-                              batch_size=int(opts["theta_batch"]))
+        ll_flat = jax.lax.map(
+            lambda a: pointwise(*a),
+            (jnp.asarray(theta), extras_flat),
+            batch_size=int(opts["theta_batch"]),
+        )
         ll["y"] = np.asarray(ll_flat).reshape(chains, draws, -1)
     stats_out = sample_stats_from(extras)
     divergences = int(np.sum(stats_out["diverging"]))
     diag = check_fit(samples, divergences, warn=opts["warn"])
     observed = {"y": np.asarray(built.data["y"])}
-    return Posterior(samples, method="collapsed", dims=built.dims, coords=built.coords,
-                     tasks=tasks, model=model, sample_stats=stats_out, log_likelihood=ll,
-                     observed_data=observed, info={"options": opts, "diagnostics": diag},
-                     param_shape=param_shape)
+    return Posterior(
+        samples,
+        method="collapsed",
+        dims=built.dims,
+        coords=built.coords,
+        tasks=tasks,
+        model=model,
+        sample_stats=stats_out,
+        log_likelihood=ll,
+        observed_data=observed,
+        info={"options": opts, "diagnostics": diag},
+        param_shape=param_shape,
+    )

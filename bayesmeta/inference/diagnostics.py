@@ -32,7 +32,7 @@ def _rank_normalize(x: np.ndarray) -> np.ndarray:
 
 def _split(x: np.ndarray) -> np.ndarray:
     d = x.shape[1] // 2
-    return np.concatenate([x[:, :d], x[:, x.shape[1] - d:]], axis=0)
+    return np.concatenate([x[:, :d], x[:, x.shape[1] - d :]], axis=0)
 
 
 def rhat(x: np.ndarray) -> np.ndarray:
@@ -54,8 +54,13 @@ def ess_bulk(x: np.ndarray) -> np.ndarray:
     return effective_sample_size(_split(_rank_normalize(x)))
 
 
-def check_fit(samples: dict, num_divergences: int | None, rhat_max: float = 1.01,
-              ess_per_chain_min: float = 100.0, warn: bool = True) -> dict:
+def check_fit(
+    samples: dict,
+    num_divergences: int | None,
+    rhat_max: float = 1.01,
+    ess_per_chain_min: float = 100.0,
+    warn: bool = True,
+) -> dict:
     """Compute per-parameter R-hat / bulk ESS, and warn once if anything fails.
 
     Returns ``{"divergences", "rhat": {name: max}, "ess_bulk": {name: min}, "problems": [...]}``.
@@ -87,9 +92,15 @@ def check_fit(samples: dict, num_divergences: int | None, rhat_max: float = 1.01
         num_chains = next(iter(samples.values())).shape[0]
         out["problems"].append(
             f"bulk ESS < {ess_per_chain_min:.0f} per chain (< {ess_per_chain_min * num_chains:.0f})"
-            " for " + ", ".join(bad_ess))
+            " for " + ", ".join(bad_ess)
+        )
     if warn and out["problems"]:
-        warnings.warn("bayesmeta fit diagnostics: " + "; ".join(out["problems"])
-                      + ". Consider more warmup/draws, a higher target_accept, or another "
-                        "parameterization.", FitWarning, stacklevel=5)
+        warnings.warn(
+            "bayesmeta fit diagnostics: "
+            + "; ".join(out["problems"])
+            + ". Consider more warmup/draws, a higher target_accept, or another "
+            "parameterization.",
+            FitWarning,
+            stacklevel=5,
+        )
     return out

@@ -40,11 +40,13 @@ def _check_options(opts: dict) -> None:
     if not isinstance(ta, float | int) or not 0.0 < float(ta) < 1.0:
         raise ValueError(f"target_accept: must be in (0, 1), got {ta!r}")
     if opts["chain_method"] not in _CHAIN_METHODS:
-        raise ValueError(f"chain_method: must be one of {_CHAIN_METHODS}, got "
-                         f"{opts['chain_method']!r}")
+        raise ValueError(
+            f"chain_method: must be one of {_CHAIN_METHODS}, got {opts['chain_method']!r}"
+        )
     if not isinstance(opts["dense_mass"], bool | list | tuple):
-        raise ValueError(f"dense_mass: expected a bool or a list of site groups, got "
-                         f"{opts['dense_mass']!r}")
+        raise ValueError(
+            f"dense_mass: expected a bool or a list of site groups, got {opts['dense_mass']!r}"
+        )
 
 
 def run_nuts(fn, data: dict, seed: int, opts: dict, extra_fields=()):
@@ -52,18 +54,35 @@ def run_nuts(fn, data: dict, seed: int, opts: dict, extra_fields=()):
     progress = opts["progress_bar"]
     if progress is None:
         progress = sys.stderr.isatty()
-    kernel_kw = dict(target_accept_prob=float(opts["target_accept"]),
-                     max_tree_depth=int(opts["max_tree_depth"]), dense_mass=opts["dense_mass"])
+    kernel_kw = dict(
+        target_accept_prob=float(opts["target_accept"]),
+        max_tree_depth=int(opts["max_tree_depth"]),
+        dense_mass=opts["dense_mass"],
+    )
     if opts["init_strategy"] is not None:
         kernel_kw["init_strategy"] = opts["init_strategy"]
-    mcmc = MCMC(NUTS(fn, **kernel_kw), num_warmup=int(opts["num_warmup"]),
-                num_samples=int(opts["num_samples"]), num_chains=int(opts["num_chains"]),
-                chain_method=opts["chain_method"], progress_bar=bool(progress),
-                thinning=int(opts["thinning"]))
-    mcmc.run(jax.random.PRNGKey(seed), extra_fields=("diverging", "energy", "num_steps",
-                                                       "accept_prob", "adapt_state.step_size",
-                                                       "potential_energy", *extra_fields),
-             **data)
+    mcmc = MCMC(
+        NUTS(fn, **kernel_kw),
+        num_warmup=int(opts["num_warmup"]),
+        num_samples=int(opts["num_samples"]),
+        num_chains=int(opts["num_chains"]),
+        chain_method=opts["chain_method"],
+        progress_bar=bool(progress),
+        thinning=int(opts["thinning"]),
+    )
+    mcmc.run(
+        jax.random.PRNGKey(seed),
+        extra_fields=(
+            "diverging",
+            "energy",
+            "num_steps",
+            "accept_prob",
+            "adapt_state.step_size",
+            "potential_energy",
+            *extra_fields,
+        ),
+        **data,
+    )
     samples = mcmc.get_samples(group_by_chain=True)
     extras = mcmc.get_extra_fields(group_by_chain=True)
     return samples, extras, mcmc
@@ -90,13 +109,22 @@ def fit_nuts(built, tasks, seed: int, model=None, **options):
     opts = dict(NUTS_OPTIONS, **options)
     _check_options(opts)
     samples, extras, _ = run_nuts(built.fn, built.data, seed, opts)
-    return posterior_from_draws(built, tasks, model, samples, sample_stats_from(extras),
-                                method="nuts", warn=opts["warn"], info={"options": opts},
-                                posterior_cls=Posterior)
+    return posterior_from_draws(
+        built,
+        tasks,
+        model,
+        samples,
+        sample_stats_from(extras),
+        method="nuts",
+        warn=opts["warn"],
+        info={"options": opts},
+        posterior_cls=Posterior,
+    )
 
 
-def posterior_from_draws(built, tasks, model, samples, sample_stats, method, warn, info,
-                         posterior_cls):
+def posterior_from_draws(
+    built, tasks, model, samples, sample_stats, method, warn, info, posterior_cls
+):
     """Drop helper sites, add the pointwise log-likelihood, check convergence."""
     samples = {k: np.asarray(v) for k, v in samples.items()}
     chains, draws = next(iter(samples.values())).shape[:2]
@@ -112,7 +140,16 @@ def posterior_from_draws(built, tasks, model, samples, sample_stats, method, war
     if built.obs_dim == "task" and ll.get("y") is not None and observed:
         if observed["y"].shape != ll["y"].shape[2:]:
             observed = {}
-    return posterior_cls(samples, method=method, dims=built.dims, coords=built.coords,
-                         tasks=tasks, model=model, sample_stats=sample_stats, log_likelihood=ll,
-                         observed_data=observed, info=dict(info, diagnostics=diag),
-                         param_shape=built.param_shape)
+    return posterior_cls(
+        samples,
+        method=method,
+        dims=built.dims,
+        coords=built.coords,
+        tasks=tasks,
+        model=model,
+        sample_stats=sample_stats,
+        log_likelihood=ll,
+        observed_data=observed,
+        info=dict(info, diagnostics=diag),
+        param_shape=built.param_shape,
+    )

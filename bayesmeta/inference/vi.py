@@ -58,8 +58,9 @@ def _check_options(opts: dict) -> None:
         raise ValueError(f"learning_rate: must be positive, got {lr!r}")
     opt = opts["optimizer"]
     if opt is not None and not isinstance(opt, optax.GradientTransformation):
-        raise ValueError("optimizer: expected an optax.GradientTransformation, got "
-                         f"{type(opt).__name__}")
+        raise ValueError(
+            f"optimizer: expected an optax.GradientTransformation, got {type(opt).__name__}"
+        )
 
 
 def _converged(elbo: np.ndarray, tol: float) -> tuple[bool, float]:
@@ -68,7 +69,7 @@ def _converged(elbo: np.ndarray, tol: float) -> tuple[bool, float]:
     w = max(n // 10, 1)
     if n < 2 * w or n < 20:
         return False, float("nan")
-    last, prev = np.mean(elbo[-w:]), np.mean(elbo[-2 * w:-w])
+    last, prev = np.mean(elbo[-w:]), np.mean(elbo[-2 * w : -w])
     scale = max(abs(last), 1.0)
     change = abs(last - prev) / scale
     return bool(change < tol), float(change)
@@ -96,24 +97,45 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
     key_fit, key_draw = jax.random.split(jax.random.PRNGKey(seed))
     result = svi.run(key_fit, int(opts["num_steps"]), progress_bar=bool(progress), **built.data)
     elbo = -np.asarray(result.losses)
-    if not np.all(np.isfinite(elbo[-max(len(elbo) // 10, 1):])):
-        raise FloatingPointError("vi: the ELBO became non-finite; lower learning_rate or "
-                                 "check the model's priors")
+    if not np.all(np.isfinite(elbo[-max(len(elbo) // 10, 1) :])):
+        raise FloatingPointError(
+            "vi: the ELBO became non-finite; lower learning_rate or check the model's priors"
+        )
     converged, change = _converged(elbo, float(opts["convergence_tol"]))
     if opts["warn"] and not converged:
-        warnings.warn(f"bayesmeta fit diagnostics: VI did not converge (relative ELBO change "
-                      f"{change:.3g} over the last tenth of {opts['num_steps']} steps); raise "
-                      "num_steps or adjust learning_rate.", FitWarning, stacklevel=4)
+        warnings.warn(
+            f"bayesmeta fit diagnostics: VI did not converge (relative ELBO change "
+            f"{change:.3g} over the last tenth of {opts['num_steps']} steps); raise "
+            "num_steps or adjust learning_rate.",
+            FitWarning,
+            stacklevel=4,
+        )
     draws = Predictive(guide, params=result.params, num_samples=int(opts["num_samples"]))(
-        key_draw, **built.data)
+        key_draw, **built.data
+    )
     # deterministic sites (theta from theta_raw) come from replaying the model on guide draws
     latent = dict(draws)
-    replay = Predictive(built.fn, posterior_samples=latent,
-                        return_sites=[k for k in built.dims if k != "y"])(key_draw, **built.data)
+    replay = Predictive(
+        built.fn, posterior_samples=latent, return_sites=[k for k in built.dims if k != "y"]
+    )(key_draw, **built.data)
     samples = {k: np.asarray(v)[None] for k, v in replay.items() if k != "y"}
     for k, v in latent.items():
         samples.setdefault(k, np.asarray(v)[None])
-    info = {"options": opts, "elbo": elbo, "converged": converged, "elbo_change": change,
-            "guide_params": result.params}
-    return posterior_from_draws(built, tasks, model, samples, None, method="vi", warn=False,
-                                info=info, posterior_cls=Posterior)
+    info = {
+        "options": opts,
+        "elbo": elbo,
+        "converged": converged,
+        "elbo_change": change,
+        "guide_params": result.params,
+    }
+    return posterior_from_draws(
+        built,
+        tasks,
+        model,
+        samples,
+        None,
+        method="vi",
+        warn=False,
+        info=info,
+        posterior_cls=Posterior,
+    )
