@@ -446,7 +446,7 @@ class MvNormal(Population):
             f"{site}_raw", dist.Normal(0.0, 1.0).expand(param_shape).to_event(1).mask(False)
         )
         lp_c = dist.MultivariateNormal(mu, scale_tril=tril).log_prob(z)
-        lp_n = dist.Normal(0.0, 1.0).to_event(1).log_prob(z)
+        lp_n = dist.Normal(0.0, 1.0).expand(param_shape).to_event(1).log_prob(z)
         numpyro.factor(f"{site}_raw_lp", c * lp_c + (1.0 - c) * lp_n)
         theta = jnp.where(c[:, None] > 0, z, mu + z @ jnp.swapaxes(tril, -1, -2))
         return numpyro.deterministic(site, theta)
