@@ -89,6 +89,12 @@ class Likelihood:
         ``(num_tasks, *param_shape)``; used by ``parameterization="auto"``."""
         return None
 
+    def rough_estimates(self, tasks: TaskSet) -> tuple[np.ndarray, np.ndarray] | None:
+        """Quick per-task estimates of ``theta_t`` and their sampling variances, shapes
+        ``(num_tasks, *param_shape)``, or None when there is no cheap closed form. Used by
+        ``parameterization="auto"`` to gauge the spread between tasks."""
+        return None
+
     def data_arrays(self, tasks: TaskSet) -> dict[str, Any]:
         """Arrays the model needs, as a dict of numpy arrays (flat layout)."""
         out = {"y": tasks.y, "task_index": tasks.task_index}
@@ -272,6 +278,11 @@ class NormalKnownNoise(_GLM):
     def information(self, tasks):
         return _segment_sum(1.0 / self._row_scale(tasks) ** 2, tasks)
 
+    def rough_estimates(self, tasks):
+        w = 1.0 / self._row_scale(tasks) ** 2
+        info = _segment_sum(w, tasks)
+        return _segment_sum(w * tasks.y, tasks) / info, 1.0 / info
+
 
 class _NoiseMixin:
     def _init_noise(self, noise, noise_prior, allow_known):
@@ -323,6 +334,9 @@ class Normal(_NoiseMixin, _GLM):
     def information(self, tasks):
         return tasks.counts / _rough_noise_var(tasks)
 
+    def rough_estimates(self, tasks):
+        return _segment_sum(tasks.y, tasks) / tasks.counts, 1.0 / self.information(tasks)
+
     def __repr__(self):
         return f"Normal(noise={self.noise!r})"
 
@@ -364,12 +378,29 @@ class LinearRegression(_NoiseMixin, _GLM):
     def row_dist(self, theta_rows, data, extras_rows):
         return dist.Normal(self._eta(theta_rows, data), self._sigma_rows(data, extras_rows))
 
-    def information(self, tasks):
+    def _row_weights(self, tasks):
         if tasks.noise_scale is not None and self._resolved == "known":
-            w = 1.0 / tasks.noise_scale**2
-        else:
-            w = np.full(tasks.num_obs, 1.0 / max(float(np.var(tasks.y)), 1e-12))
-        return self._information_from_weights(tasks, w)
+            return 1.0 / tasks.noise_scale**2
+        return np.full(tasks.num_obs, 1.0 / _rough_noise_var(tasks))
+
+    def information(self, tasks):
+        return self._information_from_weights(tasks, self._row_weights(tasks))
+
+    def rough_estimates(self, tasks):
+        """Per-task weighted least squares (a tiny ridge keeps short tasks finite; their
+        huge variances give them no say in the spread)."""
+        design = self._design_np(tasks)
+        w = self._row_weights(tasks)
+        p = design.shape[1]
+        xtx = _segment_sum(w[:, None, None] * design[:, :, None] * design[:, None, :], tasks)
+        xty = _segment_sum((w * tasks.y)[:, None] * design, tasks)
+        prec = xtx + 1e-8 * np.trace(xtx, axis1=1, axis2=2)[:, None, None] * np.eye(p)
+        cov = np.linalg.inv(prec + 1e-300 * np.eye(p))
+        est = np.einsum("tij,tj->ti", cov, xty)
+        var = np.diagonal(cov, axis1=1, axis2=2)
+        if not self.param_shape(tasks):
+            return est[:, 0], var[:, 0]
+        return est, var
 
     def __repr__(self):
         return f"LinearRegression(intercept={self.intercept}, noise={self.noise!r})"

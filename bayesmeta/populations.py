@@ -27,9 +27,10 @@ data pin ``theta_t`` down more tightly than the population does, i.e. when
 
 where ``information_t`` is the likelihood's Fisher information about ``theta_t`` (for
 known noise ``sum_r 1/s_r**2``; see each likelihood's ``information``) and ``tau_ref`` is
-the median of the scale hyperprior (or the fixed scale). Weakly identified tasks (the
-eight schools: ``se >= 9`` against ``tau_ref = 5``) come out non-centred, data-rich tasks
-centred. Mixed choices use a per-task partially centred variable
+the spread between tasks: the DerSimonian-Laird estimate from the likelihood's rough
+per-task estimates where it has them (the Gaussian likelihoods), else the median of the
+scale hyperprior (or the fixed scale). The eight schools (estimates spread less than
+their standard errors, so ``tau_ref = 0``) come out non-centred; data-rich tasks centred. Mixed choices use a per-task partially centred variable
 ``z_t ~ N(c_t mu, tau**c_t)``, ``theta_t = mu + tau**(1-c_t) (z_t - c_t mu)`` with
 ``c_t`` in {0, 1}; the latent site is ``theta_raw`` and ``theta`` is deterministic.
 """
@@ -223,15 +224,19 @@ class Population:
     def _sample_theta_reparam(self, hyper, param_shape, centered):
         raise NotImplementedError
 
-    def centered_mask(self, information: np.ndarray | None, param_shape) -> np.ndarray | None:
-        """The per-task, per-dimension choice of centring (True = centred); see module doc."""
+    def centered_mask(self, information: np.ndarray | None, param_shape,
+                      spread: np.ndarray | None = None) -> np.ndarray | None:
+        """The per-task, per-dimension choice of centring (True = centred); see module doc.
+
+        ``spread`` is an estimate of the between-task sd (per dimension); without it the
+        median of the scale hyperprior stands in."""
         if self.parameterization == "centered":
             return None
         if self.parameterization == "noncentered" or information is None:
             shape = (1, *param_shape) if information is None else information.shape
             return np.zeros(shape, dtype=bool)
-        tau_ref = self.scale_reference(param_shape)
-        return np.asarray(information) * tau_ref**2 > 1.0
+        tau_ref = self.scale_reference(param_shape) if spread is None else spread
+        return np.asarray(information) * np.asarray(tau_ref) ** 2 > 1.0
 
     def scale_reference(self, param_shape) -> np.ndarray:
         """Median of the scale hyperprior (or the fixed scale), shape ``param_shape``."""
@@ -428,8 +433,8 @@ class MvNormal(Population):
     def dist(self, hyper, param_shape):
         return dist.MultivariateNormal(hyper[self.site("mu")], scale_tril=self._scale_tril(hyper))
 
-    def centered_mask(self, information, param_shape):
-        mask = super().centered_mask(information, param_shape)
+    def centered_mask(self, information, param_shape, spread=None):
+        mask = super().centered_mask(information, param_shape, spread)
         if mask is None:
             return None
         # the correlated draw centres whole vectors: a task is centred when all its

@@ -76,10 +76,14 @@ def test_eight_schools_default_parameterization_is_noncentred():
 
 
 def test_data_rich_tasks_come_out_centred():
-    # se = 0.5 against a population scale prior with median 5: data dominate, centred
-    ts = bm.TaskSet.from_estimates(y=[1.0, 2.0, 3.0], se=[0.5, 0.5, 20.0])
+    # two precise tasks (se 0.5) four units apart: the spread between tasks (DL estimate
+    # about 2.8) dwarfs their noise, so they are centred; the vague task (se 20) is not
+    ts = bm.TaskSet.from_estimates(y=[1.0, 5.0, 3.0], se=[0.5, 0.5, 20.0])
     built = bm.Hierarchical(bm.likelihoods.NormalKnownNoise()).build(ts)
     assert built.centered.tolist() == [True, True, False]
+    # the same precision with estimates that agree: no spread to speak of, all non-centred
+    ts = bm.TaskSet.from_estimates(y=[1.0, 1.1, 3.0], se=[0.5, 0.5, 20.0])
+    assert not bm.Hierarchical(bm.likelihoods.NormalKnownNoise()).build(ts).centered.any()
 
 
 def test_hierarchical_linear_with_fixed_population_matches_conjugate_posterior():

@@ -61,8 +61,9 @@ def _draw_theta(model, stats, param_shape, hyper_flat, key, batch):
         lh = gauss.population_hyper(pop, h, param_shape, h["sigma"] if shared else None)
         post = gauss.task_posterior(stats, lh)
         z = jax.random.normal(k, post.mean.shape, post.mean.dtype)
-        theta = post.mean + jnp.einsum("tij,tj->ti", jnp.linalg.cholesky(post.cov), z)
-        return theta[:, 0] if not param_shape else theta
+        if not param_shape:  # scalar theta: the Cholesky factor is the sd
+            return post.mean[:, 0] + jnp.sqrt(post.cov[:, 0, 0]) * z[:, 0]
+        return post.mean + jnp.einsum("tij,tj->ti", jnp.linalg.cholesky(post.cov), z)
 
     return np.asarray(jax.lax.map(lambda a: one(*a), (hyper_flat, keys), batch_size=batch))
 

@@ -1,0 +1,1376 @@
+"""Exact posterior of the normal-normal hierarchical model with known noise.
+
+Model (one scalar parameter per task, known standard errors ``s_t``)::
+
+    y_t | theta_t   ~ N(theta_t, s_t**2)                 t = 1..T
+    theta_t | mu, tau ~ N(mu, tau**2)
+    mu  ~ N(m0, s0**2)  |  flat  |  fixed
+    tau ~ p(tau)        (any proper prior, a user log-density, or fixed)
+
+Integrating ``theta_t`` gives ``y_t | mu, tau ~ N(mu, v_t)`` with ``v_t = s_t**2 + tau**2``.
+With ``w_t = 1 / v_t`` and a normal prior on ``mu``, ``mu | tau, y`` is normal with
+precision ``P = 1/s0**2 + sum w_t`` and mean ``m = (m0/s0**2 + sum w_t y_t) / P`` (drop the
+``s0`` terms for a flat prior), and
+
+    log p(y | tau) = -1/2 [ sum log(2 pi v_t) + log s0**2 + log P
+                            + sum w_t (y_t - m)**2 + (m - m0)**2 / s0**2 ]
+
+(flat prior: ``-1/2 [sum log(2 pi v_t) - log(2 pi) + log P + sum w_t (y_t - m)**2]``, a
+density relative to Lebesgue measure on ``mu``). The posterior of ``tau`` is therefore
+one-dimensional, ``p(tau | y) ∝ p(tau) p(y | tau)``; it is integrated by globally adaptive
+Gauss-Kronrod (7-15) quadrature on a map of the support of ``tau`` onto ``(0, 1)``
+(``tau = c u / (1 - u)`` for an unbounded support, linear for a bounded one), refining until
+the normalising constant and the first two posterior moments of ``tau``, ``mu`` and every
+``theta_t`` have estimated relative error below ``rtol``. The result is a positive rule
+``{(tau_j, w_j)}`` with ``E[f | y] = sum_j w_j E[f | tau_j, y]``, and given ``tau``
+everything is Gaussian:
+
+    theta_t | tau, y ~ N(B_t m + (1 - B_t) y_t, (1 - B_t) s_t**2 + B_t**2 / P),
+    B_t = s_t**2 / (s_t**2 + tau**2).
+
+So marginal posteriors of ``mu`` and ``theta_t`` and the predictive distributions are
+mixtures of normals (:class:`NormalMixture`), the cumulative distribution of ``tau`` is a
+piecewise polynomial (exact integral of the degree-14 interpolant on each Kronrod panel), and
+exact i.i.d. draws follow by inverse CDF for ``tau`` then ``mu | tau`` then
+``theta | mu, tau``.
+
+The JAX functions :func:`log_marginal_normal_normal`, :func:`log_marginal_tau`,
+:func:`mu_conditional` and :func:`theta_conditional` are the differentiable pieces that a
+collapsed sampler needs (``theta`` or ``(theta, mu)`` integrated out).
+
+>>> import numpy as np, bayesmeta as bm, numpyro.distributions as dist
+>>> y = np.array([28., 8, -3, 7, -1, 1, 18, 12]); se = np.array([15., 10, 16, 11, 9, 11, 10, 18])
+>>> res = bm.exact.solve_normal_normal(y, se, loc_prior=dist.Normal(0, 5),
+...                                    scale_prior=dist.HalfCauchy(5))
+>>> round(res.mu_mean, 3), round(res.tau_mean, 3)
+(4.397, 3.598)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from numpy.polynomial import legendre as _leg
+
+__all__ = [
+    "EXACT_OPTIONS",
+    "why_not_exact",
+    "NormalMixture",
+    "NormalNormalResult",
+    "solve_normal_normal",
+    "normal_normal",
+    "fit_exact",
+    "log_marginal_normal_normal",
+    "log_marginal_tau",
+    "mu_conditional",
+    "theta_conditional",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_DEFAULT_QUANTILES = (0.025, 0.05, 0.25, 0.5, 0.75, 0.95, 0.975)
+
+# --------------------------------------------------------------------------- special functions
+# Normal CDF and its inverse in float64 numpy (the library keeps JAX's dtype choice alone, and
+# the quadrature needs double precision whatever JAX is configured to do).
+_erfc_ufunc = np.frompyfunc(math.erfc, 1, 1)
+
+
+def _ndtr(x: Any) -> np.ndarray:
+    """Standard normal CDF in float64 (relative error about 1e-16 * (1 + x**2), the
+    conditioning of the scaled argument ``-x / sqrt(2)``)."""
+    x = np.asarray(x, dtype=float)
+    return 0.5 * np.asarray(_erfc_ufunc(-x / math.sqrt(2.0)), dtype=float)
+
+
+def _norm_pdf(x: Any) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    return np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+def _ndtri(p: Any) -> np.ndarray:
+    """Inverse standard normal CDF for p in (0, 1) (0 -> -inf, 1 -> inf).
+
+    Start from Abramowitz & Stegun 26.2.23 (|error| < 4.5e-4), then three Halley steps on the
+    lower-tail probability ``min(p, 1 - p)`` with the accurate :func:`_ndtr`.
+    """
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    lower = np.minimum(p, 1.0 - p)
+    ok = (lower > 0) & np.isfinite(p)
+    q = np.where(ok, lower, 0.5)
+    t = np.sqrt(-2.0 * np.log(q))
+    x = -(t - (2.515517 + 0.802853 * t + 0.010328 * t**2)
+          / (1.0 + 1.432788 * t + 0.189269 * t**2 + 0.001308 * t**3))
+    for _ in range(3):
+        err = _ndtr(x) - q
+        pdf = _norm_pdf(x)
+        step = err / pdf
+        x = x - step / (1.0 + 0.5 * x * step)
+    x = np.where(p > 0.5, -x, x)
+    out[ok] = x[ok]
+    out[p == 0.0] = -np.inf
+    out[p == 1.0] = np.inf
+    out[p == 0.5] = 0.0
+    return out
+
+
+def _logsumexp(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return np.squeeze(m, axis=axis) + np.log(np.sum(np.exp(a - m), axis=axis))
+
+
+def _numpy_rng(seed: Any) -> np.random.Generator:
+    """A numpy Generator from an int seed or a JAX PRNG key (deterministic in both)."""
+    if isinstance(seed, int | np.integer):
+        return np.random.default_rng(int(seed))
+    try:
+        import jax
+
+        data = np.asarray(jax.random.key_data(seed)) if jnp.issubdtype(
+            jnp.asarray(seed).dtype, jax.dtypes.prng_key) else np.asarray(seed)
+    except (TypeError, AttributeError):
+        data = np.asarray(seed)
+    return np.random.default_rng([int(v) for v in np.ravel(data).astype(np.uint64)])
+
+
+# --------------------------------------------------------------------------- mixtures
+class NormalMixture:
+    """A finite mixture of normals, ``sum_j w_j N(m_j, s_j**2)``, batched.
+
+    ``weights``, ``means``, ``scales`` broadcast to a common shape ``(*batch_shape, J)``: the
+    last axis indexes components; weights are renormalised to sum to one over it. All
+    methods are float64 numpy.
+
+    >>> mix = NormalMixture([0.5, 0.5], [-1.0, 1.0], [1.0, 1.0])
+    >>> float(mix.mean), round(float(mix.cdf(0.0)), 12)
+    (0.0, 0.5)
+    """
+
+    def __init__(self, weights: Any, means: Any, scales: Any):
+        w, m, s = np.broadcast_arrays(np.asarray(weights, float), np.asarray(means, float),
+                                      np.asarray(scales, float))
+        if w.ndim == 0:
+            raise ValueError("weights: need a component axis (last axis)")
+        if np.any(w < 0) or np.any(s < 0):
+            raise ValueError("weights/scales: must be non-negative")
+        total = w.sum(axis=-1, keepdims=True)
+        if np.any(total <= 0):
+            raise ValueError("weights: every mixture needs positive total weight")
+        self.weights = w / total
+        self.means = m
+        self.scales = s
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return self.weights.shape[:-1]
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Mixture mean, shape ``batch_shape``."""
+        return np.sum(self.weights * self.means, axis=-1)
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Mixture variance (law of total variance), shape ``batch_shape``."""
+        mu = self.mean[..., None]
+        return np.sum(self.weights * (self.scales**2 + (self.means - mu) ** 2), axis=-1)
+
+    @property
+    def stddev(self) -> np.ndarray:
+        return np.sqrt(self.variance)
+
+    def _z(self, x: Any) -> np.ndarray:
+        x = np.asarray(x, dtype=float)[..., None]
+        return (x - self.means) / np.maximum(self.scales, 1e-300)
+
+    def log_prob(self, x: Any) -> np.ndarray:
+        """Log density at ``x`` (broadcast against ``batch_shape``)."""
+        z = self._z(x)
+        s = np.maximum(self.scales, 1e-300)
+        with np.errstate(divide="ignore", over="ignore"):
+            lw = np.log(self.weights)
+            return _logsumexp(lw - 0.5 * z * z - np.log(s) - 0.5 * _LOG_2PI, axis=-1)
+
+    def cdf(self, x: Any) -> np.ndarray:
+        """Cumulative distribution at ``x`` (broadcast against ``batch_shape``)."""
+        return np.sum(self.weights * _ndtr(self._z(x)), axis=-1)
+
+    def quantile(self, q: Any, tol: float = 1e-13, max_iter: int = 200) -> np.ndarray:
+        """Inverse CDF at probability ``q`` in (0, 1) (broadcast against ``batch_shape``).
+
+        Safeguarded Newton inside the bracket ``[min_j Q_j(q), max_j Q_j(q)]`` of component
+        quantiles (the mixture quantile always lies in it).
+        """
+        q = np.asarray(q, dtype=float)
+        if np.any((q <= 0) | (q >= 1)):
+            raise ValueError("q: probabilities must lie strictly between 0 and 1")
+        shape = np.broadcast_shapes(q.shape, self.batch_shape)
+        if shape == ():
+            return self.quantile(q.reshape(1), tol, max_iter)[0]
+        qq = np.broadcast_to(q, shape)
+        zq = _ndtri(qq)[..., None]
+        comp = self.means + self.scales * zq
+        live = self.weights > 0
+        lo = np.min(np.where(live, comp, np.inf), axis=-1)
+        hi = np.max(np.where(live, comp, -np.inf), axis=-1)
+        x = np.clip(self.mean + self.stddev * zq[..., 0], lo, hi)
+        todo = hi - lo > tol * np.maximum(np.abs(lo) + np.abs(hi), 1e-300)
+        x = np.where(todo, x, 0.5 * (lo + hi))
+        for _ in range(max_iter):
+            if not todo.any():
+                break
+            idx = np.nonzero(todo)
+            sub = self._take(shape, idx)
+            xs, qs, los, his = x[idx], qq[idx], lo[idx], hi[idx]
+            f = sub.cdf(xs) - qs
+            los = np.where(f < 0, xs, los)
+            his = np.where(f >= 0, xs, his)
+            dens = np.exp(sub.log_prob(xs))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                newton = xs - f / dens
+            bad = ~np.isfinite(newton) | (newton < los) | (newton > his)
+            hit = np.abs(f) <= 4e-16 * np.minimum(qs, 1 - qs)  # already at the root
+            x_new = np.where(hit, xs, np.where(bad, 0.5 * (los + his), newton))
+            step = np.abs(x_new - xs)
+            x[idx], lo[idx], hi[idx] = x_new, los, his
+            small = tol * np.maximum(np.abs(x_new), 1e-300)
+            todo[idx] = ~(hit | (~bad & (step <= small)) | (his - los <= small))
+        return x
+
+    def _take(self, shape: tuple, idx: tuple) -> NormalMixture:
+        """The sub-mixtures at positions ``idx`` (index arrays) of the batch broadcast to
+        ``shape``."""
+        w = np.broadcast_to(self.weights, shape + self.weights.shape[-1:])
+        m = np.broadcast_to(self.means, w.shape)
+        s = np.broadcast_to(self.scales, w.shape)
+        out = NormalMixture.__new__(NormalMixture)
+        out.weights, out.means, out.scales = w[idx], m[idx], s[idx]
+        return out
+
+    def interval(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Central interval ``(quantile((1-level)/2), quantile((1+level)/2))``."""
+        a = (1.0 - float(level)) / 2.0
+        return self.quantile(a), self.quantile(1.0 - a)
+
+    def sample(self, seed: Any, num: int) -> np.ndarray:
+        """``num`` i.i.d. draws, shape ``(num, *batch_shape)``; ``seed`` an int or a JAX key."""
+        rng = _numpy_rng(seed)
+        cw = np.cumsum(self.weights, axis=-1)
+        u = rng.uniform(size=(int(num), *self.batch_shape, 1))
+        idx = np.minimum(np.sum(u > cw, axis=-1), self.weights.shape[-1] - 1)
+        m = np.take_along_axis(np.broadcast_to(self.means, (int(num), *self.means.shape)),
+                               idx[..., None], axis=-1)[..., 0]
+        s = np.take_along_axis(np.broadcast_to(self.scales, (int(num), *self.scales.shape)),
+                               idx[..., None], axis=-1)[..., 0]
+        return m + s * rng.standard_normal(m.shape)
+
+    def __repr__(self) -> str:
+        return (f"NormalMixture(batch_shape={self.batch_shape}, "
+                f"num_components={self.weights.shape[-1]})")
+
+
+# --------------------------------------------------------------------------- JAX pieces
+def log_marginal_normal_normal(y: Any, se: Any, mu: Any, tau: Any) -> jnp.ndarray:
+    """``sum_t log N(y_t | mu, sqrt(se_t**2 + tau**2))``: ``theta`` integrated out.
+
+    Shapes: ``y``, ``se`` ``(..., T)``; ``mu``, ``tau`` scalars or arrays of the leading
+    batch shape ``(...)`` (e.g. a vector of draws). Returns shape ``(...)``. Differentiable
+    in every argument (JAX).
+
+    >>> round(float(log_marginal_normal_normal(jnp.array([0.0]), jnp.array([1.0]), 0.0, 0.0)), 6)
+    -0.918939
+    """
+    y = jnp.asarray(y)
+    se = jnp.asarray(se)
+    mu = jnp.asarray(mu)[..., None]
+    tau = jnp.asarray(tau)[..., None]
+    var = se**2 + tau**2
+    return jnp.sum(-0.5 * (jnp.log(2.0 * jnp.pi * var) + (y - mu) ** 2 / var), axis=-1)
+
+
+def _mu_pieces(y, se, tau, loc_mean, loc_sd):
+    var = se**2 + tau**2
+    w = 1.0 / var
+    prec = jnp.sum(w, axis=-1)
+    num = jnp.sum(w * y, axis=-1)
+    if loc_sd is not None:
+        prec = prec + 1.0 / loc_sd**2
+        num = num + loc_mean / loc_sd**2
+    mean = num / prec
+    return var, w, prec, mean
+
+
+def log_marginal_tau(y: Any, se: Any, tau: Any, loc_mean: Any = None,
+                     loc_sd: Any = None) -> jnp.ndarray:
+    """``log p(y | tau)`` with both ``theta`` and ``mu`` integrated out (JAX).
+
+    ``mu ~ N(loc_mean, loc_sd**2)``, or flat when ``loc_sd`` is None (then the value is a
+    density relative to Lebesgue measure on ``mu``). Shapes: ``y``, ``se`` ``(T,)``; ``tau``
+    scalar or ``(...)``; returns ``(...)``. See the module docstring for the formula.
+    """
+    y = jnp.asarray(y)
+    se = jnp.asarray(se)
+    tau = jnp.asarray(tau)[..., None]
+    var, w, prec, mean = _mu_pieces(y, se, tau, loc_mean, loc_sd)
+    quad = jnp.sum(w * (y - mean[..., None]) ** 2, axis=-1)
+    out = -0.5 * (jnp.sum(jnp.log(2.0 * jnp.pi * var), axis=-1) + jnp.log(prec) + quad)
+    if loc_sd is None:
+        return out + 0.5 * jnp.log(2.0 * jnp.pi)
+    return out - 0.5 * ((mean - loc_mean) ** 2 / loc_sd**2 + 2.0 * jnp.log(loc_sd))
+
+
+def mu_conditional(y: Any, se: Any, tau: Any, loc_mean: Any = None,
+                   loc_sd: Any = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Mean and sd of ``mu | tau, y`` (JAX): precision ``1/loc_sd**2 + sum 1/(se**2+tau**2)``.
+
+    Shapes as :func:`log_marginal_tau`; returns two arrays of shape ``(...)``.
+    """
+    y = jnp.asarray(y)
+    se = jnp.asarray(se)
+    tau = jnp.asarray(tau)[..., None]
+    _, _, prec, mean = _mu_pieces(y, se, tau, loc_mean, loc_sd)
+    return mean, 1.0 / jnp.sqrt(prec)
+
+
+def theta_conditional(y: Any, se: Any, mu: Any, tau: Any) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Mean and sd of ``theta_t | mu, tau, y_t`` (JAX), the exact per-task posterior.
+
+    ``mean = B mu + (1 - B) y`` and ``sd = se tau / sqrt(se**2 + tau**2)`` with
+    ``B = se**2 / (se**2 + tau**2)``. Shapes: ``y``, ``se`` ``(T,)``; ``mu``, ``tau`` scalars
+    or ``(...)``; returns two arrays ``(..., T)``. ``tau = 0`` gives ``theta = mu``.
+    """
+    y = jnp.asarray(y)
+    se = jnp.asarray(se)
+    mu = jnp.asarray(mu)[..., None]
+    tau = jnp.asarray(tau)[..., None]
+    var = se**2 + tau**2
+    shrink = se**2 / var
+    return shrink * mu + (1.0 - shrink) * y, se * tau / jnp.sqrt(var)
+
+
+# --------------------------------------------------------------------------- priors
+@dataclass(frozen=True)
+class _LocPrior:
+    kind: str  # "normal" | "flat" | "fixed"
+    mean: float = 0.0
+    sd: float = 0.0
+
+    def describe(self) -> str:
+        if self.kind == "normal":
+            return f"Normal({self.mean:g}, {self.sd:g})"
+        if self.kind == "fixed":
+            return f"fixed at {self.mean:g}"
+        return "flat"
+
+
+def _loc_prior(prior: Any) -> _LocPrior:
+    if prior is None:
+        return _LocPrior("normal", 0.0, 5.0)
+    if isinstance(prior, str):
+        if prior.lower() == "flat":
+            return _LocPrior("flat")
+        raise ValueError(f"loc_prior: unknown string {prior!r} (use 'flat')")
+    if type(prior).__name__ == "Normal" and hasattr(prior, "loc") and hasattr(prior, "scale"):
+        loc = np.asarray(prior.loc, dtype=float)
+        scale = np.asarray(prior.scale, dtype=float)
+        if loc.shape != () or scale.shape != ():
+            raise ValueError("loc_prior: the Normal prior on mu must be scalar")
+        return _LocPrior("normal", float(loc), float(scale))
+    if hasattr(prior, "log_prob"):
+        raise ValueError(
+            f"loc_prior: {type(prior).__name__} is not supported; mu is integrated analytically,"
+            " so its prior must be a numpyro Normal, 'flat', or a fixed number"
+        )
+    try:
+        value = float(np.asarray(prior, dtype=float))
+    except (TypeError, ValueError):
+        raise ValueError(f"loc_prior: expected a numpyro Normal, 'flat' or a number, got "
+                         f"{type(prior).__name__}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"loc_prior: fixed mu must be finite, got {value}")
+    return _LocPrior("fixed", value)
+
+
+def _halfcauchy(scale):
+    return lambda t: math.log(2.0 / (math.pi * scale)) - np.log1p((t / scale) ** 2)
+
+
+def _halfnormal(scale):
+    return lambda t: 0.5 * math.log(2.0 / math.pi) - math.log(scale) - 0.5 * (t / scale) ** 2
+
+
+def _exponential(rate):
+    return lambda t: math.log(rate) - rate * t
+
+
+def _gamma(a, b):
+    c = a * math.log(b) - math.lgamma(a)
+    return lambda t: c + (a - 1.0) * np.log(t) - b * t
+
+
+def _inverse_gamma(a, b):
+    c = a * math.log(b) - math.lgamma(a)
+    return lambda t: c - (a + 1.0) * np.log(t) - b / t
+
+
+def _lognormal(loc, scale):
+    c = -math.log(scale) - 0.5 * _LOG_2PI
+    return lambda t: c - np.log(t) - 0.5 * ((np.log(t) - loc) / scale) ** 2
+
+
+def _half_student_t(df, scale):
+    c = (math.log(2.0) + math.lgamma(0.5 * (df + 1)) - math.lgamma(0.5 * df)
+         - 0.5 * math.log(df * math.pi) - math.log(scale))
+    return lambda t: c - 0.5 * (df + 1) * np.log1p((t / scale) ** 2 / df)
+
+
+@dataclass(frozen=True)
+class _TauPrior:
+    kind: str  # "fixed" | "density"
+    value: float = 0.0
+    logpdf: Callable[[np.ndarray], np.ndarray] | None = None
+    lower: float = 0.0
+    upper: float = math.inf
+    name: str = ""
+
+
+def _param(d: Any, name: str) -> float:
+    arr = np.asarray(getattr(d, name), dtype=float)
+    if arr.shape != ():
+        raise ValueError(f"scale_prior: {type(d).__name__}.{name} must be a scalar")
+    return float(arr)
+
+
+def _tau_prior(prior: Any, tau_range: tuple[float, float] | None) -> _TauPrior:
+    if prior is None:
+        return _tau_prior(_numpyro_halfcauchy(5.0), tau_range)
+    if hasattr(prior, "log_prob") and hasattr(prior, "support"):
+        if tuple(getattr(prior, "batch_shape", ())) or tuple(getattr(prior, "event_shape", ())):
+            raise ValueError(f"scale_prior: {type(prior).__name__} must be a scalar "
+                             "distribution (no batch or event shape)")
+        name = type(prior).__name__
+        if getattr(prior.support, "lower_bound", None) is None:
+            raise ValueError(f"scale_prior: {name} has support {prior.support}; tau is a scale "
+                             "and needs a prior on [0, inf) or an interval in it")
+        lower = float(np.asarray(prior.support.lower_bound))
+        upper = float(np.asarray(getattr(prior.support, "upper_bound", math.inf)))
+        if lower < 0:
+            raise ValueError(f"scale_prior: {name} has support below 0; tau is a scale")
+        known = {
+            "HalfCauchy": lambda d: _halfcauchy(_param(d, "scale")),
+            "HalfNormal": lambda d: _halfnormal(_param(d, "scale")),
+            "Exponential": lambda d: _exponential(_param(d, "rate")),
+            "Gamma": lambda d: _gamma(_param(d, "concentration"), _param(d, "rate")),
+            "InverseGamma": lambda d: _inverse_gamma(_param(d, "concentration"),
+                                                     _param(d, "rate")),
+            "LogNormal": lambda d: _lognormal(_param(d, "loc"), _param(d, "scale")),
+            "HalfStudentT": lambda d: _half_student_t(_param(d, "df"), _param(d, "scale")),
+        }
+        if name == "Uniform":
+            lower, upper = _param(prior, "low"), _param(prior, "high")
+            if lower < 0 or not upper > lower:
+                raise ValueError(f"scale_prior: Uniform({lower}, {upper}) must satisfy "
+                                 "0 <= low < high")
+            const = -math.log(upper - lower)
+            logpdf = lambda t: np.full(np.shape(t), const)  # noqa: E731
+        elif name in known:
+            logpdf = known[name](prior)
+        else:
+            # any other numpyro distribution: its own log_prob, evaluated through JAX (float64
+            # only when JAX's x64 mode is on), compiled once for fixed-size padded chunks
+            logpdf = _chunked_log_prob(prior)
+        if tau_range is not None:
+            lower, upper = max(lower, float(tau_range[0])), min(upper, float(tau_range[1]))
+        return _TauPrior("density", logpdf=logpdf, lower=lower, upper=upper, name=name)
+    if callable(prior):
+        lower, upper = (0.0, math.inf) if tau_range is None else map(float, tau_range)
+        if lower < 0 or not upper > lower:
+            raise ValueError(f"tau_range: must satisfy 0 <= low < high, got {tau_range}")
+
+        def logpdf(t, _f=prior):
+            return np.asarray(_f(t), dtype=float) * np.ones(np.shape(t))
+
+        return _TauPrior("density", logpdf=logpdf, lower=lower, upper=upper,
+                         name=getattr(prior, "__name__", "log-density"))
+    try:
+        value = float(np.asarray(prior, dtype=float))
+    except (TypeError, ValueError):
+        raise ValueError("scale_prior: expected a numpyro distribution on tau, a callable "
+                         f"log-density or a fixed number, got {type(prior).__name__}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"scale_prior: a fixed tau must be finite and >= 0, got {value}")
+    return _TauPrior("fixed", value=value, name=f"fixed at {value:g}")
+
+
+def _chunked_log_prob(d: Any, chunk: int = 2048) -> Callable[[np.ndarray], np.ndarray]:
+    import jax
+
+    fn = jax.jit(d.log_prob)
+
+    def logpdf(t):
+        t = np.asarray(t, dtype=float)
+        flat = t.reshape(-1)
+        out = np.empty(flat.shape)
+        for start in range(0, flat.size, chunk):
+            part = flat[start:start + chunk]
+            padded = np.concatenate([part, np.full(chunk - part.size, part[0] if part.size
+                                                   else 1.0)])
+            out[start:start + part.size] = np.asarray(fn(jnp.asarray(padded)))[:part.size]
+        return out.reshape(t.shape)
+
+    return logpdf
+
+
+def _numpyro_halfcauchy(scale: float):
+    import numpyro.distributions as dist
+
+    return dist.HalfCauchy(scale)
+
+
+# --------------------------------------------------------------------------- conditionals
+def _conditionals(y: np.ndarray, se: np.ndarray, tau: np.ndarray,
+                  loc: _LocPrior) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``log p(y | tau)``, ``E[mu | tau, y]``, ``Var[mu | tau, y]`` in float64 numpy.
+
+    ``y``, ``se``: ``(R, T)``; ``tau``: ``(R, J)`` or ``(J,)``. Returns three ``(R, J)``.
+    Chunked over ``J`` to bound memory at about ``4e6`` doubles per temporary.
+    """
+    num_rep, num_tasks = y.shape
+    tau = np.broadcast_to(np.asarray(tau, dtype=float), (num_rep, np.shape(tau)[-1]))
+    num_nodes = tau.shape[1]
+    chunk = max(1, int(4_000_000 // max(1, num_rep * num_tasks)))
+    logm = np.empty((num_rep, num_nodes))
+    mhat = np.empty((num_rep, num_nodes))
+    vmu = np.empty((num_rep, num_nodes))
+    y3 = y[:, None, :]
+    s2 = (se**2)[:, None, :]
+    for start in range(0, num_nodes, chunk):
+        sl = slice(start, start + chunk)
+        var = s2 + tau[:, sl, None] ** 2
+        w = 1.0 / var
+        logdet = np.sum(np.log(var), axis=-1) + num_tasks * _LOG_2PI
+        if loc.kind == "fixed":
+            r = y3 - loc.mean
+            logm[:, sl] = -0.5 * (logdet + np.sum(w * r * r, axis=-1))
+            mhat[:, sl] = loc.mean
+            vmu[:, sl] = 0.0
+            continue
+        prec = np.sum(w, axis=-1)
+        num = np.sum(w * y3, axis=-1)
+        if loc.kind == "normal":
+            prec = prec + 1.0 / loc.sd**2
+            num = num + loc.mean / loc.sd**2
+        m = num / prec
+        r = y3 - m[..., None]
+        quad = np.sum(w * r * r, axis=-1)
+        if loc.kind == "normal":
+            extra = (m - loc.mean) ** 2 / loc.sd**2 + 2.0 * math.log(loc.sd)
+        else:
+            extra = -_LOG_2PI
+        logm[:, sl] = -0.5 * (logdet + np.log(prec) + quad + extra)
+        mhat[:, sl] = m
+        vmu[:, sl] = 1.0 / prec
+    return logm, mhat, vmu
+
+
+def _theta_moments_given_tau(y, se, tau, mhat, vmu):
+    """Mean and variance of ``theta_t | tau, y``: ``(R, J, T)`` each."""
+    s2 = (se**2)[:, None, :]
+    shrink = s2 / (s2 + tau[..., None] ** 2)
+    mean = shrink * mhat[..., None] + (1.0 - shrink) * y[:, None, :]
+    var = (1.0 - shrink) * s2 + shrink**2 * vmu[..., None]
+    return mean, var
+
+
+# --------------------------------------------------------------------------- quadrature
+# Gauss-Kronrod 7-15 on [-1, 1] (QUADPACK's qk15 abscissae and weights); the 7-point Gauss
+# weights come from numpy's Gauss-Legendre rule. Exactness of the Kronrod rule up to degree 22
+# is checked in the tests.
+_XK = np.array([0.991455371120812639206854697526329, 0.949107912342758524526189684047851,
+                0.864864423359769072789712788640926, 0.741531185599394439863864773280788,
+                0.586087235467691130294144845693013, 0.405845151377397166906606412076961,
+                0.207784955007898467600689403773245, 0.0])
+_WK = np.array([0.022935322010529224963732008058970, 0.063092092629978553290700663189204,
+                0.104790010322250183839876322541518, 0.140653259715525918745189590510238,
+                0.169004726639267902826583426598550, 0.190350578064785409913256402421014,
+                0.204432940075298892414161999234649, 0.209482141084727828012999174891714])
+_KRONROD_X = np.concatenate([-_XK[:-1], [0.0], _XK[:-1][::-1]])
+_KRONROD_W = np.concatenate([_WK[:-1], [_WK[-1]], _WK[:-1][::-1]])
+_GAUSS_W = np.zeros(15)
+_GAUSS_W[1::2] = np.polynomial.legendre.leggauss(7)[1]
+
+
+@dataclass(frozen=True)
+class _Map:
+    """``tau = lower + c u / (1 - u)`` (unbounded) or ``lower + (upper - lower) u``."""
+
+    lower: float
+    upper: float
+    scale: float
+
+    @property
+    def bounded(self) -> bool:
+        return math.isfinite(self.upper)
+
+    def tau(self, u: np.ndarray) -> np.ndarray:
+        if self.bounded:
+            return self.lower + (self.upper - self.lower) * u
+        return self.lower + self.scale * u / (1.0 - u)
+
+    def jac(self, u: np.ndarray) -> np.ndarray:
+        if self.bounded:
+            return np.full(np.shape(u), self.upper - self.lower)
+        return self.scale / (1.0 - u) ** 2
+
+    def u(self, tau: np.ndarray) -> np.ndarray:
+        tau = np.asarray(tau, dtype=float)
+        if self.bounded:
+            return np.clip((tau - self.lower) / (self.upper - self.lower), 0.0, 1.0)
+        d = np.maximum(tau - self.lower, 0.0)
+        with np.errstate(invalid="ignore"):
+            out = d / (d + self.scale)
+        return np.where(np.isinf(d), 1.0, out)
+
+
+def _panel_nodes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    half = 0.5 * (b - a)
+    mid = 0.5 * (a + b)
+    return mid[:, None] + half[:, None] * _KRONROD_X, half
+
+
+@dataclass
+class _Rule:
+    """A posterior quadrature rule for tau, shared across ``R`` data sets."""
+
+    map: _Map
+    edges: np.ndarray  # (P + 1,) panel edges in u
+    u: np.ndarray  # (P, 15)
+    tau: np.ndarray  # (J,) = (P * 15,)
+    weights: np.ndarray  # (R, J) normalised posterior weights
+    logd: np.ndarray  # (R, J) log prior + log p(y | tau) at the nodes
+    mhat: np.ndarray  # (R, J)
+    vmu: np.ndarray  # (R, J)
+    log_evidence: np.ndarray  # (R,)
+    converged: bool
+    density_u: np.ndarray = field(default=None)  # (R, P, 15) normalised density in u
+
+
+def _log_post(y, se, loc, prior, mp, u):
+    """``log p(tau) + log p(y | tau)`` at ``u`` nodes; ``u`` shape (J,) or (R, J)."""
+    tau = mp.tau(u)
+    logm, mhat, vmu = _conditionals(y, se, tau, loc)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lp = prior.logpdf(tau)
+    lp = np.where(np.isnan(lp), -np.inf, lp)
+    return lp + logm, mhat, vmu
+
+
+def _find_offsets(y, se, loc, prior, mp) -> tuple[np.ndarray, list[float]]:
+    """Per data set, the maximum log posterior density (an offset against overflow) and
+    extra panel edges around narrow interior peaks (zoomed grid search in u)."""
+    num_rep = y.shape[0]
+    grid = (np.arange(256) + 0.5) / 256
+    logd, _, _ = _log_post(y, se, loc, prior, mp, grid)
+    jac = np.log(mp.jac(grid))
+    best = np.argmax(logd + jac, axis=1)
+    center = grid[best]
+    offset = np.max(logd, axis=1)
+    half = np.full(num_rep, 2.0 / 256)
+    for _ in range(5):
+        local = np.clip(center[:, None] + half[:, None] * np.linspace(-1, 1, 33), 1e-15,
+                        1 - 1e-15)
+        ld, _, _ = _log_post(y, se, loc, prior, mp, local)
+        offset = np.maximum(offset, np.max(ld, axis=1))
+        val = ld + np.log(mp.jac(local))
+        k = np.argmax(val, axis=1)
+        center = local[np.arange(num_rep), k]
+        half = half / 8.0
+    # curvature of the u-density at the mode -> local sd; add edges for narrow interior peaks
+    h = np.maximum(half * 4.0, 1e-12)
+    pts = np.clip(center[:, None] + h[:, None] * np.array([-1.0, 0.0, 1.0]), 1e-15, 1 - 1e-15)
+    ld, _, _ = _log_post(y, se, loc, prior, mp, pts)
+    val = ld + np.log(mp.jac(pts))
+    curv = (val[:, 0] - 2 * val[:, 1] + val[:, 2]) / h**2
+    extra: list[float] = []
+    for r in range(num_rep):
+        if np.isfinite(curv[r]) and curv[r] < 0:
+            sd = 1.0 / math.sqrt(-curv[r])
+            if 6 * sd < 1.0 / 64 and 1e-12 < center[r] < 1 - 1e-12:
+                extra.extend([center[r] - 6 * sd, center[r], center[r] + 6 * sd])
+    return offset, extra
+
+
+def _initial_edges(extra: Sequence[float]) -> np.ndarray:
+    geometric = 2.0 ** -np.arange(6, 46)
+    edges = np.concatenate([np.linspace(0.0, 1.0, 33), geometric, 1.0 - geometric,
+                            np.asarray(extra, dtype=float)])
+    edges = np.unique(np.clip(edges, 0.0, 1.0))
+    keep = np.concatenate([[True], np.diff(edges) > 1e-15])
+    return edges[keep]
+
+
+def _integrand(y, se, loc, prior, mp, offset, u, with_theta):
+    """Components whose integrals drive the adaptivity: ``(n, R, K)`` with
+    ``K = 5 (+ 2 T)``: density, tau, tau^2, mu first and second moments (and theta's)."""
+    logd, mhat, vmu = _log_post(y, se, loc, prior, mp, u)
+    dens = np.exp(logd - offset[:, None]) * mp.jac(u)  # (R, n)
+    tau = mp.tau(u)
+    tau_b = np.broadcast_to(tau, dens.shape)
+    comps = [dens, dens * tau_b, dens * tau_b**2, dens * mhat, dens * (mhat**2 + vmu)]
+    out = np.stack(comps, axis=-1)  # (R, n, 5)
+    if with_theta:
+        tm, tv = _theta_moments_given_tau(y, se, tau_b, mhat, vmu)  # (R, n, T)
+        out = np.concatenate([out, dens[..., None] * tm, dens[..., None] * (tm**2 + tv)],
+                             axis=-1)
+    return np.moveaxis(out, 1, 0)  # (n, R, K)
+
+
+def _panel_integrals(fn, a, b, width):
+    """Kronrod integral, error estimate and Kronrod integral of ``|f|`` per panel.
+
+    ``width`` is the number of integrand components per node; panels are processed in chunks
+    so a temporary never holds much more than ``4e6`` doubles."""
+    nodes, half = _panel_nodes(a, b)
+    chunk = max(1, int(4_000_000 // (15 * max(1, width))))
+    kron, err, absk = [], [], []
+    for start in range(0, len(a), chunk):
+        sl = slice(start, start + chunk)
+        vals = fn(nodes[sl].reshape(-1))  # (p*15, *M)
+        vals = vals.reshape(-1, 15, *vals.shape[1:])
+        h = half[sl].reshape(-1, *([1] * (vals.ndim - 2)))
+        k = h * np.einsum("k,pk...->p...", _KRONROD_W, vals)
+        g = h * np.einsum("k,pk...->p...", _GAUSS_W, vals)
+        kron.append(k)
+        err.append(np.abs(k - g))
+        absk.append(h * np.einsum("k,pk...->p...", _KRONROD_W, np.abs(vals)))
+    return np.concatenate(kron), np.concatenate(err), np.concatenate(absk)
+
+
+def _adaptive(fn, edges: np.ndarray, rtol: float, max_panels: int, width: int):
+    """Globally adaptive Gauss-Kronrod 7-15 for a vector integrand on [0, 1].
+
+    ``fn(u: (n,)) -> (n, *M)``. A panel's error is ``|K15 - G7|`` (conservative); panels are
+    bisected while some component's summed error exceeds ``rtol`` times the integral of its
+    absolute value. Returns the final (sorted) edges and whether it converged.
+    """
+    a, b = edges[:-1], edges[1:]
+    kron, err, absk = _panel_integrals(fn, a, b, width)
+    converged = False
+    for _ in range(200):
+        total_err = err.sum(axis=0)
+        tol = rtol * absk.sum(axis=0) + 1e-300
+        if np.all(total_err <= tol):
+            converged = True
+            break
+        num = len(a)
+        score = (err / tol).reshape(num, -1).max(axis=1)
+        split = score > 0.5 / num
+        split[np.argmax(score)] = True
+        if num + split.sum() > max_panels:
+            break
+        mid = 0.5 * (a[split] + b[split])
+        na = np.concatenate([a[split], mid])
+        nb = np.concatenate([mid, b[split]])
+        k2, e2, ab2 = _panel_integrals(fn, na, nb, width)
+        keep = ~split
+        a = np.concatenate([a[keep], na])
+        b = np.concatenate([b[keep], nb])
+        kron = np.concatenate([kron[keep], k2])
+        err = np.concatenate([err[keep], e2])
+        absk = np.concatenate([absk[keep], ab2])
+    order = np.argsort(a)
+    return np.concatenate([a[order], [b[order][-1]]]), converged
+
+
+def _default_scale(y: np.ndarray, se: np.ndarray) -> float:
+    c = max(float(np.median(se)), float(np.std(y))) if y.size else 1.0
+    return c if c > 0 and math.isfinite(c) else 1.0
+
+
+def _build_rule(y, se, loc, prior, rtol, max_panels, with_theta=True, keep_density=False):
+    """The adaptive posterior rule for ``R`` data sets at once (``y``, ``se`` ``(R, T)``)."""
+    mp = _Map(prior.lower, prior.upper, _default_scale(y, se))
+    offset, extra = _find_offsets(y, se, loc, prior, mp)
+    if not np.all(np.isfinite(offset)):
+        r = int(np.flatnonzero(~np.isfinite(offset))[0])
+        raise ValueError(f"scale_prior: the posterior of tau is zero everywhere (data set {r});"
+                         " check the prior's support")
+
+    def fn(u):
+        return _integrand(y, se, loc, prior, mp, offset, u, with_theta)
+
+    width = y.shape[0] * (5 + (2 * y.shape[1] if with_theta else 0))
+    edges, converged = _adaptive(fn, _initial_edges(extra), rtol, max_panels, width)
+    nodes, half = _panel_nodes(edges[:-1], edges[1:])
+    u = nodes.reshape(-1)
+    logd, mhat, vmu = _log_post(y, se, loc, prior, mp, u)
+    base = (half[:, None] * _KRONROD_W).reshape(-1) * mp.jac(u)
+    with np.errstate(under="ignore"):
+        dens = np.exp(logd - offset[:, None]) * base
+    z = dens.sum(axis=1)
+    if not np.all(z > 0) or not np.all(np.isfinite(z)):
+        raise ValueError("scale_prior: the posterior of tau could not be normalised "
+                         "(is the prior proper and the posterior finite?)")
+    weights = dens / z[:, None]
+    density_u = None
+    if keep_density:
+        density_u = (np.exp(logd - offset[:, None]) * mp.jac(u) / z[:, None]).reshape(
+            y.shape[0], len(half), 15)
+    return _Rule(mp, edges, nodes, mp.tau(u), weights, logd, mhat, vmu,
+                 offset + np.log(z), converged, density_u)
+
+
+def _fixed_rule(y, se, loc, prior) -> _Rule:
+    tau = np.array([prior.value])
+    logm, mhat, vmu = _conditionals(y, se, tau, loc)
+    ones = np.ones((y.shape[0], 1))
+    return _Rule(_Map(prior.value, prior.value, 1.0), np.array([0.0, 1.0]), np.zeros((1, 1)),
+                 tau, ones, logm, mhat, vmu, logm[:, 0], True, None)
+
+
+def _batch_rule(y, se, loc_prior=None, scale_prior=None, *, rtol=1e-10, max_panels=5000,
+                with_theta=True, tau_range=None) -> tuple[_Rule, _LocPrior, _TauPrior]:
+    """Posterior rules for a batch of data sets ``y``, ``se`` of shape ``(R, T)`` sharing the
+    priors (used by the estimator study to vectorise over replications)."""
+    loc = _loc_prior(loc_prior)
+    prior = _tau_prior(scale_prior, tau_range)
+    if prior.kind == "fixed":
+        return _fixed_rule(y, se, loc, prior), loc, prior
+    return _build_rule(y, se, loc, prior, rtol, max_panels, with_theta), loc, prior
+
+
+def _batch_moments(rule: _Rule, y: np.ndarray, se: np.ndarray, prune: float = 1e-17):
+    """Posterior means and variances of mu, tau and theta for every data set in a rule.
+
+    Returns a dict of arrays: ``mu_mean`` ``(R,)``, ``mu_var``, ``tau_mean``, ``tau_var``,
+    ``theta_mean`` ``(R, T)``, ``theta_var``; plus the pruned mixture pieces ``weights``
+    ``(R, J')``, ``tau`` ``(J',)``, ``mhat``/``vmu`` ``(R, J')``.
+    """
+    keep = np.max(rule.weights, axis=0) > prune
+    w = rule.weights[:, keep]
+    w = w / w.sum(axis=1, keepdims=True)
+    tau = rule.tau[keep]
+    mhat, vmu = rule.mhat[:, keep], rule.vmu[:, keep]
+    mu_mean = np.sum(w * mhat, axis=1)
+    mu_var = np.sum(w * (vmu + (mhat - mu_mean[:, None]) ** 2), axis=1)
+    tau_mean = w @ tau
+    tau_var = np.sum(w * (tau[None, :] - tau_mean[:, None]) ** 2, axis=1)
+    tau_b = np.broadcast_to(tau, w.shape)
+    tm, tv = _theta_moments_given_tau(y, se, tau_b, mhat, vmu)  # (R, J', T)
+    theta_mean = np.einsum("rj,rjt->rt", w, tm)
+    theta_var = np.einsum("rj,rjt->rt", w, tv + (tm - theta_mean[:, None, :]) ** 2)
+    return dict(mu_mean=mu_mean, mu_var=mu_var, tau_mean=tau_mean, tau_var=tau_var,
+                theta_mean=theta_mean, theta_var=theta_var, weights=w, tau=tau, mhat=mhat,
+                vmu=vmu, theta_cond_mean=tm, theta_cond_var=tv)
+
+
+# --------------------------------------------------------------------------- result
+@dataclass(frozen=True, eq=False)
+class NormalNormalResult:
+    """The exact posterior of the normal-normal model for one collection of tasks.
+
+    Fields (``T`` tasks, ``Q`` quantile levels, ``J`` quadrature nodes):
+      labels                  tuple of ``T`` task labels
+      y, se                   ``(T,)`` the per-task estimates and standard errors used
+      loc_prior, scale_prior  str descriptions of the priors
+      tau_nodes, tau_weights  ``(J,)`` the posterior rule for tau: ``E[f(tau) | y] =
+                              sum_j tau_weights[j] f(tau_nodes[j])`` (weights sum to 1)
+      mu_cond_mean, mu_cond_sd  ``(J,)`` ``mu | tau_j, y`` (normal)
+      mu_mean, mu_sd, tau_mean, tau_sd   posterior means and sds (floats)
+      theta_mean, theta_sd    ``(T,)``
+      quantile_levels         ``(Q,)``
+      mu_quantiles, tau_quantiles  ``(Q,)``; theta_quantiles ``(T, Q)`` (a cached property:
+                              computed on first use, seconds for 10,000 tasks)
+      log_marginal_likelihood  ``log p(y)`` (with a flat prior on mu: relative to Lebesgue
+                               measure on mu, so only differences between tau priors mean
+                               anything)
+      num_panels, converged   quadrature diagnostics
+
+    Methods give the marginal posteriors as :class:`NormalMixture` (``mu_marginal``,
+    ``theta_marginal``), the predictive of a new task's ``theta`` and of a new observation
+    (``predictive``), the exact density, CDF and quantiles of ``tau`` and exact i.i.d. draws
+    (``sample``).
+    """
+
+    labels: tuple[str, ...]
+    y: np.ndarray
+    se: np.ndarray
+    loc_prior: str
+    scale_prior: str
+    tau_nodes: np.ndarray
+    tau_weights: np.ndarray
+    mu_cond_mean: np.ndarray
+    mu_cond_sd: np.ndarray
+    mu_mean: float
+    mu_sd: float
+    tau_mean: float
+    tau_sd: float
+    theta_mean: np.ndarray
+    theta_sd: np.ndarray
+    quantile_levels: np.ndarray
+    mu_quantiles: np.ndarray
+    tau_quantiles: np.ndarray
+    log_marginal_likelihood: float
+    num_panels: int
+    converged: bool
+    _loc: _LocPrior = field(repr=False)
+    _prior: _TauPrior = field(repr=False)
+    _rule: _Rule = field(repr=False)
+    _cdf_coef: np.ndarray | None = field(repr=False)  # (16, P) antiderivative in Legendre basis
+    _cdf_cum: np.ndarray | None = field(repr=False)  # (P + 1,)
+
+    @cached_property
+    def theta_quantiles(self) -> np.ndarray:
+        """Posterior quantiles of every ``theta_t`` at ``quantile_levels``: ``(T, Q)``."""
+        mix = self.theta_marginal()
+        keep = self.tau_weights > 1e-15
+        # batch (T, 1) so that the Q levels broadcast to (T, Q)
+        mix = NormalMixture(self.tau_weights[keep], mix.means[:, None, keep],
+                            mix.scales[:, None, keep])
+        return mix.quantile(self.quantile_levels)
+
+    # ------------------------------------------------------------------ tau
+    @property
+    def tau_fixed(self) -> bool:
+        return self._prior.kind == "fixed"
+
+    def tau_pdf(self, tau: Any) -> np.ndarray:
+        """Exact posterior density of tau (normalised with the quadrature's constant)."""
+        if self.tau_fixed:
+            raise ValueError("tau: fixed, it has no density")
+        t = np.asarray(tau, dtype=float)
+        flat = t.reshape(-1)
+        inside = (flat > self._prior.lower) & (flat < self._prior.upper)
+        out = np.zeros(flat.shape)
+        if inside.any():
+            logm, _, _ = _conditionals(self.y[None], self.se[None], flat[inside], self._loc)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lp = self._prior.logpdf(flat[inside])
+            out[inside] = np.exp(lp + logm[0] - self.log_marginal_likelihood)
+        return out.reshape(t.shape)
+
+    def tau_density_grid(self, num: int = 200, upper: float = 0.999
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """``(grid, density)`` of the posterior of tau on ``num`` points from the lower end
+        of its support to its ``upper`` posterior quantile (for plotting)."""
+        if self.tau_fixed:
+            raise ValueError("tau: fixed, it has no density")
+        grid = np.linspace(self._prior.lower, float(self.tau_quantile(upper)), int(num))
+        inner = grid.copy()
+        inner[0] = grid[0] + 1e-9 * (grid[1] - grid[0])  # the density at the open end
+        return grid, self.tau_pdf(inner)
+
+    def tau_cdf(self, tau: Any) -> np.ndarray:
+        """Posterior CDF of tau: exact integral of the per-panel degree-14 interpolant."""
+        t = np.asarray(tau, dtype=float)
+        if self.tau_fixed:
+            return (t >= self._prior.value).astype(float)
+        u = self._rule.map.u(t).reshape(-1)
+        edges = self._rule.edges
+        p = np.clip(np.searchsorted(edges, u, side="right") - 1, 0, len(edges) - 2)
+        h = edges[p + 1] - edges[p]
+        s = np.clip(2.0 * (u - edges[p]) / h - 1.0, -1.0, 1.0)
+        part = 0.5 * h * _leg.legval(s, self._cdf_coef[:, p], tensor=False)
+        out = np.clip(self._cdf_cum[p] + part, 0.0, 1.0)
+        out = np.where(u <= 0, 0.0, np.where(u >= 1, 1.0, out))
+        return out.reshape(t.shape)
+
+    def tau_quantile(self, q: Any) -> np.ndarray:
+        """Inverse posterior CDF of tau (bisection on the piecewise polynomial CDF)."""
+        q = np.asarray(q, dtype=float)
+        if np.any((q < 0) | (q > 1)):
+            raise ValueError("q: probabilities must lie in [0, 1]")
+        if self.tau_fixed:
+            return np.full(q.shape, self._prior.value)
+        flat = q.reshape(-1)
+        cum = self._cdf_cum
+        edges = self._rule.edges
+        p = np.clip(np.searchsorted(cum, flat, side="right") - 1, 0, len(edges) - 2)
+        # skip empty panels at the right end (a quantile of 1 lands in the last non-empty one)
+        h = edges[p + 1] - edges[p]
+        target = (flat - cum[p]) / (0.5 * h)
+        coef = self._cdf_coef[:, p]
+        lo = np.full(flat.shape, -1.0)
+        hi = np.ones(flat.shape)
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            below = _leg.legval(mid, coef, tensor=False) < target
+            lo = np.where(below, mid, lo)
+            hi = np.where(below, hi, mid)
+        u = edges[p] + 0.5 * (0.5 * (lo + hi) + 1.0) * h
+        return self._rule.map.tau(u).reshape(q.shape)
+
+    # ------------------------------------------------------------------ mixtures
+    def mu_marginal(self) -> NormalMixture:
+        """``p(mu | y)`` as a mixture of normals (batch shape ``()``)."""
+        return NormalMixture(self.tau_weights, self.mu_cond_mean, self.mu_cond_sd)
+
+    def theta_marginal(self) -> NormalMixture:
+        """``p(theta_t | y)`` for every task: a mixture with batch shape ``(T,)``."""
+        tau = self.tau_nodes[None, :]
+        s2 = self.se[:, None] ** 2
+        shrink = s2 / (s2 + tau**2)
+        mean = shrink * self.mu_cond_mean + (1.0 - shrink) * self.y[:, None]
+        var = (1.0 - shrink) * s2 + shrink**2 * self.mu_cond_sd**2
+        return NormalMixture(self.tau_weights, mean, np.sqrt(var))
+
+    def predictive(self, se: float | None = None) -> NormalMixture:
+        """Posterior predictive of a new task's ``theta`` (``se=None``) or of a new
+        observation of it with standard error ``se``: mixture over ``tau_j`` of
+        ``N(E[mu | tau_j], Var[mu | tau_j] + tau_j**2 (+ se**2))``."""
+        var = self.mu_cond_sd**2 + self.tau_nodes**2
+        if se is not None:
+            se = float(se)
+            if not (math.isfinite(se) and se >= 0):
+                raise ValueError(f"se: must be finite and >= 0, got {se}")
+            var = var + se**2
+        return NormalMixture(self.tau_weights, self.mu_cond_mean, np.sqrt(var))
+
+    # ------------------------------------------------------------------ draws
+    def sample(self, seed: Any, num: int) -> dict[str, np.ndarray]:
+        """Exact i.i.d. posterior draws: ``{"mu": (num,), "tau": (num,), "theta": (num, T)}``.
+
+        ``tau`` by inverse CDF, then ``mu | tau, y`` and ``theta | mu, tau, y`` (normal).
+        ``seed``: an int or a JAX PRNG key.
+        """
+        num = int(num)
+        if num < 1:
+            raise ValueError(f"num: must be >= 1, got {num}")
+        rng = _numpy_rng(seed)
+        if self.tau_fixed:
+            tau = np.full(num, self._prior.value)
+        else:
+            tau = self.tau_quantile(rng.uniform(size=num))
+        _, mhat, vmu = _conditionals(self.y[None], self.se[None], tau, self._loc)
+        mu = mhat[0] + np.sqrt(vmu[0]) * rng.standard_normal(num)
+        mean, sd = _theta_given_mu_tau(self.y, self.se, mu, tau)
+        theta = mean + sd * rng.standard_normal(mean.shape)
+        return {"mu": mu, "tau": tau, "theta": theta}
+
+    def summary(self) -> str:
+        """A readable table of posterior means, sds and central 95% intervals."""
+        levels = list(np.round(self.quantile_levels, 6))
+        lo_i = levels.index(0.025) if 0.025 in levels else 0
+        hi_i = levels.index(0.975) if 0.975 in levels else len(levels) - 1
+        lines = [f"Exact normal-normal posterior: mu ~ {self.loc_prior}, tau ~ "
+                 f"{self.scale_prior}; log p(y) = {self.log_marginal_likelihood:.6f}",
+                 f"{'':>12} {'mean':>11} {'sd':>11} "
+                 f"{f'q{levels[lo_i]:g}':>11} {f'q{levels[hi_i]:g}':>11}"]
+        rows = [("mu", self.mu_mean, self.mu_sd, self.mu_quantiles),
+                ("tau", self.tau_mean, self.tau_sd, self.tau_quantiles)]
+        rows += [(f"theta[{lab}]", self.theta_mean[t], self.theta_sd[t],
+                  self.theta_quantiles[t]) for t, lab in enumerate(self.labels)]
+        for name, m, s, q in rows:
+            lines.append(f"{name[:12]:>12} {m:11.4f} {s:11.4f} {q[lo_i]:11.4f} {q[hi_i]:11.4f}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _theta_given_mu_tau(y, se, mu, tau):
+    """Numpy twin of :func:`theta_conditional`: ``(num, T)`` mean and sd."""
+    s2 = se[None, :] ** 2
+    t2 = np.asarray(tau, dtype=float)[:, None] ** 2
+    var = s2 + t2
+    shrink = s2 / var
+    mean = shrink * np.asarray(mu, dtype=float)[:, None] + (1.0 - shrink) * y[None, :]
+    sd = np.sqrt(s2 * t2 / var)
+    return mean, sd
+
+
+def _check_estimates(y: Any, se: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y, dtype=float)
+    se = np.asarray(se, dtype=float)
+    if y.ndim != 1 or y.size == 0:
+        raise ValueError(f"y: expected a non-empty 1-d array of estimates, got shape {y.shape}")
+    if se.ndim == 0:
+        se = np.full(y.shape, float(se))
+    if se.shape != y.shape:
+        raise ValueError(f"se: shape {se.shape} does not match y's {y.shape}")
+    bad = ~np.isfinite(y)
+    if bad.any():
+        raise ValueError(f"y: non-finite value at task {int(np.flatnonzero(bad)[0])}")
+    bad = ~(np.isfinite(se) & (se > 0))
+    if bad.any():
+        t = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"se: must be finite and positive, got {se[t]} at task {t}")
+    return y, se
+
+
+def solve_normal_normal(
+    y: Any,
+    se: Any,
+    *,
+    loc_prior: Any = None,
+    scale_prior: Any = None,
+    labels: Sequence[str] | None = None,
+    quantiles: Sequence[float] = _DEFAULT_QUANTILES,
+    tau_range: tuple[float, float] | None = None,
+    rtol: float = 1e-11,
+    max_panels: int = 5000,
+) -> NormalNormalResult:
+    """Exact posterior of the normal-normal model from per-task estimates (arrays in).
+
+    Args:
+      y, se: ``(T,)`` estimates and their known standard errors (``se`` may be a scalar).
+      loc_prior: prior on ``mu``: a numpyro ``Normal`` (default ``Normal(0, 5)``), the string
+        ``"flat"``, or a number to hold ``mu`` fixed.
+      scale_prior: prior on ``tau``: a scalar numpyro distribution with non-negative support
+        (``HalfCauchy``, ``HalfNormal``, ``Exponential``, ``Uniform``, ``Gamma``,
+        ``InverseGamma``, ``LogNormal`` are evaluated in float64 numpy; others through their
+        own ``log_prob``), a callable ``log p(tau)`` on numpy arrays (support ``tau_range``,
+        default ``(0, inf)``; the posterior must be proper), or a number ``>= 0`` to hold
+        ``tau`` fixed. Default ``HalfCauchy(5)``.
+      labels: task labels (default ``"0" .. "T-1"``).
+      quantiles: the probability levels reported in ``*_quantiles``.
+      tau_range: restrict ``tau`` to an interval (intersected with the prior's support).
+      rtol: relative tolerance of the adaptive quadrature (normaliser and the first two
+        moments of tau, mu and every theta).
+      max_panels: cap on quadrature panels (``converged`` is False when reached).
+
+    Returns:
+      :class:`NormalNormalResult`.
+
+    >>> import numpyro.distributions as dist
+    >>> res = solve_normal_normal([1.0, -1.0], [1.0, 1.0], loc_prior="flat",
+    ...                           scale_prior=dist.HalfNormal(1.0))
+    >>> abs(res.mu_mean) < 1e-12
+    True
+    """
+    y, se = _check_estimates(y, se)
+    if labels is None:
+        labels = [str(i) for i in range(y.size)]
+    labels = tuple(str(label) for label in labels)
+    if len(labels) != y.size:
+        raise ValueError(f"labels: {len(labels)} labels for {y.size} tasks")
+    levels = np.asarray(quantiles, dtype=float).reshape(-1)
+    if np.any((levels <= 0) | (levels >= 1)):
+        raise ValueError("quantiles: levels must lie strictly between 0 and 1")
+    if not 0 < rtol < 1:
+        raise ValueError(f"rtol: must be in (0, 1), got {rtol}")
+    loc = _loc_prior(loc_prior)
+    prior = _tau_prior(scale_prior, tau_range)
+    y2, se2 = y[None], se[None]
+    if prior.kind == "fixed":
+        rule = _fixed_rule(y2, se2, loc, prior)
+        coef = cum = None
+    else:
+        rule = _build_rule(y2, se2, loc, prior, rtol, max_panels, with_theta=True,
+                           keep_density=True)
+        if not rule.converged:
+            import warnings
+
+            warnings.warn("normal_normal: adaptive quadrature reached max_panels before "
+                          f"reaching rtol={rtol}; results may be inaccurate", stacklevel=2)
+        # per-panel Legendre interpolant of the u-density, integrated from the panel's left end
+        xs = _KRONROD_X
+        dens = rule.density_u[0]  # (P, 15)
+        coef_f = _leg.legfit(xs, dens.T, 14)  # (15, P)
+        coef = _leg.legint(coef_f, lbnd=-1, axis=0)  # (16, P)
+        h = np.diff(rule.edges)
+        mass = 0.5 * h * _leg.legval(1.0, coef)
+        cum = np.concatenate([[0.0], np.cumsum(mass)])
+        coef = coef / cum[-1]
+        cum = cum / cum[-1]
+    mom = _batch_moments(rule, y2, se2)
+    mu_mix = NormalMixture(mom["weights"][0], mom["mhat"][0], np.sqrt(mom["vmu"][0]))
+    mu_q = mu_mix.quantile(levels) if loc.kind != "fixed" else np.full(levels.shape, loc.mean)
+    result = NormalNormalResult(
+        labels=labels, y=y, se=se, loc_prior=loc.describe(), scale_prior=prior.name,
+        tau_nodes=mom["tau"], tau_weights=mom["weights"][0], mu_cond_mean=mom["mhat"][0],
+        mu_cond_sd=np.sqrt(mom["vmu"][0]), mu_mean=float(mom["mu_mean"][0]),
+        mu_sd=float(np.sqrt(mom["mu_var"][0])), tau_mean=float(mom["tau_mean"][0]),
+        tau_sd=float(np.sqrt(mom["tau_var"][0])), theta_mean=mom["theta_mean"][0],
+        theta_sd=np.sqrt(mom["theta_var"][0]), quantile_levels=levels, mu_quantiles=mu_q,
+        tau_quantiles=np.zeros(levels.shape),
+        log_marginal_likelihood=float(rule.log_evidence[0]),
+        num_panels=len(rule.edges) - 1, converged=bool(rule.converged),
+        _loc=loc, _prior=prior, _rule=rule, _cdf_coef=coef, _cdf_cum=cum,
+    )
+    object.__setattr__(result, "tau_quantiles", result.tau_quantile(levels))
+    return result
+
+
+# --------------------------------------------------------------------------- Posterior
+EXACT_OPTIONS = {
+    "num_chains": 4,
+    "num_samples": 1000,
+    "quantiles": _DEFAULT_QUANTILES,
+    "rtol": 1e-11,
+    "max_panels": 5000,
+}
+
+
+def _reduce_rows(tasks: Any, row_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-task inverse-variance mean and its se: the sufficient statistic of theta_t."""
+    t = tasks.task_index
+    w = 1.0 / row_scale**2
+    sw = np.bincount(t, weights=w, minlength=tasks.num_tasks)
+    est = np.bincount(t, weights=w * tasks.y, minlength=tasks.num_tasks) / sw
+    return est, 1.0 / np.sqrt(sw)
+
+
+def _posterior(result: NormalNormalResult, tasks: Any, row_scale: np.ndarray, seed: Any,
+               num_chains: int, num_samples: int, model: Any = None,
+               sites: tuple[str, str, str] = ("mu", "tau", "theta"), info: dict | None = None):
+    from bayesmeta.posterior import Posterior
+
+    num_chains, num_samples = int(num_chains), int(num_samples)
+    if num_chains < 1 or num_samples < 1:
+        raise ValueError(f"num_chains/num_samples: must be >= 1, got {num_chains}, "
+                         f"{num_samples}")
+    draws = result.sample(seed, num_chains * num_samples)
+    mu_site, tau_site, theta_site = sites
+    samples = {}
+    if result._loc.kind != "fixed":
+        samples[mu_site] = draws["mu"].reshape(num_chains, num_samples)
+    if not result.tau_fixed:
+        samples[tau_site] = draws["tau"].reshape(num_chains, num_samples)
+    theta = draws["theta"].reshape(num_chains, num_samples, -1)
+    samples[theta_site] = theta
+    obs_dim = "task" if tasks.is_estimates else "obs"
+    theta_rows = theta[..., tasks.task_index]
+    ll = -0.5 * (((tasks.y - theta_rows) / row_scale) ** 2 + _LOG_2PI) - np.log(row_scale)
+    dims = {mu_site: [], tau_site: [], theta_site: ["task"], "y": [obs_dim]}
+    coords = {"task": list(tasks.labels)}
+    if obs_dim == "obs":
+        coords["obs"] = list(range(tasks.num_obs))
+    return Posterior(samples, method="exact", dims=dims, coords=coords, tasks=tasks, model=model,
+                     log_likelihood={"y": ll}, observed_data={"y": tasks.y.copy()},
+                     info=dict(info or {}, exact=result), param_shape=())
+
+
+def _task_arrays(tasks: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from bayesmeta.tasks import TaskSet
+
+    if not isinstance(tasks, TaskSet):
+        raise ValueError(f"tasks: expected a bm.TaskSet, got {type(tasks).__name__}")
+    if tasks.noise_scale is None:
+        raise ValueError("noise_scale: the normal-normal model needs known noise scales (build "
+                         "the TaskSet with from_estimates, or with noise_scale=)")
+    est, se = _reduce_rows(tasks, tasks.noise_scale)
+    return est, se, tasks.noise_scale
+
+
+def normal_normal(
+    tasks: Any,
+    loc_prior: Any = None,
+    scale_prior: Any = None,
+    *,
+    num_samples: int = 1000,
+    num_chains: int = 4,
+    seed: Any = 0,
+    quantiles: Sequence[float] = _DEFAULT_QUANTILES,
+    tau_range: tuple[float, float] | None = None,
+    rtol: float = 1e-11,
+    max_panels: int = 5000,
+):
+    """Exact posterior of ``y_t ~ N(theta_t, s_t)``, ``theta_t ~ N(mu, tau)`` as a Posterior.
+
+    Args:
+      tasks: a ``bm.TaskSet`` with known noise: ``from_estimates`` (one estimate and se per
+        task) or raw rows with ``noise_scale``, which are reduced to each task's
+        inverse-variance mean and its standard error (a sufficient statistic for
+        ``theta_t``). Inputs ``x`` are ignored.
+      loc_prior, scale_prior, quantiles, tau_range, rtol, max_panels: as in
+        :func:`solve_normal_normal` (defaults ``mu ~ N(0, 5)``, ``tau ~ HalfCauchy(5)``, the
+        defaults of ``bm.populations.Normal``).
+      num_samples, num_chains: exact i.i.d. draws, arranged ``(chain, draw)``.
+      seed: an int or a JAX PRNG key for the draws.
+
+    Returns:
+      a ``bm.posterior.Posterior`` (``method="exact"``) with draws of ``mu`` ``[]``, ``tau``
+      ``[]`` and ``theta`` ``["task"]``, the pointwise log-likelihood of every row of ``y``,
+      the observed ``y``, and the :class:`NormalNormalResult` in ``info["exact"]`` (exact
+      moments, quantiles, the tau rule and density, predictive distributions, log p(y)).
+      A fixed ``mu`` or ``tau`` is not a sampled site, as in the NUTS output.
+
+    >>> import bayesmeta as bm, numpyro.distributions as dist
+    >>> post = normal_normal(bm.datasets.eight_schools(), scale_prior=dist.HalfCauchy(5))
+    >>> post.samples["theta"].shape
+    (4, 1000, 8)
+    """
+    est, se, row_scale = _task_arrays(tasks)
+    result = solve_normal_normal(est, se, loc_prior=loc_prior, scale_prior=scale_prior,
+                                 labels=tasks.labels, quantiles=quantiles, tau_range=tau_range,
+                                 rtol=rtol, max_panels=max_panels)
+    return _posterior(result, tasks, row_scale, seed, num_chains, num_samples)
+
+
+def why_not_exact(model: Any) -> str | None:
+    """``None`` when ``model`` is a normal-normal hierarchical model that
+    :func:`fit_exact` can solve, else the reason it cannot."""
+    if type(model).__name__ != "Hierarchical" or not hasattr(model, "population"):
+        return f"the model is a {type(model).__name__}, not a bm.Hierarchical"
+    lik = type(model.likelihood).__name__
+    if lik != "NormalKnownNoise":
+        return f"the likelihood is {lik}, not NormalKnownNoise (known-noise Gaussian)"
+    pop = model.population
+    if type(pop).__name__ != "Normal":
+        return f"the population is {type(pop).__name__}, not Normal"
+    if getattr(pop, "dim", None) not in (None, 1):
+        return f"the population has dim={pop.dim}; exact needs one scalar parameter per task"
+    loc = pop.loc
+    if hasattr(loc, "log_prob") and type(loc).__name__ not in ("Normal", "ImproperUniform"):
+        return (f"the prior on mu is {type(loc).__name__}; exact integrates mu analytically and "
+                "needs a Normal prior, a flat (ImproperUniform) prior or a fixed value")
+    if type(loc).__name__ == "ImproperUniform" and (
+            loc.support is not _real_constraint() or tuple(loc.batch_shape)
+            or tuple(loc.event_shape)):
+        return "the flat prior on mu must be a scalar ImproperUniform over the real line"
+    try:
+        _loc_prior("flat" if type(loc).__name__ == "ImproperUniform" else loc)
+        _tau_prior(pop.scale, None)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _real_constraint():
+    import numpyro.distributions as dist
+
+    return dist.constraints.real
+
+
+def fit_exact(model: Any, tasks: Any, seed: Any = 0, **options):
+    """``bm.fit(model, tasks, method="exact")``: the exact normal-normal posterior.
+
+    Eligible models (see :func:`why_not_exact`): ``bm.Hierarchical`` with a
+    ``NormalKnownNoise`` likelihood and a ``bm.populations.Normal`` population of dimension
+    1 whose ``loc`` is a ``Normal``, ``ImproperUniform`` or fixed number and whose ``scale``
+    is any proper prior with non-negative support or a fixed number. Options
+    (``EXACT_OPTIONS``): ``num_chains`` (4), ``num_samples`` (1000 per chain), ``quantiles``,
+    ``rtol``, ``max_panels``. Site names follow the population (``mu``, ``tau``, ``theta``,
+    or their prefixed names).
+
+    Raises:
+      ValueError: naming why the model is not eligible, or an unknown option.
+    """
+    why = why_not_exact(model)
+    if why is not None:
+        raise ValueError(f"method: 'exact' needs a normal-normal model (NormalKnownNoise "
+                         f"likelihood, Normal population); {why}")
+    unknown = sorted(set(options) - set(EXACT_OPTIONS))
+    if unknown:
+        raise ValueError(f"options: unknown option(s) {unknown} for method 'exact'; known: "
+                         f"{sorted(EXACT_OPTIONS)}")
+    opts = dict(EXACT_OPTIONS, **options)
+    model.likelihood.validate(tasks)
+    row_scale = np.asarray(model.likelihood.data_arrays(tasks)["noise_scale"], dtype=float)
+    est, se = _reduce_rows(tasks, row_scale)
+    pop = model.population
+    loc = "flat" if type(pop.loc).__name__ == "ImproperUniform" else pop.loc
+    result = solve_normal_normal(est, se, loc_prior=loc, scale_prior=pop.scale,
+                                 labels=tasks.labels, quantiles=opts["quantiles"],
+                                 rtol=opts["rtol"], max_panels=opts["max_panels"])
+    sites = (pop.site("mu"), pop.site("tau"), pop.theta_site)
+    return _posterior(result, tasks, row_scale, seed, opts["num_chains"], opts["num_samples"],
+                      model=model, sites=sites, info={"options": opts})

@@ -1,0 +1,80 @@
+"""Meta-learning: MAML and relatives, their quadratic closed forms, hypergradients,
+MAML read as a posterior, and diagnostics.
+
+>>> import bayesmeta as bm
+>>> learner = bm.meta.maml(loss_fn, optimizer, inner_lr=0.01, num_inner_steps=1)  # doctest: +SKIP
+>>> state, history = bm.meta.train(learner, params, task_sampler, 1000)           # doctest: +SKIP
+"""
+
+from bayesmeta.meta import diagnostics, hypergrad, quadratic
+from bayesmeta.meta.abml import ABML, ABMLInfo, GaussianPrior, abml
+from bayesmeta.meta.hypergrad import (
+    implicit_hypergradient,
+    inner_lr_hypergradient,
+    inner_lr_learner,
+    learn_inner_lr,
+    post_adaptation_loss,
+)
+from bayesmeta.meta.learners import (
+    MetaInfo,
+    MetaLearner,
+    MetaSGDParams,
+    MetaState,
+    build_imaml_step,
+    build_maml_loss,
+    build_maml_step,
+    build_meta_sgd_step,
+    build_reptile_step,
+    imaml,
+    maml,
+    meta_sgd,
+    reptile,
+)
+from bayesmeta.meta.posterior import (
+    TaskGaussians,
+    implied_posterior_cov,
+    implied_prior,
+    implied_prior_cov,
+    linear_gaussian_nll,
+    llama,
+    llama_gaussians,
+    to_posterior,
+)
+from bayesmeta.meta.train import train
+
+__all__ = [
+    "MetaLearner",
+    "MetaState",
+    "MetaInfo",
+    "MetaSGDParams",
+    "maml",
+    "reptile",
+    "imaml",
+    "meta_sgd",
+    "build_maml_loss",
+    "build_maml_step",
+    "build_reptile_step",
+    "build_imaml_step",
+    "build_meta_sgd_step",
+    "train",
+    "quadratic",
+    "hypergrad",
+    "diagnostics",
+    "post_adaptation_loss",
+    "inner_lr_hypergradient",
+    "inner_lr_learner",
+    "learn_inner_lr",
+    "implicit_hypergradient",
+    "TaskGaussians",
+    "implied_prior",
+    "implied_prior_cov",
+    "implied_posterior_cov",
+    "llama",
+    "llama_gaussians",
+    "to_posterior",
+    "linear_gaussian_nll",
+    "ABML",
+    "ABMLInfo",
+    "GaussianPrior",
+    "abml",
+]

@@ -1,0 +1,132 @@
+"""The outer loop: sample a meta-batch, take a meta-step, record the diagnostics.
+
+>>> import jax, jax.numpy as jnp, optax, bayesmeta as bm
+>>> loss = lambda p, b: jnp.mean((p - b) ** 2)
+>>> def sampler(key):
+...     centres = jax.random.normal(key, (8, 1))
+...     data = centres + 0.1 * jax.random.normal(jax.random.fold_in(key, 1), (8, 5))
+...     return {"support": data, "query": data}
+>>> learner = bm.meta.maml(loss, optax.adam(1e-2), inner_lr=0.1)
+>>> state, history = bm.meta.train(learner, jnp.zeros(()), sampler, 50, progress_bar=False)
+>>> history["loss"].shape
+(50,)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from bayesmeta.meta.learners import MetaState
+
+__all__ = ["train"]
+
+
+def _default_chunk(num_steps: int) -> int:
+    return max(1, min(1000, math.ceil(num_steps / 100)))
+
+
+@functools.lru_cache(maxsize=16)
+def _chunk_runner(learner: Any, task_sampler: Callable, chunk_size: int) -> Callable:
+    """A jitted ``lax.scan`` over ``chunk_size`` outer steps, cached so that repeated calls
+    of :func:`train` with the same learner and sampler compile once."""
+
+    def one_step(carry, index):
+        state, base_key, first, stop = carry
+
+        def run(state):
+            batch = task_sampler(jax.random.fold_in(base_key, first + index))
+            new_state, info = learner.step(state, batch)
+            metrics = {k: v for k, v in info._asdict().items() if jnp.ndim(v) == 0}
+            return new_state, metrics
+
+        out_shapes = jax.eval_shape(run, state)[1]
+
+        def skip(state):
+            return state, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), out_shapes)
+
+        # the last chunk may run past num_steps; those steps leave the state untouched
+        state, metrics = lax.cond(index < stop, run, skip, state)
+        return (state, base_key, first, stop), metrics
+
+    @jax.jit
+    def run_chunk(state, base_key, start, first, stop):
+        (state, _, _, _), metrics = lax.scan(
+            one_step, (state, base_key, first, stop), start + jnp.arange(chunk_size)
+        )
+        return state, metrics
+
+    return run_chunk
+
+
+def train(
+    learner: Any,
+    params: Any,
+    task_sampler: Callable[[jax.Array], Any],
+    num_steps: int,
+    *,
+    seed: int = 0,
+    progress_bar: bool = True,
+    chunk_size: int | None = None,
+) -> tuple[MetaState, dict[str, np.ndarray]]:
+    """Run ``num_steps`` outer steps of ``learner``.
+
+    Args:
+      learner: a :class:`~bayesmeta.meta.MetaLearner` (anything with ``init``/``step``).
+      params: initial meta-parameters, or a ``MetaState`` to continue training from.
+      task_sampler: ``task_sampler(key) -> task_batch``; a JAX-traceable function (it is
+        compiled together with the step). Outer step ``s`` (counted by ``state.count``,
+        so a resumed run continues the stream) uses ``fold_in(PRNGKey(seed), s)``.
+      num_steps: number of outer steps.
+      seed: integer seed of the task stream.
+      progress_bar: show a tqdm progress bar with the running meta-loss.
+      chunk_size: steps per compiled ``lax.scan`` call (default ~1% of ``num_steps``); the
+        progress bar advances once per chunk. Everything compiles once.
+
+    Returns:
+      ``(state, history)``: the final ``MetaState`` and a dict of per-step numpy arrays of
+      shape ``(num_steps,)``, one per scalar field of the step's info: for the
+      gradient-based learners ``loss`` (query loss after adaptation), ``loss_before``
+      (before adaptation) and ``grad_norm``.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps: expected a positive integer, got {num_steps!r}")
+    if not callable(task_sampler):
+        raise ValueError("task_sampler: expected a callable task_sampler(key) -> task_batch")
+    if not (hasattr(learner, "init") and hasattr(learner, "step")):
+        raise ValueError("learner: expected a MetaLearner with init and step")
+    if chunk_size is None:
+        chunk_size = _default_chunk(num_steps)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
+    chunk_size = min(chunk_size, num_steps)
+
+    state = params if isinstance(params, MetaState) else learner.init(params)
+    run_chunk = _chunk_runner(learner, task_sampler, chunk_size)
+    base_key = jax.random.PRNGKey(seed)
+    # a resumed state continues the task stream where it stopped
+    first = jnp.asarray(state.count, jnp.int32)
+    stop = jnp.asarray(num_steps, jnp.int32)
+
+    from tqdm.auto import tqdm
+
+    records: list[dict[str, np.ndarray]] = []
+    with tqdm(total=num_steps, disable=not progress_bar, desc="meta-train") as bar:
+        for start in range(0, num_steps, chunk_size):
+            state, metrics = run_chunk(state, base_key, jnp.asarray(start, jnp.int32), first, stop)
+            metrics = jax.tree.map(np.asarray, metrics)
+            records.append(metrics)
+            done = min(chunk_size, num_steps - start)
+            bar.update(done)
+            recent = metrics["loss"][:done]
+            recent = recent[np.isfinite(recent)]
+            bar.set_postfix(loss=f"{float(recent.mean()):.4g}" if recent.size else "nan")
+    history = {k: np.concatenate([r[k] for r in records])[:num_steps] for k in records[0]}
+    return state, history

@@ -1,0 +1,241 @@
+"""Exact linear-Gaussian tasks against dense-matrix algebra and scipy.
+
+References: the marginal of task t is y_t ~ N(X_t mu, X_t Sigma X_t^T + sigma^2 diag(s_t^2))
+(scipy.stats.multivariate_normal on the full stacked covariance); the posterior of theta_t
+and the predictive are the textbook Gaussian conditioning formulas on the dense joint
+covariance; empirical Bayes is checked against scipy.optimize maximising the dense
+log-likelihood from a different starting point.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import optimize, stats
+
+from bayesmeta.exact import (
+    GaussianPosterior,
+    LinearHyper,
+    fit_linear_gaussian,
+    linear_gaussian,
+    linear_log_marginal,
+    linear_new_task,
+    linear_predictive,
+    linear_sufficient_stats,
+    linear_task_posterior,
+)
+from bayesmeta.tasks import TaskSet
+
+# jitted once per shape: eager dispatch of many small ops is what costs time in tests
+_log_marginal = jax.jit(linear_log_marginal)
+_task_posterior = jax.jit(linear_task_posterior)
+
+
+def _simulate(seed, num_tasks, counts, p, noise=0.5, with_scale=False):
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=p)
+    a = rng.normal(size=(p, p))
+    cov = a @ a.T / p + 0.3 * np.eye(p)
+    theta = rng.multivariate_normal(mu, cov, size=num_tasks)
+    ids = np.repeat(np.arange(num_tasks), counts)
+    x = rng.normal(size=(ids.size, p))
+    scale = rng.uniform(0.5, 2.0, ids.size) if with_scale else np.ones(ids.size)
+    y = np.sum(x * theta[ids], axis=1) + noise * scale * rng.normal(size=ids.size)
+    return x, y, ids, (scale if with_scale else None), mu, cov
+
+
+def _dense_task(x, y, ids, scale, t, mu, cov, noise):
+    rows = ids == t
+    xt, yt = x[rows], y[rows]
+    st = np.ones(rows.sum()) if scale is None else scale[rows]
+    c = xt @ cov @ xt.T + noise**2 * np.diag(st**2)
+    return xt, yt, st, c
+
+
+def _hyper(mu, cov, noise):
+    return LinearHyper(jnp.asarray(mu), jnp.asarray(np.linalg.cholesky(cov)),
+                       jnp.asarray(noise))
+
+
+@pytest.mark.parametrize("with_scale", [False, True])
+def test_log_marginal_and_posterior_match_dense_algebra(with_scale):
+    counts = [4, 1, 7, 2, 5]  # includes tasks with fewer rows than inputs
+    x, y, ids, scale, mu, cov = _simulate(0, 5, counts, 3, with_scale=with_scale)
+    noise = 0.7
+    stats_ = linear_sufficient_stats(x, y, ids, 5, scale)
+    hyper = _hyper(mu, cov, noise)
+    logm = _log_marginal(stats_, hyper)
+    post = _task_posterior(stats_, hyper)
+    for t in range(5):
+        xt, yt, st, c = _dense_task(x, y, ids, scale, t, mu, cov, noise)
+        ref = stats.multivariate_normal(xt @ mu, c).logpdf(yt)
+        np.testing.assert_allclose(logm[t], ref, rtol=1e-12)
+        # Gaussian conditioning on the joint (theta, y_t)
+        gain = cov @ xt.T @ np.linalg.inv(c)
+        np.testing.assert_allclose(post.mean[t], mu + gain @ (yt - xt @ mu), rtol=1e-10)
+        np.testing.assert_allclose(post.cov[t], cov - gain @ xt @ cov, rtol=1e-10, atol=1e-13)
+        # and the precision form
+        prec = np.linalg.inv(cov) + xt.T @ np.diag(1 / (noise * st) ** 2) @ xt
+        np.testing.assert_allclose(np.linalg.inv(prec), post.cov[t], rtol=1e-10, atol=1e-13)
+
+
+def test_singular_population_covariance():
+    # Sigma of rank 1: theta lies on a line; the dense conditioning formula still applies
+    x, y, ids, _, mu, _ = _simulate(1, 3, [5, 5, 5], 2)
+    v = np.array([1.0, -2.0])
+    cov = np.outer(v, v)
+    hyper = LinearHyper(jnp.asarray(mu), jnp.asarray([[1.0, 0.0], [-2.0, 0.0]]),
+                        jnp.asarray(0.4))
+    stats_ = linear_sufficient_stats(x, y, ids, 3)
+    post = _task_posterior(stats_, hyper)
+    logm = _log_marginal(stats_, hyper)
+    for t in range(3):
+        xt, yt, _, c = _dense_task(x, y, ids, None, t, mu, cov, 0.4)
+        gain = cov @ xt.T @ np.linalg.inv(c)
+        np.testing.assert_allclose(post.mean[t], mu + gain @ (yt - xt @ mu), rtol=1e-10)
+        np.testing.assert_allclose(post.cov[t], cov - gain @ xt @ cov, atol=1e-12)
+        np.testing.assert_allclose(logm[t], stats.multivariate_normal(xt @ mu, c).logpdf(yt),
+                                   rtol=1e-12)
+
+
+def test_new_task_and_predictive_match_dense_conditioning():
+    x, y, ids, _, mu, cov = _simulate(2, 1, [6], 2)
+    noise = 0.3
+    hyper = _hyper(mu, cov, noise)
+    post = linear_new_task(hyper, x, y)
+    x_new = np.array([[1.0, 0.5], [-0.3, 2.0], [0.0, 0.0]])
+    # joint Gaussian of (y, y_new) given the population, conditioned on y
+    xa = np.vstack([x, x_new])
+    joint = xa @ cov @ xa.T + noise**2 * np.eye(len(xa))
+    n = len(y)
+    k11, k12, k22 = joint[:n, :n], joint[:n, n:], joint[n:, n:]
+    cond_mean = x_new @ mu + k12.T @ np.linalg.solve(k11, y - x @ mu)
+    cond_cov = k22 - k12.T @ np.linalg.solve(k11, k12)
+    pred = linear_predictive(post, x_new, noise=noise)
+    np.testing.assert_allclose(pred.mean, cond_mean, rtol=1e-10)
+    np.testing.assert_allclose(pred.cov, cond_cov, rtol=1e-10, atol=1e-13)
+    f = linear_predictive(post, x_new)
+    np.testing.assert_allclose(f.cov, cond_cov - noise**2 * np.eye(3), rtol=1e-9, atol=1e-12)
+    # the new-task posterior equals that task's posterior inside a collection
+    inside = linear_task_posterior(linear_sufficient_stats(x, y, ids, 1), hyper)
+    np.testing.assert_allclose(post.mean, inside.mean[0], rtol=1e-13)
+    # no data: the population itself
+    empty = linear_new_task(hyper, np.zeros((0, 2)), np.zeros(0))
+    np.testing.assert_allclose(empty.mean, mu, rtol=1e-14)
+    np.testing.assert_allclose(empty.cov, cov, rtol=1e-12)
+
+
+def test_gradients_and_jit():
+    x, y, ids, _, mu, cov = _simulate(3, 4, [3, 4, 5, 6], 2)
+    stats_ = linear_sufficient_stats(x, y, ids, 4)
+
+    def f(m, log_noise):
+        return jnp.sum(linear_log_marginal(
+            stats_, LinearHyper(m, jnp.asarray(np.linalg.cholesky(cov)), jnp.exp(log_noise))))
+
+    g = jax.jit(jax.grad(f, argnums=(0, 1)))(jnp.asarray(mu), 0.1)
+    f = jax.jit(f)
+    h = 1e-6
+    e0 = np.array([h, 0.0])
+    fd0 = (f(mu + e0, 0.1) - f(mu - e0, 0.1)) / (2 * h)
+    np.testing.assert_allclose(g[0][0], fd0, rtol=1e-6)
+    np.testing.assert_allclose(g[1], (f(mu, 0.1 + h) - f(mu, 0.1 - h)) / (2 * h), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- empirical Bayes
+def _dense_loglik(x, y, ids, num_tasks, mu, cov, noise):
+    total = 0.0
+    for t in range(num_tasks):
+        xt, yt, _, c = _dense_task(x, y, ids, None, t, mu, cov, noise)
+        r = yt - xt @ mu
+        sign, logdet = np.linalg.slogdet(c)
+        total += -0.5 * (len(yt) * np.log(2 * np.pi) + logdet + r @ np.linalg.solve(c, r))
+    return total
+
+
+@pytest.fixture(scope="module")
+def eb_problem():
+    num_tasks = 25
+    x, y, ids, _, mu, cov = _simulate(4, num_tasks, [8] * num_tasks, 2, noise=0.5)
+    stats_ = linear_sufficient_stats(x, y, ids, num_tasks)
+    return x, y, ids, num_tasks, stats_
+
+
+def _unpack(v):
+    L = np.array([[v[2], 0.0], [v[3], v[4]]])
+    return v[:2], L @ L.T, np.exp(v[5])
+
+
+def test_empirical_bayes_matches_scipy_maximisation(eb_problem):
+    x, y, ids, num_tasks, stats_ = eb_problem
+    hyper, info = fit_linear_gaussian(stats_)
+    assert info["converged"] and info["fitted"] == ("mu", "scale_tril", "noise")
+
+    def neg(v):
+        mu, cov, noise = _unpack(v)
+        return -_dense_loglik(x, y, ids, num_tasks, mu, cov, noise)
+
+    ref = optimize.minimize(neg, np.array([0.0, 0.0, 1.0, 0.0, 1.0, 0.0]), method="BFGS",
+                            options={"gtol": 1e-8})
+    mu_ref, cov_ref, noise_ref = _unpack(ref.x)
+    ll = _dense_loglik(x, y, ids, num_tasks, np.asarray(hyper.mu), np.asarray(hyper.cov),
+                       float(hyper.noise))
+    np.testing.assert_allclose(info["log_marginal_likelihood"], ll, rtol=1e-12)
+    # the library's optimum is at least as high, and they agree
+    assert ll >= -ref.fun - 1e-9
+    np.testing.assert_allclose(ll, -ref.fun, rtol=1e-10)
+    np.testing.assert_allclose(hyper.mu, mu_ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(hyper.cov, cov_ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(hyper.noise, noise_ref, rtol=1e-4)
+    assert np.all(np.diag(hyper.scale_tril) >= 0)
+
+
+def test_empirical_bayes_with_fixed_parts(eb_problem):
+    x, y, ids, num_tasks, stats_ = eb_problem
+    hyper, info = fit_linear_gaussian(stats_, mu=[0.5, -0.5], noise=0.5)
+    assert info["fitted"] == ("scale_tril",)
+    np.testing.assert_allclose(hyper.mu, [0.5, -0.5])
+
+    def neg(v):
+        L = np.array([[v[0], 0.0], [v[1], v[2]]])
+        return -_dense_loglik(x, y, ids, num_tasks, np.array([0.5, -0.5]), L @ L.T, 0.5)
+
+    ref = optimize.minimize(neg, np.array([1.0, 0.0, 1.0]), method="BFGS",
+                            options={"gtol": 1e-8})
+    np.testing.assert_allclose(info["log_marginal_likelihood"], -ref.fun, rtol=1e-10)
+
+
+def test_linear_gaussian_friendly_api():
+    x, y, ids, scale, _, _ = _simulate(5, 6, [5] * 6, 2, with_scale=True)
+    tasks = TaskSet.from_arrays(x=x, y=y, task=[f"t{i}" for i in ids], noise_scale=scale)
+    res = linear_gaussian(tasks)
+    # known per-row noise: sigma stays at 1
+    assert res.info["fitted"] == ("mu", "scale_tril") and float(res.hyper.noise) == 1.0
+    assert res.task_mean.shape == (6, 2) and res.task_cov.shape == (6, 2, 2)
+    np.testing.assert_allclose(res.cov, res.hyper.scale_tril @ res.hyper.scale_tril.T)
+    pred = res.predict(np.array([[1.0, 0.0]]), task="t2")
+    np.testing.assert_allclose(pred.mean, res.task_mean[2, :1], rtol=1e-12)
+    np.testing.assert_allclose(pred.cov[0, 0], res.task_cov[2, 0, 0] + 1.0, rtol=1e-12)
+    pop = res.predict(np.eye(2), observation=False)
+    np.testing.assert_allclose(pop.cov, res.cov, rtol=1e-12)
+    assert isinstance(res.new_task(x[:3], y[:3]), GaussianPosterior)
+    # fully fixed hyperparameters: nothing fitted, the exact answer for them
+    fixed = linear_gaussian(tasks, mu=[0.0, 1.0], cov=[[2.0, 0.5], [0.5, 1.0]], noise=1.0)
+    assert fixed.info["fitted"] == ()
+    np.testing.assert_allclose(fixed.cov, [[2.0, 0.5], [0.5, 1.0]], rtol=1e-12)
+
+
+def test_bad_input():
+    tasks = TaskSet.from_arrays(y=np.ones(4), task=np.array([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="x:"):
+        linear_gaussian(tasks)
+    tasks = TaskSet.from_arrays(x=np.ones((4, 2)), y=np.ones(4), task=np.array([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="cov"):
+        linear_gaussian(tasks, cov=[[1.0, 2.0], [2.0, 1.0]])
+    with pytest.raises(ValueError, match="mu"):
+        linear_gaussian(tasks, mu=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="noise"):
+        linear_gaussian(tasks, noise=-1.0)
+    hyper = LinearHyper(jnp.zeros(2), jnp.eye(2), jnp.asarray(1.0))
+    with pytest.raises(ValueError, match="x"):
+        linear_new_task(hyper, np.ones((3, 3)), np.ones(3))
