@@ -196,3 +196,17 @@ def test_partial_pooling_shrinks_each_school_toward_the_population_mean(eight_sc
     """theta_j's mean lies between the population mean and the school's own estimate."""
     theta, mu = eight_schools_post.mean("theta"), eight_schools_post.mean("mu")
     assert np.all((theta - mu) * (SCHOOL_Y - theta) > 0)
+
+
+@pytest.mark.parametrize("guide", ["normal", "lowrank", "multivariate"])
+def test_vi_guides_give_one_chain_of_draws(guide):
+    import optax
+
+    post = bm.fit(bm.Hierarchical(bm.likelihoods.NormalKnownNoise()),
+                  bm.datasets.eight_schools(), method="vi", guide=guide, num_steps=400,
+                  num_samples=200, optimizer=optax.adam(0.02), warn=False)
+    assert post.samples["theta"].shape == (1, 200, 8)
+    assert post.log_likelihood["y"].shape == (1, 200, 8)
+    assert np.all(np.isfinite(post.info["elbo"]))
+    # the ELBO improves over the run
+    assert post.info["elbo"][-50:].mean() > post.info["elbo"][:50].mean()
