@@ -46,13 +46,18 @@ def _ndtri(p: np.ndarray) -> np.ndarray:
 
 
 def _rank_normalize(x: np.ndarray) -> np.ndarray:
-    """Rank-normalise over all chains and draws (axis 0 and 1), per component."""
+    """Rank-normalise over all chains and draws (axis 0 and 1), per component.
+
+    The normal scores of the ranks 1..n are computed once and scattered by each
+    component's sort order (components laid out contiguously for the sort)."""
     c, d = x.shape[:2]
-    flat = x.reshape(c * d, -1)
-    order = np.argsort(flat, axis=0, kind="stable")
-    ranks = np.empty(flat.shape, dtype=float)
-    np.put_along_axis(ranks, order, np.arange(1.0, c * d + 1.0)[:, None], axis=0)
-    return _ndtri((ranks - 0.375) / (c * d + 0.25)).reshape(x.shape)
+    n = c * d
+    flat = np.ascontiguousarray(x.reshape(n, -1).T)  # (components, n)
+    order = np.argsort(flat, axis=1)
+    scores = _ndtri((np.arange(1.0, n + 1.0) - 0.375) / (n + 0.25))
+    z = np.empty(flat.shape)
+    np.put_along_axis(z, order, np.broadcast_to(scores, flat.shape), axis=1)
+    return z.T.reshape(x.shape)
 
 
 def _split(x: np.ndarray) -> np.ndarray:

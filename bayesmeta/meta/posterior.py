@@ -340,6 +340,14 @@ def _check_labels(labels: Sequence[str] | None, num_tasks: int) -> list[str]:
     return labels
 
 
+def _check_output(support: Any, labels: Sequence[str] | None, num_draws: Any) -> None:
+    """Check the Posterior's options before anything is computed."""
+    leaves = jax.tree.leaves(support)
+    if leaves and jnp.ndim(leaves[0]) >= 1:
+        _check_labels(labels, jnp.shape(leaves[0])[0])
+    _check_int("num_draws", num_draws, 1)
+
+
 @functools.lru_cache(maxsize=32)
 def _task_numerics(
     loss_fn: Callable,
@@ -385,6 +393,8 @@ def _gaussians(
 ) -> tuple[TaskGaussians, np.ndarray, np.ndarray]:
     """Shared numerics of ``implied_prior`` and ``llama``: ``(gaussians, adapted, lam)``."""
     num_tasks = _check_common(loss_fn, init, support, hessian, predict_fn, output_loss_fn)
+    if on_invalid not in ("raise", "nan"):
+        raise ValueError(f"on_invalid: expected 'raise' or 'nan', got {on_invalid!r}")
     implied = isinstance(prior_precision, str)
     k = _check_int("num_inner_steps", num_inner_steps, 1 if implied else 0)
     init = jax.tree.map(jnp.asarray, init)
@@ -421,8 +431,6 @@ def _gaussians(
         ok = 1.0 + lam_np > 0
         factor = lambda x: 1.0 / (1.0 + x)  # noqa: E731
         zero_value = 1.0
-    if on_invalid not in ("raise", "nan"):
-        raise ValueError(f"on_invalid: expected 'raise' or 'nan', got {on_invalid!r}")
     task_ok = np.all(ok.reshape(num_tasks, -1), axis=1) & np.all(
         np.isfinite(np.asarray(adapted)), axis=1
     )
@@ -505,6 +513,7 @@ def implied_prior(
       (:class:`TaskGaussians`), ``adapted`` (``(T, D)``, the ``k``-step iterates),
       ``prior_cov`` (``(T, D, D)``) and ``hessian`` (``(T, D, D)``).
     """
+    _check_output(support, labels, num_draws)
     g, adapted, _ = _gaussians(
         loss_fn, init, support, inner_lr=inner_lr, num_inner_steps=num_inner_steps,
         prior_precision="implied", hessian="full", expand_at="init", on_invalid=on_invalid,
@@ -588,6 +597,7 @@ def llama(
     Returns:
       a ``Posterior`` (method ``"llama"``) with ``info["gaussians"]``.
     """
+    _check_output(support, labels, num_draws)
     g = llama_gaussians(
         loss_fn, init, support, inner_lr=inner_lr, num_inner_steps=num_inner_steps,
         prior_precision=prior_precision, hessian=hessian, predict_fn=predict_fn,
