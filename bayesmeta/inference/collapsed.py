@@ -7,10 +7,7 @@ population, the per-task parameters integrate out in closed form:
     p(phi | y) ∝ p(phi) Π_t p(y_t | phi),   p(y_t | phi) = ∫ p(y_t | theta) N(theta | mu, Sigma)
 
 (:mod:`bayesmeta.exact.linear`, per-task sufficient statistics, so one gradient costs
-``O(T p^3)`` however many rows the tasks have). When ``theta`` is a scalar with known noise
-and ``mu`` has a Normal hyperprior, ``mu`` is integrated out as well
-(:func:`bayesmeta.exact.normal.log_marginal_tau`) and drawn exactly given ``tau``.
-NUTS then runs on ``phi`` alone — a few
+``O(T p^3)`` however many rows the tasks have). NUTS then runs on ``phi`` alone — a few
 dimensions instead of ``T p`` — and each draw ``phi_s`` is completed by an exact draw of
 every ``theta_t ~ p(theta_t | y_t, phi_s)``. The result has the same sites, dims and ArviZ
 groups as full NUTS (``theta`` with a ``task`` dim, the pointwise log-likelihood of ``y``
@@ -24,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 
-from bayesmeta import populations as pops
 from bayesmeta.inference import _gaussian as gauss
 from bayesmeta.inference.nuts import NUTS_OPTIONS, _check_options, run_nuts, sample_stats_from
 
@@ -51,54 +47,6 @@ def _hyper_model(model, stats, param_shape):
         numpyro.factor("y_marginal", jnp.sum(gauss.log_marginal(stats, h)))
 
     return collapsed
-
-
-def _mu_integrable(model, param_shape) -> bool:
-    """Scalar known-noise tasks under a Normal population whose location has a Normal
-    hyperprior: then ``mu`` integrates out too and NUTS runs on ``tau`` alone."""
-    import numpyro.distributions as dist
-
-    pop = model.population
-    return (
-        not param_shape
-        and gauss.conjugate_noise(model.likelihood) == "known"
-        and isinstance(pop, pops.Normal)
-        and type(pop.loc) is dist.Normal
-        and not pop.loc.batch_shape
-        and isinstance(pop.scale, dist.Distribution)
-    )
-
-
-def _estimates(stats):
-    """Each task's data reduced to one estimate and standard error: with known noise the
-    likelihood of a scalar theta_t is N(b_t / A_t | theta_t, 1 / sqrt(A_t)) up to a
-    constant."""
-    A, b = stats.xtx[:, 0, 0], stats.xty[:, 0]
-    return b / A, 1.0 / jnp.sqrt(A)
-
-
-def _tau_model(model, stats):
-    from bayesmeta.exact.normal import log_marginal_tau
-
-    pop = model.population
-    y_hat, se_hat = _estimates(stats)
-    loc_mean, loc_sd = pop.loc.loc, pop.loc.scale
-
-    def collapsed():
-        tau = numpyro.sample(pop.site("tau"), pop.scale)
-        numpyro.factor("y_marginal", log_marginal_tau(y_hat, se_hat, tau, loc_mean, loc_sd))
-
-    return collapsed
-
-
-def _draw_mu(model, stats, tau, key):
-    """Exact ``mu | tau, y`` draws, one per ``tau`` draw ``(S,)``."""
-    from bayesmeta.exact.normal import mu_conditional
-
-    pop = model.population
-    y_hat, se_hat = _estimates(stats)
-    mean, sd = mu_conditional(y_hat, se_hat, tau, pop.loc.loc, pop.loc.scale)
-    return np.asarray(mean + sd * jax.random.normal(key, jnp.shape(tau), jnp.result_type(sd)))
 
 
 def _draw_theta(model, stats, param_shape, hyper_flat, key, batch):
@@ -139,14 +87,8 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     param_shape = built.param_shape
     stats = gauss.task_stats(model.likelihood, tasks)
     nuts_opts = {k: opts[k] for k in NUTS_OPTIONS}
-    tau_only = _mu_integrable(model, param_shape)
-    target = _tau_model(model, stats) if tau_only else _hyper_model(model, stats, param_shape)
-    samples, extras, _ = run_nuts(target, {}, seed, nuts_opts)
+    samples, extras, _ = run_nuts(_hyper_model(model, stats, param_shape), {}, seed, nuts_opts)
     samples = {k: np.asarray(v) for k, v in samples.items()}
-    if tau_only:
-        mu_site, tau = model.population.site("mu"), samples[model.population.site("tau")]
-        key_mu = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
-        samples = {mu_site: _draw_mu(model, stats, jnp.asarray(tau), key_mu), **samples}
     stats_out = sample_stats_from(extras)
     # convergence is judged on what NUTS sampled: every theta draw below is exact given
     # its hyperparameter draw, so theta mixes at least as well as the hyperparameters
@@ -198,10 +140,6 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
         sample_stats=stats_out,
         log_likelihood=ll,
         observed_data=observed,
-        info={
-            "options": opts,
-            "diagnostics": diag,
-            "integrated_out": ["theta", "mu"] if tau_only else ["theta"],
-        },
+        info={"options": opts, "diagnostics": diag},
         param_shape=param_shape,
     )
