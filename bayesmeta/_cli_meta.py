@@ -60,8 +60,13 @@ def _level(text: str) -> float:
     return value
 
 
-def read_estimates_csv(path: str, estimate: str, se: str | None = None,
-                       variance: str | None = None, label: str | None = None):
+def read_estimates_csv(
+    path: str,
+    estimate: str,
+    se: str | None = None,
+    variance: str | None = None,
+    label: str | None = None,
+):
     """Read one estimate and its standard error (or variance) per row of a CSV with a header.
 
     Returns ``(y, se, labels)`` (lists). Raises ValueError naming the column and the line
@@ -76,36 +81,47 @@ def read_estimates_csv(path: str, estimate: str, se: str | None = None,
     with fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
-        for flag, col in (("--estimate", estimate), ("--se", se), ("--variance", variance),
-                          ("--label", label)):
+        for flag, col in (
+            ("--estimate", estimate),
+            ("--se", se),
+            ("--variance", variance),
+            ("--label", label),
+        ):
             if col is not None and col not in header:
-                raise ValueError(f"{flag}: column {col!r} not in {path} (columns: "
-                                 f"{', '.join(header) or 'none'})")
+                raise ValueError(
+                    f"{flag}: column {col!r} not in {path} (columns: {', '.join(header) or 'none'})"
+                )
         ys, ses, labels = [], [], []
         for line, row in enumerate(reader, start=2):
+
             def number(col: str, _row=row, _line=line) -> float:
                 raw = (_row.get(col) or "").strip()
                 try:
                     value = float(raw)
                 except ValueError:
-                    raise ValueError(f"column {col!r}, line {_line} of {path}: {raw!r} is not "
-                                     "a number") from None
+                    raise ValueError(
+                        f"column {col!r}, line {_line} of {path}: {raw!r} is not a number"
+                    ) from None
                 if not math.isfinite(value):
-                    raise ValueError(f"column {col!r}, line {_line} of {path}: {raw!r} is not "
-                                     "finite")
+                    raise ValueError(
+                        f"column {col!r}, line {_line} of {path}: {raw!r} is not finite"
+                    )
                 return value
 
             y = number(estimate)
             if se is not None:
                 s = number(se)
                 if s <= 0:
-                    raise ValueError(f"column {se!r}, line {line} of {path}: standard error "
-                                     f"{s} must be positive")
+                    raise ValueError(
+                        f"column {se!r}, line {line} of {path}: standard error {s} must be positive"
+                    )
             else:
                 var = number(variance)
                 if var <= 0:
-                    raise ValueError(f"column {variance!r}, line {line} of {path}: variance "
-                                     f"{var} must be positive")
+                    raise ValueError(
+                        f"column {variance!r}, line {line} of {path}: variance "
+                        f"{var} must be positive"
+                    )
                 s = math.sqrt(var)
             ys.append(y)
             ses.append(s)
@@ -135,11 +151,18 @@ def _cmd_meta_analysis(args) -> int:
         else:
             if args.csv is None or args.estimate is None:
                 raise ValueError("CSV and --estimate are required (or use --dataset)")
-            y, se, labels = read_estimates_csv(args.csv, args.estimate, args.se, args.variance,
-                                               args.label)
-        res = estimators.random_effects(y, se, method=args.method,
-                                        knapp_hartung=args.knapp_hartung, level=args.level,
-                                        prediction=args.prediction, labels=labels)
+            y, se, labels = read_estimates_csv(
+                args.csv, args.estimate, args.se, args.variance, args.label
+            )
+        res = estimators.random_effects(
+            y,
+            se,
+            method=args.method,
+            knapp_hartung=args.knapp_hartung,
+            level=args.level,
+            prediction=args.prediction,
+            labels=labels,
+        )
     except ValueError as err:
         return _error("meta-analysis", str(err))
     print(res)
@@ -157,23 +180,38 @@ def add_meta_analysis_parser(subparsers) -> argparse.ArgumentParser:
         "meta-analysis",
         help="random-effects meta-analysis of one estimate and standard error per CSV row",
         description="Random-effects meta-analysis (DerSimonian-Laird, REML, ML, Paule-Mandel,"
-                    " Hedges, Sidik-Jonkman, empirical Bayes) with Q, I^2, H^2, a Q-profile "
-                    "interval for tau^2, a prediction interval and per-task BLUPs.")
+        " Hedges, Sidik-Jonkman, empirical Bayes) with Q, I^2, H^2, a Q-profile "
+        "interval for tau^2, a prediction interval and per-task BLUPs.",
+    )
     p.add_argument("csv", nargs="?", help="CSV file with a header row")
     p.add_argument("--estimate", help="column of the per-task estimates")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--se", help="column of their standard errors")
     group.add_argument("--variance", help="column of their sampling variances")
     p.add_argument("--label", help="column of task labels (default: row numbers)")
-    p.add_argument("--dataset", choices=["bcg", "eight_schools"],
-                   help="use a built-in data set instead of a CSV")
-    p.add_argument("--method", default="REML", choices=list(TAU2_METHODS),
-                   help="tau^2 estimator (default REML)")
-    p.add_argument("--knapp-hartung", action="store_true",
-                   help="Knapp-Hartung (HKSJ) standard error and t interval")
+    p.add_argument(
+        "--dataset",
+        choices=["bcg", "eight_schools"],
+        help="use a built-in data set instead of a CSV",
+    )
+    p.add_argument(
+        "--method",
+        default="REML",
+        choices=list(TAU2_METHODS),
+        help="tau^2 estimator (default REML)",
+    )
+    p.add_argument(
+        "--knapp-hartung",
+        action="store_true",
+        help="Knapp-Hartung (HKSJ) standard error and t interval",
+    )
     p.add_argument("--level", type=_level, default=0.95, help="interval level (0.95)")
-    p.add_argument("--prediction", choices=["t", "z"], default="t",
-                   help="prediction interval with t on k-2 df (default) or z")
+    p.add_argument(
+        "--prediction",
+        choices=["t", "z"],
+        default="t",
+        help="prediction interval with t on k-2 df (default) or z",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object last")
     p.set_defaults(func=_cmd_meta_analysis)
     return p
@@ -184,9 +222,17 @@ def _cmd_study(args) -> int:
 
     reps = 100 if args.quick and args.num_reps is None else (args.num_reps or 400)
     try:
-        table = study(num_tasks=args.num_tasks, tau=args.tau, noise=args.noise,
-                      num_obs=args.num_obs, imbalance=args.imbalance, num_reps=reps,
-                      seed=args.seed, level=args.level, exact=not args.no_exact)
+        table = study(
+            num_tasks=args.num_tasks,
+            tau=args.tau,
+            noise=args.noise,
+            num_obs=args.num_obs,
+            imbalance=args.imbalance,
+            num_reps=reps,
+            seed=args.seed,
+            level=args.level,
+            exact=not args.no_exact,
+        )
     except ValueError as err:
         return _error("study", str(err))
     print(table)
@@ -201,19 +247,30 @@ def _cmd_study(args) -> int:
 def add_study_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``study`` on an argparse subparsers object; ``func`` is set."""
     p = subparsers.add_parser(
-        "study", help="simulation study of pooled, per-task and partially pooled estimators",
+        "study",
+        help="simulation study of pooled, per-task and partially pooled estimators",
         description="Simulate task collections (one dominant task with many times the data) "
-                    "and report bias, RMSE and coverage of every estimator of the centre and "
-                    "of each task, with the exact Bayes posterior as the yardstick.")
+        "and report bias, RMSE and coverage of every estimator of the centre and "
+        "of each task, with the exact Bayes posterior as the yardstick.",
+    )
     p.add_argument("--num-tasks", type=_int_at_least(4), default=8)
     p.add_argument("--tau", type=_nonneg_float, default=0.5, help="between-task sd")
     p.add_argument("--noise", type=_nonneg_float, default=1.0, help="within-task sd")
-    p.add_argument("--num-obs", type=_int_at_least(2), default=5,
-                   help="observations per ordinary task")
-    p.add_argument("--imbalance", type=_nonneg_float, default=20.0,
-                   help="the dominant task has this many times the observations")
-    p.add_argument("--num-reps", type=_int_at_least(2), default=None,
-                   help="replications (default 400; 100 with --quick)")
+    p.add_argument(
+        "--num-obs", type=_int_at_least(2), default=5, help="observations per ordinary task"
+    )
+    p.add_argument(
+        "--imbalance",
+        type=_nonneg_float,
+        default=20.0,
+        help="the dominant task has this many times the observations",
+    )
+    p.add_argument(
+        "--num-reps",
+        type=_int_at_least(2),
+        default=None,
+        help="replications (default 400; 100 with --quick)",
+    )
     p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument("--level", type=_level, default=0.95)
     p.add_argument("--no-exact", action="store_true", help="skip the exact Bayes rows")

@@ -114,8 +114,9 @@ def _betainc(a: float, b: float, x: float) -> float:
         return 0.0
     if x >= 1.0:
         return 1.0
-    lbt = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x)
-           + b * math.log1p(-x))
+    lbt = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(lbt) * _betacf(a, b, x) / a
     return 1.0 - math.exp(lbt) * _betacf(b, a, 1.0 - x) / b
@@ -231,8 +232,9 @@ def _chi2_ppf(q: float, df: float) -> float:
 
 
 # --------------------------------------------------------------------------- input
-def _estimates(y: Any, se: Any, labels: Any = None
-               ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def _estimates(
+    y: Any, se: Any, labels: Any = None
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """``(y, se, labels)`` from arrays or a TaskSet (raw rows -> per-task estimates)."""
     from bayesmeta.tasks import TaskSet
 
@@ -245,16 +247,16 @@ def _estimates(y: Any, se: Any, labels: Any = None
             raise ValueError(f"labels: {len(labels)} labels for {y.num_tasks} tasks")
         return np.asarray(est, float), np.asarray(s, float), tuple(str(v) for v in labels)
     if se is None:
-        raise ValueError("se: standard errors are required with array estimates "
-                         "(or pass a TaskSet)")
+        raise ValueError(
+            "se: standard errors are required with array estimates (or pass a TaskSet)"
+        )
     try:
         est = np.asarray(y, dtype=float)
         s = np.asarray(se, dtype=float)
     except (TypeError, ValueError) as err:
         raise ValueError(f"y/se: could not convert to float arrays ({err})") from None
     if est.ndim != 1 or est.size == 0:
-        raise ValueError(f"y: expected a non-empty 1-d array of estimates, got shape "
-                         f"{est.shape}")
+        raise ValueError(f"y: expected a non-empty 1-d array of estimates, got shape {est.shape}")
     if s.ndim == 0:
         s = np.full(est.shape, float(s))
     if s.shape != est.shape:
@@ -390,8 +392,7 @@ def _tau2_eb(y, v, max_iter=10000, tol=1e-13):
     for _ in range(max_iter):
         w = 1.0 / (v + tau2[..., None])
         mu = _wmean(y, w)
-        new = np.sum(w * (k / (k - 1) * (y - mu[..., None]) ** 2 - v), axis=-1) / np.sum(
-            w, axis=-1)
+        new = np.sum(w * (k / (k - 1) * (y - mu[..., None]) ** 2 - v), axis=-1) / np.sum(w, axis=-1)
         new = np.maximum(0.0, new)
         done = np.abs(new - tau2) <= tol * np.maximum(new, scale)
         tau2 = new
@@ -459,9 +460,21 @@ def _re_batch(y, v, method, knapp_hartung, level, prediction="t", tau2=None):
     lam = tau2[..., None] / (tau2[..., None] + v)
     blups = lam * y + (1 - lam) * mu[..., None]
     blup_se = np.sqrt(lam * v + (1 - lam) ** 2 * se[..., None] ** 2)
-    return dict(tau2=tau2, mu=mu, se=se, df=df, crit=crit, ci_low=mu - crit * se,
-                ci_high=mu + crit * se, pi_low=mu - half_pi, pi_high=mu + half_pi,
-                pi_df=pi_df, blups=blups, blup_se=blup_se, weights=w / sw[..., None])
+    return dict(
+        tau2=tau2,
+        mu=mu,
+        se=se,
+        df=df,
+        crit=crit,
+        ci_low=mu - crit * se,
+        ci_high=mu + crit * se,
+        pi_low=mu - half_pi,
+        pi_high=mu + half_pi,
+        pi_df=pi_df,
+        blups=blups,
+        blup_se=blup_se,
+        weights=w / sw[..., None],
+    )
 
 
 def _typical_variance(v):
@@ -509,8 +522,10 @@ class PooledEstimate:
 
     def __str__(self) -> str:
         pct = f"{100 * self.level:g}%"
-        return (f"{self.method} (k = {self.k}): mu = {self.mu:.4f} (se {self.se:.4f}), "
-                f"{pct} CI [{self.ci_low:.4f}, {self.ci_high:.4f}]")
+        return (
+            f"{self.method} (k = {self.k}): mu = {self.mu:.4f} (se {self.se:.4f}), "
+            f"{pct} CI [{self.ci_low:.4f}, {self.ci_high:.4f}]"
+        )
 
 
 @dataclass(frozen=True)
@@ -529,11 +544,15 @@ class PerTaskEstimates:
     shrinkage: float | np.ndarray = 0.0
 
     def __str__(self) -> str:
-        lines = [f"{self.method} (k = {len(self.labels)})",
-                 f"{'task':>16} {'estimate':>10} {'se':>10} {'ci_low':>10} {'ci_high':>10}"]
+        lines = [
+            f"{self.method} (k = {len(self.labels)})",
+            f"{'task':>16} {'estimate':>10} {'se':>10} {'ci_low':>10} {'ci_high':>10}",
+        ]
         for i, lab in enumerate(self.labels):
-            lines.append(f"{lab[:16]:>16} {self.estimate[i]:10.4f} {self.se[i]:10.4f} "
-                         f"{self.ci_low[i]:10.4f} {self.ci_high[i]:10.4f}")
+            lines.append(
+                f"{lab[:16]:>16} {self.estimate[i]:10.4f} {self.se[i]:10.4f} "
+                f"{self.ci_low[i]:10.4f} {self.ci_high[i]:10.4f}"
+            )
         return "\n".join(lines)
 
 
@@ -590,6 +609,7 @@ class MetaAnalysis:
 
     def to_dict(self) -> dict:
         """Plain Python types (arrays -> lists; inf/nan -> None), ready for ``json.dumps``."""
+
         def clean(value):
             if isinstance(value, np.ndarray):
                 return [clean(v) for v in value.tolist()]
@@ -605,30 +625,41 @@ class MetaAnalysis:
 
     def __str__(self) -> str:
         pct = f"{100 * self.level:g}%"
-        kind = ("Fixed-effect model" if self.method == "FE"
-                else f"Random-effects model (tau^2 estimator: {self.method})")
+        kind = (
+            "Fixed-effect model"
+            if self.method == "FE"
+            else f"Random-effects model (tau^2 estimator: {self.method})"
+        )
         ci_kind = "t" if math.isfinite(self.df) else "z"
         lines = [f"{kind}, k = {self.k}", ""]
         if self.method != "FE":
-            lines += [f"tau^2 = {self.tau2:.4f} ({pct} Q-profile CI [{self.tau2_ci[0]:.4f}, "
-                      f"{self.tau2_ci[1]:.4f}]), tau = {self.tau:.4f}"]
-        lines += [f"I^2 = {self.i2:.2f}%, H^2 = {self.h2:.2f}",
-                  f"Q(df = {self.q_df}) = {self.q:.4f}, p = {_fmt_p(self.q_p)}", "",
-                  f"{'estimate':>10} {'se':>10} {ci_kind + 'val':>10} {'pval':>10} "
-                  f"{'ci_low':>10} {'ci_high':>10}",
-                  f"{self.mu:10.4f} {self.se:10.4f} {self.z:10.4f} {_fmt_p(self.p):>10} "
-                  f"{self.ci_low:10.4f} {self.ci_high:10.4f}"]
+            lines += [
+                f"tau^2 = {self.tau2:.4f} ({pct} Q-profile CI [{self.tau2_ci[0]:.4f}, "
+                f"{self.tau2_ci[1]:.4f}]), tau = {self.tau:.4f}"
+            ]
+        lines += [
+            f"I^2 = {self.i2:.2f}%, H^2 = {self.h2:.2f}",
+            f"Q(df = {self.q_df}) = {self.q:.4f}, p = {_fmt_p(self.q_p)}",
+            "",
+            f"{'estimate':>10} {'se':>10} {ci_kind + 'val':>10} {'pval':>10} "
+            f"{'ci_low':>10} {'ci_high':>10}",
+            f"{self.mu:10.4f} {self.se:10.4f} {self.z:10.4f} {_fmt_p(self.p):>10} "
+            f"{self.ci_low:10.4f} {self.ci_high:10.4f}",
+        ]
         if self.knapp_hartung:
             lines.append(f"(Knapp-Hartung intervals, t with {self.df:g} df)")
         if self.method != "FE":
             dist = f"t, {self.pi_df:g} df" if self.prediction == "t" else "z"
-            lines.append(f"{pct} prediction interval for a new task: [{self.pi_low:.4f}, "
-                         f"{self.pi_high:.4f}] ({dist})")
-        lines += ["", f"{'task':>24} {'estimate':>10} {'weight %':>9} {'blup':>10} "
-                      f"{'blup_se':>9}"]
+            lines.append(
+                f"{pct} prediction interval for a new task: [{self.pi_low:.4f}, "
+                f"{self.pi_high:.4f}] ({dist})"
+            )
+        lines += ["", f"{'task':>24} {'estimate':>10} {'weight %':>9} {'blup':>10} {'blup_se':>9}"]
         for i, lab in enumerate(self.labels):
-            lines.append(f"{lab[:24]:>24} {self.y[i]:10.4f} {100 * self.weights[i]:9.2f} "
-                         f"{self.blups[i]:10.4f} {self.blup_se[i]:9.4f}")
+            lines.append(
+                f"{lab[:24]:>24} {self.y[i]:10.4f} {100 * self.weights[i]:9.2f} "
+                f"{self.blups[i]:10.4f} {self.blup_se[i]:9.4f}"
+            )
         return "\n".join(lines)
 
 
@@ -669,14 +700,24 @@ def complete_pooling(y: Any, se: Any = None, level: float = 0.95) -> PooledEstim
             mu = float(np.mean(rows.y))
             s = float(np.std(rows.y, ddof=1) / np.sqrt(rows.num_obs))
             weights = counts
-        return PooledEstimate("complete pooling", mu, s, mu - z * s, mu + z * s, level,
-                              math.inf, rows.num_tasks, weights / weights.sum())
+        return PooledEstimate(
+            "complete pooling",
+            mu,
+            s,
+            mu - z * s,
+            mu + z * s,
+            level,
+            math.inf,
+            rows.num_tasks,
+            weights / weights.sum(),
+        )
     est, s, _ = _estimates(y, se)
     w = 1.0 / s**2
     mu = float(np.sum(w * est) / np.sum(w))
     sd = float(1.0 / np.sqrt(np.sum(w)))
-    return PooledEstimate("complete pooling", mu, sd, mu - z * sd, mu + z * sd, level,
-                          math.inf, est.size, w / w.sum())
+    return PooledEstimate(
+        "complete pooling", mu, sd, mu - z * sd, mu + z * sd, level, math.inf, est.size, w / w.sum()
+    )
 
 
 def no_pooling(y: Any, se: Any = None, level: float = 0.95, labels: Any = None) -> PerTaskEstimates:
@@ -703,8 +744,17 @@ def mean_of_estimates(y: Any, se: Any = None, level: float = 0.95) -> PooledEsti
     mu = float(est.mean())
     s = float(est.std(ddof=1) / math.sqrt(k))
     t = _t_ppf(0.5 + level / 2, k - 1)
-    return PooledEstimate("mean of estimates", mu, s, mu - t * s, mu + t * s, level,
-                          float(k - 1), k, np.full(k, 1.0 / k))
+    return PooledEstimate(
+        "mean of estimates",
+        mu,
+        s,
+        mu - t * s,
+        mu + t * s,
+        level,
+        float(k - 1),
+        k,
+        np.full(k, 1.0 / k),
+    )
 
 
 def fixed_effect(y: Any, se: Any = None, level: float = 0.95, labels: Any = None) -> MetaAnalysis:
@@ -723,13 +773,36 @@ def fixed_effect(y: Any, se: Any = None, level: float = 0.95, labels: Any = None
     i2 = 100.0 * max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0
     zval = float(fit["mu"] / fit["se"])
     res = MetaAnalysis(
-        method="FE", k=k, mu=float(fit["mu"]), se=float(fit["se"]), z=zval,
-        p=float(2 * _ndtr(-abs(zval))), ci_low=float(fit["ci_low"]),
-        ci_high=float(fit["ci_high"]), df=math.inf, tau2=0.0, tau=0.0, tau2_ci=(0.0, 0.0),
-        i2=i2, h2=q / (k - 1), q=q, q_df=k - 1, q_p=_chi2_sf(q, k - 1),
-        pi_low=float(fit["ci_low"]), pi_high=float(fit["ci_high"]), pi_df=math.inf,
-        blups=est.copy(), blup_se=s.copy(), weights=fit["weights"], y=est, y_se=s,
-        labels=labels, level=level, knapp_hartung=False, prediction="z")
+        method="FE",
+        k=k,
+        mu=float(fit["mu"]),
+        se=float(fit["se"]),
+        z=zval,
+        p=float(2 * _ndtr(-abs(zval))),
+        ci_low=float(fit["ci_low"]),
+        ci_high=float(fit["ci_high"]),
+        df=math.inf,
+        tau2=0.0,
+        tau=0.0,
+        tau2_ci=(0.0, 0.0),
+        i2=i2,
+        h2=q / (k - 1),
+        q=q,
+        q_df=k - 1,
+        q_p=_chi2_sf(q, k - 1),
+        pi_low=float(fit["ci_low"]),
+        pi_high=float(fit["ci_high"]),
+        pi_df=math.inf,
+        blups=est.copy(),
+        blup_se=s.copy(),
+        weights=fit["weights"],
+        y=est,
+        y_se=s,
+        labels=labels,
+        level=level,
+        knapp_hartung=False,
+        prediction="z",
+    )
     return res
 
 
@@ -781,19 +854,42 @@ def random_effects(
     zval = float(fit["mu"] / fit["se"]) if fit["se"] > 0 else math.nan
     pval = _t_sf2(zval, fit["df"]) if math.isfinite(zval) else math.nan
     res = MetaAnalysis(
-        method=method, k=k, mu=float(fit["mu"]), se=float(fit["se"]), z=zval, p=pval,
-        ci_low=float(fit["ci_low"]), ci_high=float(fit["ci_high"]), df=float(fit["df"]),
-        tau2=tau2, tau=math.sqrt(tau2), tau2_ci=_q_profile(est, v, level),
-        i2=100.0 * tau2 / (tau2 + s2), h2=(tau2 + s2) / s2, q=q, q_df=k - 1,
-        q_p=_chi2_sf(q, k - 1), pi_low=float(fit["pi_low"]), pi_high=float(fit["pi_high"]),
-        pi_df=float(fit["pi_df"]), blups=fit["blups"], blup_se=fit["blup_se"],
-        weights=fit["weights"], y=est, y_se=s, labels=labels, level=level,
-        knapp_hartung=bool(knapp_hartung), prediction=prediction)
+        method=method,
+        k=k,
+        mu=float(fit["mu"]),
+        se=float(fit["se"]),
+        z=zval,
+        p=pval,
+        ci_low=float(fit["ci_low"]),
+        ci_high=float(fit["ci_high"]),
+        df=float(fit["df"]),
+        tau2=tau2,
+        tau=math.sqrt(tau2),
+        tau2_ci=_q_profile(est, v, level),
+        i2=100.0 * tau2 / (tau2 + s2),
+        h2=(tau2 + s2) / s2,
+        q=q,
+        q_df=k - 1,
+        q_p=_chi2_sf(q, k - 1),
+        pi_low=float(fit["pi_low"]),
+        pi_high=float(fit["pi_high"]),
+        pi_df=float(fit["pi_df"]),
+        blups=fit["blups"],
+        blup_se=fit["blup_se"],
+        weights=fit["weights"],
+        y=est,
+        y_se=s,
+        labels=labels,
+        level=level,
+        knapp_hartung=bool(knapp_hartung),
+        prediction=prediction,
+    )
     return res
 
 
-def james_stein(y: Any, se: Any = None, level: float = 0.95,
-                labels: Any = None) -> PerTaskEstimates:
+def james_stein(
+    y: Any, se: Any = None, level: float = 0.95, labels: Any = None
+) -> PerTaskEstimates:
     """Positive-part James-Stein estimates of every ``theta_i``.
 
     Shrinks toward the fixed-effect mean ``m`` by the factor ``B = min(1, (k-3)/Q)`` with
@@ -809,8 +905,9 @@ def james_stein(y: Any, se: Any = None, level: float = 0.95,
         raise ValueError("y: James-Stein shrinkage needs at least 4 tasks")
     shrink, theta = _james_stein_batch(est, s**2)
     nan = np.full(k, np.nan)
-    return PerTaskEstimates("James-Stein", labels, theta, nan, nan, nan.copy(), level,
-                            float(shrink))
+    return PerTaskEstimates(
+        "James-Stein", labels, theta, nan, nan, nan.copy(), level, float(shrink)
+    )
 
 
 def _james_stein_batch(y, v):

@@ -190,8 +190,9 @@ class Hierarchical(_TaskModel):
         info = self.likelihood.information(tasks)
         if info is not None:
             info = np.asarray(info, float).reshape((tasks.num_tasks, *param_shape))
-        mask = self.population.centered_mask(info, param_shape,
-                                             _spread_estimate(self.likelihood, tasks, param_shape))
+        mask = self.population.centered_mask(
+            info, param_shape, _spread_estimate(self.likelihood, tasks, param_shape)
+        )
         if mask is not None and mask.shape[0] == 1 and tasks.num_tasks > 1:
             mask = np.broadcast_to(mask, (tasks.num_tasks, *param_shape))
         return mask
@@ -228,8 +229,10 @@ def _spread_estimate(likelihood, tasks, param_shape) -> np.ndarray | None:
     ok = np.all(np.isfinite(est), axis=1) & np.all(np.isfinite(var) & (var > 0), axis=1)
     if ok.sum() < 2:
         return None
-    tau2 = [float(tau2_estimate(est[ok, d], np.sqrt(var[ok, d]), method="DL"))
-            for d in range(est.shape[1])]
+    tau2 = [
+        float(tau2_estimate(est[ok, d], np.sqrt(var[ok, d]), method="DL"))
+        for d in range(est.shape[1])
+    ]
     return np.sqrt(np.asarray(tau2)).reshape(param_shape)
 
 

@@ -30,9 +30,9 @@ known noise ``sum_r 1/s_r**2``; see each likelihood's ``information``) and ``tau
 the spread between tasks: the DerSimonian-Laird estimate from the likelihood's rough
 per-task estimates where it has them (the Gaussian likelihoods), else the median of the
 scale hyperprior (or the fixed scale). The eight schools (estimates spread less than
-their standard errors, so ``tau_ref = 0``) come out non-centred; data-rich tasks centred. Mixed choices use a per-task partially centred variable
-``z_t ~ N(c_t mu, tau**c_t)``, ``theta_t = mu + tau**(1-c_t) (z_t - c_t mu)`` with
-``c_t`` in {0, 1}; the latent site is ``theta_raw`` and ``theta`` is deterministic.
+their standard errors, so ``tau_ref = 0``) come out non-centred; data-rich tasks centred.
+Mixed choices use a per-task partially centred variable ``z_t ~ N(c_t mu, tau**c_t)``,
+``theta_t = mu + tau**(1-c_t) (z_t - c_t mu)`` with ``c_t`` in {0, 1}; the latent site is ``theta_raw`` and ``theta`` is deterministic.
 """
 
 from __future__ import annotations
@@ -224,8 +224,9 @@ class Population:
     def _sample_theta_reparam(self, hyper, param_shape, centered):
         raise NotImplementedError
 
-    def centered_mask(self, information: np.ndarray | None, param_shape,
-                      spread: np.ndarray | None = None) -> np.ndarray | None:
+    def centered_mask(
+        self, information: np.ndarray | None, param_shape, spread: np.ndarray | None = None
+    ) -> np.ndarray | None:
         """The per-task, per-dimension choice of centring (True = centred); see module doc.
 
         ``spread`` is an estimate of the between-task sd (per dimension); without it the

@@ -69,8 +69,9 @@ class StudyTable:
         for r in rows:
             if r["estimator"] == estimator:
                 return r
-        raise ValueError(f"estimator: no {part} row named {estimator!r}; have "
-                         f"{[r['estimator'] for r in rows]}")
+        raise ValueError(
+            f"estimator: no {part} row named {estimator!r}; have {[r['estimator'] for r in rows]}"
+        )
 
     def claims(self) -> dict:
         """The four claims, each as ``(holds, numbers)``.
@@ -95,25 +96,37 @@ class StudyTable:
         others = [r["dist2_tasks"] for r in self.mu_rows if r is not centre]
         others_new = [r["dist2_new"] for r in self.mu_rows if r is not universe]
         return {
-            "pooled_pulled": (pooled["pull"] > 1.0 / k and pooled["pull"] > mean["pull"],
-                              {"pull_pooled": pooled["pull"], "pull_mean": mean["pull"],
-                               "one_vote": 1.0 / k}),
-            "mean_robust": (mean["rmse"] < pooled["rmse"],
-                            {"rmse_mean": mean["rmse"], "rmse_pooled": pooled["rmse"]}),
+            "pooled_pulled": (
+                pooled["pull"] > 1.0 / k and pooled["pull"] > mean["pull"],
+                {"pull_pooled": pooled["pull"], "pull_mean": mean["pull"], "one_vote": 1.0 / k},
+            ),
+            "mean_robust": (
+                mean["rmse"] < pooled["rmse"],
+                {"rmse_mean": mean["rmse"], "rmse_pooled": pooled["rmse"]},
+            ),
             "partial_pooling_best": (
                 max(bayes["rmse"], blup["rmse"]) < min(nopool["rmse"], full["rmse"]),
-                {"rmse_bayes": bayes["rmse"], "rmse_blup": blup["rmse"],
-                 "rmse_no_pooling": nopool["rmse"], "rmse_complete_pooling": full["rmse"]}),
+                {
+                    "rmse_bayes": bayes["rmse"],
+                    "rmse_blup": blup["rmse"],
+                    "rmse_no_pooling": nopool["rmse"],
+                    "rmse_complete_pooling": full["rmse"],
+                },
+            ),
             "centre_of_universe": (
                 centre["dist2_tasks"] < min(others) and universe["dist2_new"] < min(others_new),
-                {"dist2_tasks_mean_of_optima": centre["dist2_tasks"],
-                 "dist2_tasks_next_best": min(others),
-                 "dist2_new_universe_mean": universe["dist2_new"],
-                 "dist2_new_next_best": min(others_new)}),
+                {
+                    "dist2_tasks_mean_of_optima": centre["dist2_tasks"],
+                    "dist2_tasks_next_best": min(others),
+                    "dist2_new_universe_mean": universe["dist2_new"],
+                    "dist2_new_next_best": min(others_new),
+                },
+            ),
         }
 
     def to_dict(self) -> dict:
         """Settings, rows and claims as plain Python types (``json.dumps``-ready)."""
+
         def clean(v):
             if isinstance(v, dict):
                 return {k: clean(x) for k, x in v.items()}
@@ -127,31 +140,50 @@ class StudyTable:
                 return int(v)
             return v
 
-        return clean({"settings": self.settings, "mu": self.mu_rows, "theta": self.theta_rows,
-                      "claims": self.claims()})
+        return clean(
+            {
+                "settings": self.settings,
+                "mu": self.mu_rows,
+                "theta": self.theta_rows,
+                "claims": self.claims(),
+            }
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
     def __str__(self) -> str:
         s = self.settings
-        head = (f"Estimator study: {s['num_tasks']} tasks, tau = {s['tau']:g}, noise = "
-                f"{s['noise']:g}, {s['num_obs']} obs per task, dominant task x"
-                f"{s['imbalance']:g}, {s['num_reps']} replications, level {s['level']:g}")
-        lines = [head, "", "Centre mu:",
-                 f"{'estimator':<30} {'bias':>8} {'rmse':>8} {'cover':>7} {'width':>8} "
-                 f"{'pull':>7} {'dist2_tasks':>12} {'dist2_new':>10}"]
+        head = (
+            f"Estimator study: {s['num_tasks']} tasks, tau = {s['tau']:g}, noise = "
+            f"{s['noise']:g}, {s['num_obs']} obs per task, dominant task x"
+            f"{s['imbalance']:g}, {s['num_reps']} replications, level {s['level']:g}"
+        )
+        lines = [
+            head,
+            "",
+            "Centre mu:",
+            f"{'estimator':<30} {'bias':>8} {'rmse':>8} {'cover':>7} {'width':>8} "
+            f"{'pull':>7} {'dist2_tasks':>12} {'dist2_new':>10}",
+        ]
         for r in self.mu_rows:
-            lines.append(f"{r['estimator']:<30} {r['bias']:8.4f} {r['rmse']:8.4f} "
-                         f"{_pct(r['coverage']):>7} {_num(r['width']):>8} {r['pull']:7.3f} "
-                         f"{r['dist2_tasks']:12.4f} {r['dist2_new']:10.4f}")
-        lines += ["", "Per-task theta_t:",
-                  f"{'estimator':<30} {'bias':>8} {'rmse':>8} {'rmse_small':>10} "
-                  f"{'rmse_dom':>9} {'cover':>7} {'width':>8}"]
+            lines.append(
+                f"{r['estimator']:<30} {r['bias']:8.4f} {r['rmse']:8.4f} "
+                f"{_pct(r['coverage']):>7} {_num(r['width']):>8} {r['pull']:7.3f} "
+                f"{r['dist2_tasks']:12.4f} {r['dist2_new']:10.4f}"
+            )
+        lines += [
+            "",
+            "Per-task theta_t:",
+            f"{'estimator':<30} {'bias':>8} {'rmse':>8} {'rmse_small':>10} "
+            f"{'rmse_dom':>9} {'cover':>7} {'width':>8}",
+        ]
         for r in self.theta_rows:
-            lines.append(f"{r['estimator']:<30} {r['bias']:8.4f} {r['rmse']:8.4f} "
-                         f"{r['rmse_small']:10.4f} {r['rmse_dominant']:9.4f} "
-                         f"{_pct(r['coverage']):>7} {_num(r['width']):>8}")
+            lines.append(
+                f"{r['estimator']:<30} {r['bias']:8.4f} {r['rmse']:8.4f} "
+                f"{r['rmse_small']:10.4f} {r['rmse_dominant']:9.4f} "
+                f"{_pct(r['coverage']):>7} {_num(r['width']):>8}"
+            )
         lines += ["", "Claims:"]
         for name, (holds, numbers) in self.claims().items():
             nums = ", ".join(f"{k} = {v:.4g}" for k, v in numbers.items())
@@ -302,68 +334,162 @@ def study(
     mu_rows, theta_rows = [], []
     # complete pooling: all rows as one sample
     pooled = ybar @ counts / total
-    ss = np.sum((counts - 1) * s2, axis=1) + np.sum(counts * (ybar - pooled[:, None]) ** 2,
-                                                     axis=1)
+    ss = np.sum((counts - 1) * s2, axis=1) + np.sum(counts * (ybar - pooled[:, None]) ** 2, axis=1)
     naive_se = np.sqrt(ss / (total - 1) / total)
-    mu_rows.append(_mu_row("pooled (all rows)", pooled, pooled - z * naive_se,
-                           pooled + z * naive_se, mu, tau, theta, dominant))
+    mu_rows.append(
+        _mu_row(
+            "pooled (all rows)",
+            pooled,
+            pooled - z * naive_se,
+            pooled + z * naive_se,
+            mu,
+            tau,
+            theta,
+            dominant,
+        )
+    )
     fe_se = noise / math.sqrt(total)
-    mu_rows.append(_mu_row("fixed effect (inverse var.)", pooled, pooled - z * fe_se,
-                           pooled + z * fe_se, mu, tau, theta, dominant))
+    mu_rows.append(
+        _mu_row(
+            "fixed effect (inverse var.)",
+            pooled,
+            pooled - z * fe_se,
+            pooled + z * fe_se,
+            mu,
+            tau,
+            theta,
+            dominant,
+        )
+    )
     mean = ybar.mean(axis=1)
     mean_se = ybar.std(axis=1, ddof=1) / math.sqrt(num_tasks)
     t1 = est._t_ppf(0.5 + level / 2, num_tasks - 1)
-    mu_rows.append(_mu_row("mean of estimates", mean, mean - t1 * mean_se, mean + t1 * mean_se,
-                           mu, tau, theta, dominant))
+    mu_rows.append(
+        _mu_row(
+            "mean of estimates",
+            mean,
+            mean - t1 * mean_se,
+            mean + t1 * mean_se,
+            mu,
+            tau,
+            theta,
+            dominant,
+        )
+    )
     fits = {}
     for method in ("DL", "REML", "PM"):
         fits[method] = est._re_batch(ybar, v, method, False, level)
         f = fits[method]
-        mu_rows.append(_mu_row(f"random effects ({method})", f["mu"], f["ci_low"],
-                               f["ci_high"], mu, tau, theta, dominant))
+        mu_rows.append(
+            _mu_row(
+                f"random effects ({method})",
+                f["mu"],
+                f["ci_low"],
+                f["ci_high"],
+                mu,
+                tau,
+                theta,
+                dominant,
+            )
+        )
     kh = est._re_batch(ybar, v, "REML", True, level, tau2=fits["REML"]["tau2"])
-    mu_rows.append(_mu_row("random effects (REML, HKSJ)", kh["mu"], kh["ci_low"],
-                           kh["ci_high"], mu, tau, theta, dominant))
+    mu_rows.append(
+        _mu_row(
+            "random effects (REML, HKSJ)",
+            kh["mu"],
+            kh["ci_low"],
+            kh["ci_high"],
+            mu,
+            tau,
+            theta,
+            dominant,
+        )
+    )
 
     theta_rows.append(_theta_row("no pooling", ybar, ybar - z * se, ybar + z * se, theta))
     full = np.broadcast_to(pooled[:, None], theta.shape)
-    theta_rows.append(_theta_row("complete pooling", full,
-                                 full - z * naive_se[:, None], full + z * naive_se[:, None],
-                                 theta))
+    theta_rows.append(
+        _theta_row(
+            "complete pooling",
+            full,
+            full - z * naive_se[:, None],
+            full + z * naive_se[:, None],
+            theta,
+        )
+    )
     for method in ("DL", "REML"):
         f = fits[method]
-        theta_rows.append(_theta_row(f"BLUP ({method})", f["blups"],
-                                     f["blups"] - z * f["blup_se"],
-                                     f["blups"] + z * f["blup_se"], theta))
+        theta_rows.append(
+            _theta_row(
+                f"BLUP ({method})",
+                f["blups"],
+                f["blups"] - z * f["blup_se"],
+                f["blups"] + z * f["blup_se"],
+                theta,
+            )
+        )
     _, js = est._james_stein_batch(ybar, v)
     theta_rows.append(_theta_row("James-Stein", js, None, None, theta))
 
     if exact:
         prior = scale_prior if scale_prior is not None else _halfcauchy(noise)
-        rule, _, _ = _nn._batch_rule(ybar, np.broadcast_to(se, ybar.shape).copy(),
-                                     loc_prior="flat", scale_prior=prior, rtol=1e-8)
+        rule, _, _ = _nn._batch_rule(
+            ybar,
+            np.broadcast_to(se, ybar.shape).copy(),
+            loc_prior="flat",
+            scale_prior=prior,
+            rtol=1e-8,
+        )
         mom = _nn._batch_moments(rule, ybar, np.broadcast_to(se, ybar.shape), prune=1e-14)
         a = (1 - level) / 2
         mu_mix = _nn.NormalMixture(mom["weights"], mom["mhat"], np.sqrt(mom["vmu"]))
         lo, hi = mu_mix.quantile(a), mu_mix.quantile(1 - a)
-        mu_rows.append(_mu_row("exact Bayes", mom["mu_mean"], lo, hi, mu, tau, theta,
-                               dominant))
-        th_mix = _nn.NormalMixture(mom["weights"][:, None, :],
-                                   np.moveaxis(mom["theta_cond_mean"], 1, 2),
-                                   np.sqrt(np.moveaxis(mom["theta_cond_var"], 1, 2)))
-        theta_rows.append(_theta_row("exact Bayes", mom["theta_mean"], th_mix.quantile(a),
-                                     th_mix.quantile(1 - a), theta))
+        mu_rows.append(_mu_row("exact Bayes", mom["mu_mean"], lo, hi, mu, tau, theta, dominant))
+        th_mix = _nn.NormalMixture(
+            mom["weights"][:, None, :],
+            np.moveaxis(mom["theta_cond_mean"], 1, 2),
+            np.sqrt(np.moveaxis(mom["theta_cond_var"], 1, 2)),
+        )
+        theta_rows.append(
+            _theta_row(
+                "exact Bayes", mom["theta_mean"], th_mix.quantile(a), th_mix.quantile(1 - a), theta
+            )
+        )
     centre = theta.mean(axis=1)
-    mu_rows.append(_mu_row("oracle: mean of task optima", centre, None, None, mu, tau, theta,
-                           dominant))
-    mu_rows.append(_mu_row("oracle: universe mean mu", np.full(num_reps, float(mu)), None,
-                           None, mu, tau, theta, dominant))
-    settings = dict(num_tasks=num_tasks, tau=float(tau), noise=float(noise), num_obs=num_obs,
-                    imbalance=float(imbalance), dominant_obs=n_dom, num_reps=num_reps,
-                    seed=int(seed), mu=float(mu), level=level, exact=bool(exact))
+    mu_rows.append(
+        _mu_row("oracle: mean of task optima", centre, None, None, mu, tau, theta, dominant)
+    )
+    mu_rows.append(
+        _mu_row(
+            "oracle: universe mean mu",
+            np.full(num_reps, float(mu)),
+            None,
+            None,
+            mu,
+            tau,
+            theta,
+            dominant,
+        )
+    )
+    settings = dict(
+        num_tasks=num_tasks,
+        tau=float(tau),
+        noise=float(noise),
+        num_obs=num_obs,
+        imbalance=float(imbalance),
+        dominant_obs=n_dom,
+        num_reps=num_reps,
+        seed=int(seed),
+        mu=float(mu),
+        level=level,
+        exact=bool(exact),
+    )
     keep = min(num_reps, 400)
-    draws = {"dominant": dominant[:keep] - mu, "pooled": pooled[:keep] - mu,
-             "mean": mean[:keep] - mu}
+    draws = {
+        "dominant": dominant[:keep] - mu,
+        "pooled": pooled[:keep] - mu,
+        "mean": mean[:keep] - mu,
+    }
     return StudyTable(settings, mu_rows, theta_rows, draws)
 
 

@@ -44,22 +44,41 @@ def main():
     print(f"{'chains':>7} {'bayesmeta s':>12} {'ESS/s':>9} {'numpyro s':>10} {'ESS/s':>9}")
     for chains in args.chains:
         t0 = time.perf_counter()
-        post = bm.fit(model, tasks, seed=0, num_chains=chains, num_warmup=args.warmup,
-                      num_samples=args.draws, progress_bar=False, warn=False)
+        post = bm.fit(
+            model,
+            tasks,
+            seed=0,
+            num_chains=chains,
+            num_warmup=args.warmup,
+            num_samples=args.draws,
+            progress_bar=False,
+            warn=False,
+        )
         ours = time.perf_counter() - t0
         ess_ours = float(ess_bulk(post.samples["mu"]).min())
         t0 = time.perf_counter()
-        mcmc = MCMC(NUTS(_hand, target_accept_prob=0.9), num_warmup=args.warmup,
-                    num_samples=args.draws, num_chains=chains, chain_method="vectorized",
-                    progress_bar=False)
-        mcmc.run(jax.random.PRNGKey(0), x=jnp.asarray(tasks.x[:, 0]), y=jnp.asarray(tasks.y),
-                 task=jnp.asarray(tasks.task_index), num_tasks=tasks.num_tasks)
+        mcmc = MCMC(
+            NUTS(_hand, target_accept_prob=0.9),
+            num_warmup=args.warmup,
+            num_samples=args.draws,
+            num_chains=chains,
+            chain_method="vectorized",
+            progress_bar=False,
+        )
+        mcmc.run(
+            jax.random.PRNGKey(0),
+            x=jnp.asarray(tasks.x[:, 0]),
+            y=jnp.asarray(tasks.y),
+            task=jnp.asarray(tasks.task_index),
+            num_tasks=tasks.num_tasks,
+        )
         samples = mcmc.get_samples(group_by_chain=True)
         jax.block_until_ready(samples)
         hand = time.perf_counter() - t0
         ess_hand = float(ess_bulk(samples["mu"]).min())
-        print(f"{chains:7d} {ours:12.2f} {ess_ours / ours:9.1f} {hand:10.2f} "
-              f"{ess_hand / hand:9.1f}")
+        print(
+            f"{chains:7d} {ours:12.2f} {ess_ours / ours:9.1f} {hand:10.2f} {ess_hand / hand:9.1f}"
+        )
 
 
 if __name__ == "__main__":

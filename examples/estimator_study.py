@@ -31,8 +31,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     reps = args.num_reps or (100 if args.quick else 1000)
-    table = estimators.study(num_tasks=8, tau=0.5, noise=1.0, num_obs=5, imbalance=20.0,
-                             num_reps=reps, seed=args.seed)
+    table = estimators.study(
+        num_tasks=8, tau=0.5, noise=1.0, num_obs=5, imbalance=20.0, num_reps=reps, seed=args.seed
+    )
     print(table)
     os.makedirs(args.out, exist_ok=True)
     path = table.plot(os.path.join(args.out, "estimator_study.png"))

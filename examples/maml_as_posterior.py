@@ -61,8 +61,7 @@ def simulate(rng, num_tasks, num_obs):
 def as_batch(x, y):
     """Meta-learner batch: design with an intercept column, known noise."""
     design = np.stack([np.ones_like(x), x], axis=-1)
-    return {"x": jnp.asarray(design), "y": jnp.asarray(y),
-            "noise_scale": jnp.full(y.shape, SIGMA)}
+    return {"x": jnp.asarray(design), "y": jnp.asarray(y), "noise_scale": jnp.full(y.shape, SIGMA)}
 
 
 def as_taskset(x, y, prefix, with_noise):
@@ -70,8 +69,13 @@ def as_taskset(x, y, prefix, with_noise):
     ids = np.repeat(np.arange(num_tasks), n)
     labels = [f"{prefix}{i}" for i in range(num_tasks)]
     if with_noise:  # slope covariate only; the likelihood adds the intercept
-        return bm.TaskSet.from_arrays(y=y.ravel(), x=x.reshape(-1, 1), task=ids, labels=labels,
-                                      noise_scale=np.full(y.size, SIGMA))
+        return bm.TaskSet.from_arrays(
+            y=y.ravel(),
+            x=x.reshape(-1, 1),
+            task=ids,
+            labels=labels,
+            noise_scale=np.full(y.size, SIGMA),
+        )
     design = np.stack([np.ones(x.size), x.ravel()], axis=1)
     return bm.TaskSet.from_arrays(y=y.ravel(), x=design, task=ids, labels=labels)
 
@@ -81,8 +85,13 @@ def gaussian_kl(m_q, s_q, m_p, s_p):
     d = m_q.shape[-1]
     inv_p = np.linalg.inv(s_p)
     diff = m_p - m_q
-    return 0.5 * (np.einsum("tij,tji->t", inv_p, s_q) + np.einsum("ti,tij,tj->t", diff, inv_p, diff)
-                  - d + np.linalg.slogdet(s_p)[1] - np.linalg.slogdet(s_q)[1])
+    return 0.5 * (
+        np.einsum("tij,tji->t", inv_p, s_q)
+        + np.einsum("ti,tij,tj->t", diff, inv_p, diff)
+        - d
+        + np.linalg.slogdet(s_p)[1]
+        - np.linalg.slogdet(s_q)[1]
+    )
 
 
 def coverage(theta_draws, xq, yq, rng, levels=(0.5, 0.9)):
@@ -98,10 +107,11 @@ def coverage(theta_draws, xq, yq, rng, levels=(0.5, 0.9)):
 
 def test_task_posterior(post, num_train, num_test):
     """A Posterior restricted to the held-out tasks (the last ``num_test`` tasks)."""
-    theta = post.samples["theta"][:, :, num_train:num_train + num_test]
-    coords = dict(post.coords, task=list(post.coords["task"])[num_train:num_train + num_test])
-    return bm.Posterior({"theta": theta}, method=post.method, dims={"theta": ["task", "coef"]},
-                        coords=coords)
+    theta = post.samples["theta"][:, :, num_train : num_train + num_test]
+    coords = dict(post.coords, task=list(post.coords["task"])[num_train : num_train + num_test])
+    return bm.Posterior(
+        {"theta": theta}, method=post.method, dims={"theta": ["task", "coef"]}, coords=coords
+    )
 
 
 def train_pool(learner, params, pool, num_steps, meta_batch, seed):
@@ -124,8 +134,9 @@ def main(argv=None):
     parser.add_argument("--inner-lr", type=float, default=0.01)
     parser.add_argument("--meta-iters", type=int, default=3000)
     parser.add_argument("--draws", type=int, default=2000)
-    parser.add_argument("--prox-weight", type=float, default=1.0,
-                        help="iMAML's prior precision lam")
+    parser.add_argument(
+        "--prox-weight", type=float, default=1.0, help="iMAML's prior precision lam"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="maml_as_posterior_out")
@@ -139,12 +150,14 @@ def main(argv=None):
     n_train_obs = 2 * args.shots
     _, x_tr, y_tr = simulate(rng, args.train_tasks, n_train_obs)
     theta_te, x_te, y_te = simulate(rng, args.test_tasks, args.shots + args.query)
-    xs, ys = x_te[:, :args.shots], y_te[:, :args.shots]
-    xq, yq = x_te[:, args.shots:], y_te[:, args.shots:]
+    xs, ys = x_te[:, : args.shots], y_te[:, : args.shots]
+    xq, yq = x_te[:, args.shots :], y_te[:, args.shots :]
     k, alpha = args.inner_steps, args.inner_lr
     nll = meta.linear_gaussian_nll
-    pool = {"support": as_batch(x_tr[:, :args.shots], y_tr[:, :args.shots]),
-            "query": as_batch(x_tr[:, args.shots:], y_tr[:, args.shots:])}
+    pool = {
+        "support": as_batch(x_tr[:, : args.shots], y_tr[:, : args.shots]),
+        "query": as_batch(x_tr[:, args.shots :], y_tr[:, args.shots :]),
+    }
     support = as_batch(xs, ys)
     labels = [f"test{i}" for i in range(args.test_tasks)]
     common = dict(num_draws=args.draws, seed=args.seed, labels=labels, param_dim=("coef", COEF))
@@ -154,53 +167,84 @@ def main(argv=None):
 
     # reference: exact posterior of each held-out task under the true population
     test_set = as_taskset(xs, ys, "test", False)
-    stats = linear_sufficient_stats(test_set.x, test_set.y, test_set.task_index,
-                                    test_set.num_tasks)
-    exact = linear_task_posterior(stats, LinearHyper(jnp.asarray(MU), jnp.diag(jnp.asarray(TAU)),
-                                                     jnp.asarray(SIGMA)))
+    stats = linear_sufficient_stats(test_set.x, test_set.y, test_set.task_index, test_set.num_tasks)
+    exact = linear_task_posterior(
+        stats, LinearHyper(jnp.asarray(MU), jnp.diag(jnp.asarray(TAU)), jnp.asarray(SIGMA))
+    )
     ref_mean, ref_cov = np.asarray(exact.mean), np.asarray(exact.cov)
     g_exact = meta.TaskGaussians.from_moments(ref_mean, ref_cov)
-    posts["exact (true population)"] = meta.to_posterior(g_exact, theta_init, method="exact",
-                                                         info={"gaussians": g_exact}, **common)
+    posts["exact (true population)"] = meta.to_posterior(
+        g_exact, theta_init, method="exact", info={"gaussians": g_exact}, **common
+    )
 
     # exact under the empirical-Bayes population, fitted on all the data
     eb_tasks = bm.TaskSet.from_tasks(
         [(np.stack([np.ones_like(a), a], 1), b) for a, b in zip(x_tr, y_tr, strict=True)]
-        + [(np.stack([np.ones_like(a), a], 1), b) for a, b in zip(xs, ys, strict=True)])
+        + [(np.stack([np.ones_like(a), a], 1), b) for a, b in zip(xs, ys, strict=True)]
+    )
     eb = linear_gaussian(eb_tasks, noise=SIGMA)
-    g_eb = meta.TaskGaussians.from_moments(np.asarray(eb.task_mean)[args.train_tasks:],
-                                           np.asarray(eb.task_cov)[args.train_tasks:])
-    posts["exact, EB population"] = meta.to_posterior(g_eb, theta_init, method="exact",
-                                                      info={"gaussians": g_eb}, **common)
+    g_eb = meta.TaskGaussians.from_moments(
+        np.asarray(eb.task_mean)[args.train_tasks :], np.asarray(eb.task_cov)[args.train_tasks :]
+    )
+    posts["exact, EB population"] = meta.to_posterior(
+        g_eb, theta_init, method="exact", info={"gaussians": g_eb}, **common
+    )
 
     # MAML and Meta-SGD: the implied prior of k inner steps
     maml = meta.maml(nll, optax.adam(0.01), inner_lr=alpha, num_inner_steps=k)
     maml_state, _ = train_pool(maml, theta_init, pool, args.meta_iters, meta_batch, args.seed)
     posts[f"implied prior (MAML, k={k})"] = meta.implied_prior(
-        nll, maml_state.params, support, inner_lr=alpha, num_inner_steps=k, **common)
+        nll, maml_state.params, support, inner_lr=alpha, num_inner_steps=k, **common
+    )
     sgd = meta.meta_sgd(nll, optax.adam(0.01), inner_lr=alpha, num_inner_steps=k)
     sgd_state, _ = train_pool(sgd, theta_init, pool, args.meta_iters, meta_batch, args.seed)
     # learned rates can overshoot on high-curvature tasks: those get no implied prior
     posts[f"implied prior (Meta-SGD, k={k})"] = meta.implied_prior(
-        nll, sgd_state.params.init, support, inner_lr=sgd_state.params.inner_lr,
-        num_inner_steps=k, on_invalid="nan", **common)
+        nll,
+        sgd_state.params.init,
+        support,
+        inner_lr=sgd_state.params.inner_lr,
+        num_inner_steps=k,
+        on_invalid="nan",
+        **common,
+    )
 
     # iMAML + LLAMA: prior N(theta0, I/lam), mode by the converged proximal inner loop
     lam = args.prox_weight
-    imaml = meta.imaml(nll, optax.adam(0.01), inner_lr=alpha, num_inner_steps=200,
-                       prox_weight=lam, num_cg_iters=2)
+    imaml = meta.imaml(
+        nll, optax.adam(0.01), inner_lr=alpha, num_inner_steps=200, prox_weight=lam, num_cg_iters=2
+    )
     imaml_state, _ = train_pool(imaml, theta_init, pool, args.meta_iters, meta_batch, args.seed)
     posts[f"LLAMA (iMAML, lam={lam:g})"] = meta.llama(
-        nll, imaml_state.params, support, inner_lr=alpha, num_inner_steps=500,
-        prior_precision=lam, **common)
+        nll,
+        imaml_state.params,
+        support,
+        inner_lr=alpha,
+        num_inner_steps=500,
+        prior_precision=lam,
+        **common,
+    )
 
     # ABML: meta-learned diagonal Gaussian prior
-    abml = meta.abml(nll, optax.adam(0.01), inner_lr=alpha, num_inner_steps=k,
-                     num_mc_samples=4, init_scale=0.5, preconditioned=False, seed=args.seed)
+    abml = meta.abml(
+        nll,
+        optax.adam(0.01),
+        inner_lr=alpha,
+        num_inner_steps=k,
+        num_mc_samples=4,
+        init_scale=0.5,
+        preconditioned=False,
+        seed=args.seed,
+    )
     abml_state, _ = train_pool(abml, theta_init, pool, args.meta_iters, meta_batch, args.seed)
-    posts[f"ABML (k={k})"] = abml.posterior(abml_state, support, num_draws=args.draws,
-                                            seed=args.seed, labels=labels,
-                                            param_dim=("coef", COEF))
+    posts[f"ABML (k={k})"] = abml.posterior(
+        abml_state,
+        support,
+        num_draws=args.draws,
+        seed=args.seed,
+        labels=labels,
+        param_dim=("coef", COEF),
+    )
 
     # NUTS on the hierarchical model, all tasks (held-out tasks: support points only)
     nuts_tasks = bm.TaskSet.from_tasks(
@@ -208,11 +252,20 @@ def main(argv=None):
         + [(a[:, None], b) for a, b in zip(xs, ys, strict=True)],
         labels=[f"train{i}" for i in range(args.train_tasks)] + labels,
     ).with_noise_scale(SIGMA)
-    model = bm.Hierarchical(likelihood=bm.likelihoods.LinearRegression(noise="known"),
-                            population=bm.populations.Normal())
-    nuts = bm.fit(model, nuts_tasks, method="nuts", seed=args.seed, num_chains=num_chains,
-                  num_warmup=args.draws // num_chains,
-                  num_samples=args.draws // num_chains, progress_bar=False)
+    model = bm.Hierarchical(
+        likelihood=bm.likelihoods.LinearRegression(noise="known"),
+        population=bm.populations.Normal(),
+    )
+    nuts = bm.fit(
+        model,
+        nuts_tasks,
+        method="nuts",
+        seed=args.seed,
+        num_chains=num_chains,
+        num_warmup=args.draws // num_chains,
+        num_samples=args.draws // num_chains,
+        progress_bar=False,
+    )
     posts["NUTS (hierarchical)"] = test_task_posterior(nuts, args.train_tasks, args.test_tasks)
     elapsed = time.time() - start
 
@@ -227,27 +280,35 @@ def main(argv=None):
         else:  # moment-matched Gaussian of the draws
             mean = draws.mean(axis=1)
             cov = np.einsum("tsi,tsj->tij", draws - mean[:, None], draws - mean[:, None]) / (
-                draws.shape[1] - 1)
+                draws.shape[1] - 1
+            )
         ok = np.all(np.isfinite(mean), axis=1)  # tasks that have a posterior at all
         kl = gaussian_kl(mean[ok], cov[ok], ref_mean[ok], ref_cov[ok])
         rmse = float(np.sqrt(np.mean((mean[ok] - ref_mean[ok]) ** 2)))
         cov50, cov90 = coverage(draws[ok], xq[ok], yq[ok], eval_rng)
         rows.append((name, float(np.mean(kl)), rmse, cov50, cov90, int(np.sum(~ok))))
-    print(f"MAML as a posterior: {args.train_tasks} meta-training tasks, {args.test_tasks} "
-          f"held-out tasks with {args.shots} support and {args.query} query points "
-          f"({elapsed:.0f} s)")
-    print(f"{'method':<32}{'KL(q||exact)':>13}{'mean RMSE':>11}{'cover 50%':>11}{'cover 90%':>11}"
-          f"{'no posterior':>14}")
+    print(
+        f"MAML as a posterior: {args.train_tasks} meta-training tasks, {args.test_tasks} "
+        f"held-out tasks with {args.shots} support and {args.query} query points "
+        f"({elapsed:.0f} s)"
+    )
+    print(
+        f"{'method':<32}{'KL(q||exact)':>13}{'mean RMSE':>11}{'cover 50%':>11}{'cover 90%':>11}"
+        f"{'no posterior':>14}"
+    )
     for name, kl, rmse, c50, c90, missing in rows:
         print(f"{name:<32}{kl:>13.4f}{rmse:>11.4f}{c50:>11.3f}{c90:>11.3f}{missing:>14d}")
-    print("(scores over the held-out tasks that have a posterior; 'no posterior': tasks where "
-          "the learned inner steps imply no Gaussian prior)")
-    truth_cover = coverage(np.repeat(theta_te[:, None, :], args.draws, axis=1), xq, yq,
-                           eval_rng)
-    print(f"(true theta with noise only: cover {truth_cover[0]:.3f} / {truth_cover[1]:.3f}; "
-          f"Monte Carlo SE of a coverage near 0.9: "
-          f"{np.sqrt(0.09 / (args.test_tasks * args.query)):.3f} if query points were "
-          "independent)")
+    print(
+        "(scores over the held-out tasks that have a posterior; 'no posterior': tasks where "
+        "the learned inner steps imply no Gaussian prior)"
+    )
+    truth_cover = coverage(np.repeat(theta_te[:, None, :], args.draws, axis=1), xq, yq, eval_rng)
+    print(
+        f"(true theta with noise only: cover {truth_cover[0]:.3f} / {truth_cover[1]:.3f}; "
+        f"Monte Carlo SE of a coverage near 0.9: "
+        f"{np.sqrt(0.09 / (args.test_tasks * args.query)):.3f} if query points were "
+        "independent)"
+    )
 
     os.makedirs(args.out, exist_ok=True)
     import matplotlib
@@ -259,9 +320,12 @@ def main(argv=None):
     subset = {}
     for name, post in posts.items():
         theta = post.samples["theta"][:, :, :shown]
-        subset[name] = bm.Posterior({"theta": theta}, method=post.method,
-                                    dims={"theta": ["task", "coef"]},
-                                    coords={"task": labels[:shown], "coef": COEF}).to_arviz()
+        subset[name] = bm.Posterior(
+            {"theta": theta},
+            method=post.method,
+            dims={"theta": ["task", "coef"]},
+            coords={"task": labels[:shown], "coef": COEF},
+        ).to_arviz()
     fig = plot_forest(subset, var_names=["theta"], ci_prob=0.9)
     path = os.path.join(args.out, "maml_as_posterior_forest.png")
     fig.savefig(path, dpi=100, bbox_inches="tight")

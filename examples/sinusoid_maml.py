@@ -70,26 +70,37 @@ def pretrain_learner(loss_fn, optimizer):
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
-        return (meta.MetaState(params, opt_state, state.count + 1),
-                meta.MetaInfo(loss, loss, losses, norm))
+        return (
+            meta.MetaState(params, opt_state, state.count + 1),
+            meta.MetaInfo(loss, loss, losses, norm),
+        )
 
     return meta.MetaLearner(init, step, meta.maml(loss_fn).adapt)
 
 
-def train_with_validation(learner, params, sampler, num_steps, every, val_batch, loss_fn,
-                          inner_lr, seed, progress):
+def train_with_validation(
+    learner, params, sampler, num_steps, every, val_batch, loss_fn, inner_lr, seed, progress
+):
     """Meta-train in chunks of ``every`` steps and keep the state whose mean query loss after
     10 inner steps on the validation tasks is lowest (early stopping on meta-validation)."""
     state, best, best_loss, history, trace = params, None, np.inf, [], []
     done = 0
     while done < num_steps:
         chunk = min(every, num_steps - done)
-        state, hist = meta.train(learner, state, sampler, chunk, seed=seed,
-                                 progress_bar=progress, chunk_size=min(every, 1000))
+        state, hist = meta.train(
+            learner,
+            state,
+            sampler,
+            chunk,
+            seed=seed,
+            progress_bar=progress,
+            chunk_size=min(every, 1000),
+        )
         done += chunk
         history.append(hist)
-        curve = meta.diagnostics.inner_loop_curve(loss_fn, state, val_batch,
-                                                  inner_lr=inner_lr, max_steps=10)
+        curve = meta.diagnostics.inner_loop_curve(
+            loss_fn, state, val_batch, inner_lr=inner_lr, max_steps=10
+        )
         val = float(curve.query_loss[10])
         trace.append((done, val))
         if np.isfinite(val) and val < best_loss:
@@ -127,16 +138,25 @@ def predictive_draws(sin, gaussians, template, xq, sigma, key, num_draws):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shots", type=int, default=5, help="K support points per task")
-    parser.add_argument("--meta-iters", type=int, default=70000,
-                        help="outer steps (70000 in the paper)")
-    parser.add_argument("--val-every", type=int, default=5000,
-                        help="meta-validation interval (checkpoint selection)")
+    parser.add_argument(
+        "--meta-iters", type=int, default=70000, help="outer steps (70000 in the paper)"
+    )
+    parser.add_argument(
+        "--val-every",
+        type=int,
+        default=5000,
+        help="meta-validation interval (checkpoint selection)",
+    )
     parser.add_argument("--val-tasks", type=int, default=1000)
     parser.add_argument("--meta-batch", type=int, default=25)
     parser.add_argument("--inner-lr", type=float, default=0.01)
     parser.add_argument("--outer-lr", type=float, default=1e-3)
-    parser.add_argument("--pretrained-lr", type=float, default=0.01,
-                        help="fine-tuning step of the pretrained network")
+    parser.add_argument(
+        "--pretrained-lr",
+        type=float,
+        default=0.01,
+        help="fine-tuning step of the pretrained network",
+    )
     parser.add_argument("--test-tasks", type=int, default=600)
     parser.add_argument("--query", type=int, default=100, help="query points per test task")
     parser.add_argument("--abml-iters", type=int, default=3000)
@@ -168,28 +188,48 @@ def main(argv=None):
     val_batch, _ = sin.sample_tasks(k_val, args.val_tasks, k_shots, args.query)
     maml = meta.maml(sin.mse_loss, optax.adam(args.outer_lr), inner_lr=alpha, num_inner_steps=1)
     maml_state, maml_hist, maml_val = train_with_validation(
-        maml, params0, sampler, args.meta_iters, args.val_every, val_batch, sin.mse_loss,
-        alpha, args.seed, progress)
+        maml,
+        params0,
+        sampler,
+        args.meta_iters,
+        args.val_every,
+        val_batch,
+        sin.mse_loss,
+        alpha,
+        args.seed,
+        progress,
+    )
     pre = pretrain_learner(sin.mse_loss, optax.adam(args.outer_lr))
     pre_state, _, pre_val = train_with_validation(
-        pre, params0, sampler, args.meta_iters, args.val_every, val_batch, sin.mse_loss,
-        args.pretrained_lr, args.seed + 1, progress)
+        pre,
+        params0,
+        sampler,
+        args.meta_iters,
+        args.val_every,
+        val_batch,
+        sin.mse_loss,
+        args.pretrained_lr,
+        args.seed + 1,
+        progress,
+    )
 
     # --- evaluation on held-out tasks: MSE after 0..10 inner steps
     test_batch, (amp, phase) = sin.sample_tasks(k_test, args.test_tasks, k_shots, args.query)
     max_steps = max(STEPS_REPORTED)
     curves = {
         "maml": meta.diagnostics.inner_loop_curve(
-            sin.mse_loss, maml_state, test_batch, inner_lr=alpha, max_steps=max_steps),
+            sin.mse_loss, maml_state, test_batch, inner_lr=alpha, max_steps=max_steps
+        ),
         "pretrained": meta.diagnostics.inner_loop_curve(
-            sin.mse_loss, pre_state, test_batch, inner_lr=args.pretrained_lr,
-            max_steps=max_steps),
+            sin.mse_loss, pre_state, test_batch, inner_lr=args.pretrained_lr, max_steps=max_steps
+        ),
     }
 
     # --- empirical-Bayes noise scale from MAML's post-adaptation misfit on train tasks
     sigma_batch, _ = sin.sample_tasks(k_sigma, args.test_tasks, k_shots, args.query)
     sigma_curve = meta.diagnostics.inner_loop_curve(
-        sin.mse_loss, maml_state, sigma_batch, inner_lr=alpha, max_steps=max_steps)
+        sin.mse_loss, maml_state, sigma_batch, inner_lr=alpha, max_steps=max_steps
+    )
     per_task = sigma_curve.task_query_loss[:, max_steps]
     sigma = float(np.sqrt(np.mean(per_task[np.isfinite(per_task)])))
     scale = k_shots / (2 * sigma**2)  # NLL = scale * MSE on the support set
@@ -212,67 +252,109 @@ def main(argv=None):
     def score(make_gaussians, key):
         draws_all, means_all, valid_all = [], [], []
         for i in range(0, args.test_tasks, chunk):
-            support = jax.tree.map(lambda a, i=i: a[i:i + chunk], test_batch["support"])
+            support = jax.tree.map(lambda a, i=i: a[i : i + chunk], test_batch["support"])
             g = make_gaussians(support, jax.random.fold_in(key, i))
             valid_all.append(np.all(np.isfinite(g.mean), axis=1))
-            d, m = predictive_draws(sin, g, maml_state.params,
-                                    test_batch["query"]["x"][i:i + chunk], sigma,
-                                    jax.random.fold_in(key, 10**6 + i), args.draws)
+            d, m = predictive_draws(
+                sin,
+                g,
+                maml_state.params,
+                test_batch["query"]["x"][i : i + chunk],
+                sigma,
+                jax.random.fold_in(key, 10**6 + i),
+                args.draws,
+            )
             draws_all.append(d)
             means_all.append(m)
         valid = np.concatenate(valid_all)
         draws, means = np.concatenate(draws_all)[valid], np.concatenate(means_all)[valid]
-        return (interval_coverage(draws, truth[valid]),
-                float(np.mean((means - truth[valid]) ** 2)), int(np.sum(~valid)))
+        return (
+            interval_coverage(draws, truth[valid]),
+            float(np.mean((means - truth[valid]) ** 2)),
+            int(np.sum(~valid)),
+        )
 
     coverage["llama"] = score(
         lambda support, key: meta.llama_gaussians(
-            nll, maml_state.params, support, inner_lr=rate, num_inner_steps=max_steps,
-            hessian="ggn", predict_fn=sin.predict, output_loss_fn=output_nll,
-            on_invalid="nan"),
-        k_llama)
+            nll,
+            maml_state.params,
+            support,
+            inner_lr=rate,
+            num_inner_steps=max_steps,
+            hessian="ggn",
+            predict_fn=sin.predict,
+            output_loss_fn=output_nll,
+            on_invalid="nan",
+        ),
+        k_llama,
+    )
 
     # --- ABML: a meta-learned diagonal Gaussian prior N(mean, s^2), the mean starting at
     # MAML's solution and s at 0.05. The inner mean steps are preconditioned by the prior
     # variance; their rate makes the first step equal MAML's (rate / s^2 * s^2 = rate), and
     # the noisy Monte Carlo log-scale steps get a smaller rate (0.2 rate / s)
     init_scale = 0.05
-    abml = meta.abml(nll, optax.adam(args.outer_lr), inner_lr=rate / init_scale**2,
-                     inner_lr_log_scale=0.2 * rate / init_scale,
-                     num_inner_steps=args.abml_inner_steps, init_scale=init_scale,
-                     seed=args.seed)
-    abml_state, abml_hist = meta.train(abml, maml_state.params, sampler, args.abml_iters,
-                                       seed=args.seed + 2, progress_bar=progress)
-    coverage["abml"] = score(lambda support, key: abml.gaussians(abml_state, support, key=key),
-                             k_abml)
+    abml = meta.abml(
+        nll,
+        optax.adam(args.outer_lr),
+        inner_lr=rate / init_scale**2,
+        inner_lr_log_scale=0.2 * rate / init_scale,
+        num_inner_steps=args.abml_inner_steps,
+        init_scale=init_scale,
+        seed=args.seed,
+    )
+    abml_state, abml_hist = meta.train(
+        abml, maml_state.params, sampler, args.abml_iters, seed=args.seed + 2, progress_bar=progress
+    )
+    coverage["abml"] = score(
+        lambda support, key: abml.gaussians(abml_state, support, key=key), k_abml
+    )
     elapsed = time.time() - start
 
     # --- report
-    print(f"Sinusoid regression, K = {k_shots} shots, {args.meta_iters} meta-iterations, "
-          f"{args.test_tasks} held-out tasks ({elapsed:.0f} s)")
+    print(
+        f"Sinusoid regression, K = {k_shots} shots, {args.meta_iters} meta-iterations, "
+        f"{args.test_tasks} held-out tasks ({elapsed:.0f} s)"
+    )
     maml_best = min(maml_val, key=lambda t: t[1] if np.isfinite(t[1]) else np.inf)[0]
     for name, trace in (("maml", maml_val), ("pretrained", pre_val)):
         it, val = min(trace, key=lambda t: t[1] if np.isfinite(t[1]) else np.inf)
-        print(f"{name}: checkpoint at iteration {it} (validation MSE after 10 steps "
-              f"{val:.3f}; trace " + ", ".join(f"{v:.3g}" for _, v in trace) + ")")
-    print(f"{'method':<12}" + "".join(f"{f'MSE after {s} step' + ('s' if s > 1 else ''):>22}"
-                                      for s in STEPS_REPORTED) + f"{'before':>10}")
+        print(
+            f"{name}: checkpoint at iteration {it} (validation MSE after 10 steps "
+            f"{val:.3f}; trace " + ", ".join(f"{v:.3g}" for _, v in trace) + ")"
+        )
+    print(
+        f"{'method':<12}"
+        + "".join(f"{f'MSE after {s} step' + ('s' if s > 1 else ''):>22}" for s in STEPS_REPORTED)
+        + f"{'before':>10}"
+    )
     for name, curve in curves.items():
         cells = "".join(
             f"{curve.query_loss[s]:>12.3f} +- {1.96 * curve.query_loss_se[s]:<6.3f}"
             for s in STEPS_REPORTED
         )
         print(f"{name:<12}{cells}{curve.query_loss[0]:>10.3f}")
-    print("median over tasks: " + "; ".join(
-        f"{name} " + ", ".join(f"{np.median(c.task_query_loss[:, s]):.3f}" for s in STEPS_REPORTED)
-        for name, c in curves.items()))
-    print(f"\nPredictive intervals of y at query points (sigma = {sigma:.3f} by empirical "
-          "Bayes; nominal 0.50 / 0.90)")
-    print(f"{'method':<12}{'cover 50%':>10}{'cover 90%':>10}{'width 90%':>11}{'MSE(mean)':>11}"
-          f"{'no posterior':>14}")
+    print(
+        "median over tasks: "
+        + "; ".join(
+            f"{name} "
+            + ", ".join(f"{np.median(c.task_query_loss[:, s]):.3f}" for s in STEPS_REPORTED)
+            for name, c in curves.items()
+        )
+    )
+    print(
+        f"\nPredictive intervals of y at query points (sigma = {sigma:.3f} by empirical "
+        "Bayes; nominal 0.50 / 0.90)"
+    )
+    print(
+        f"{'method':<12}{'cover 50%':>10}{'cover 90%':>10}{'width 90%':>11}{'MSE(mean)':>11}"
+        f"{'no posterior':>14}"
+    )
     for name, (cov, mse, invalid) in coverage.items():
-        print(f"{name:<12}{cov[0.5][0]:>10.3f}{cov[0.9][0]:>10.3f}{cov[0.9][1]:>11.3f}"
-              f"{mse:>11.3f}{invalid:>14d}")
+        print(
+            f"{name:<12}{cov[0.5][0]:>10.3f}{cov[0.9][0]:>10.3f}{cov[0.9][1]:>11.3f}"
+            f"{mse:>11.3f}{invalid:>14d}"
+        )
 
     os.makedirs(args.out, exist_ok=True)
     import matplotlib
@@ -312,23 +394,37 @@ def main(argv=None):
     print(f"saved {path}")
 
     if args.json:
-        summary = {name: {str(s): float(c.query_loss[s]) for s in STEPS_REPORTED}
-                   for name, c in curves.items()}
+        summary = {
+            name: {str(s): float(c.query_loss[s]) for s in STEPS_REPORTED}
+            for name, c in curves.items()
+        }
         for name, c in curves.items():
-            summary[f"{name}_ci95"] = {str(s): float(1.96 * c.query_loss_se[s])
-                                       for s in STEPS_REPORTED}
+            summary[f"{name}_ci95"] = {
+                str(s): float(1.96 * c.query_loss_se[s]) for s in STEPS_REPORTED
+            }
         for name, c in curves.items():
-            summary[f"{name}_median"] = {str(s): float(np.median(c.task_query_loss[:, s]))
-                                         for s in STEPS_REPORTED}
+            summary[f"{name}_median"] = {
+                str(s): float(np.median(c.task_query_loss[:, s])) for s in STEPS_REPORTED
+            }
         for name, (cov, mse, invalid) in coverage.items():
-            summary[name] = {"coverage50": cov[0.5][0], "coverage90": cov[0.9][0],
-                             "width90": cov[0.9][1], "mse_mean": mse,
-                             "tasks_without_posterior": invalid}
+            summary[name] = {
+                "coverage50": cov[0.5][0],
+                "coverage90": cov[0.9][0],
+                "width90": cov[0.9][1],
+                "mse_mean": mse,
+                "tasks_without_posterior": invalid,
+            }
         summary["checkpoint"] = {
             name: min(trace, key=lambda t: t[1] if np.isfinite(t[1]) else np.inf)[0]
-            for name, trace in (("maml", maml_val), ("pretrained", pre_val))}
-        summary.update(shots=k_shots, meta_iters=args.meta_iters, sigma=sigma,
-                       test_tasks=args.test_tasks, seconds=round(elapsed, 1))
+            for name, trace in (("maml", maml_val), ("pretrained", pre_val))
+        }
+        summary.update(
+            shots=k_shots,
+            meta_iters=args.meta_iters,
+            sigma=sigma,
+            test_tasks=args.test_tasks,
+            seconds=round(elapsed, 1),
+        )
         print(json.dumps(summary))
     return curves, coverage
 

@@ -33,10 +33,15 @@ def test_rhat_and_bulk_ess_match_arviz():
     x = _ar1(0)
     data = {"x": x}
     ours_r, ours_e = diag.rhat(x), diag.ess_bulk(x)
-    ref_r = np.asarray(az.rhat(az.convert_to_dataset(data) if hasattr(az, "convert_to_dataset")
-                               else data)["x"])
-    ref_e = np.asarray(az.ess(az.convert_to_dataset(data) if hasattr(az, "convert_to_dataset")
-                              else data, method="bulk")["x"])
+    ref_r = np.asarray(
+        az.rhat(az.convert_to_dataset(data) if hasattr(az, "convert_to_dataset") else data)["x"]
+    )
+    ref_e = np.asarray(
+        az.ess(
+            az.convert_to_dataset(data) if hasattr(az, "convert_to_dataset") else data,
+            method="bulk",
+        )["x"]
+    )
     np.testing.assert_allclose(ours_r, ref_r, rtol=1e-6)
     # same estimator (Geyer's initial monotone sequence); the autocovariances come from two
     # FFT implementations, which differ in the sixth digit

@@ -23,12 +23,24 @@ from bayesmeta.tasks import TaskSet
 
 # BCG trials (Colditz et al. 1994; metafor's dat.bcg), typed from shared/DATA.md:
 # tpos, tneg, cpos, cneg
-BCG = np.array([
-    [4, 119, 11, 128], [6, 300, 29, 274], [3, 228, 11, 209], [62, 13536, 248, 12619],
-    [33, 5036, 47, 5761], [180, 1361, 372, 1079], [8, 2537, 10, 619], [505, 87886, 499, 87892],
-    [29, 7470, 45, 7232], [17, 1699, 65, 1600], [186, 50448, 141, 27197], [5, 2493, 3, 2338],
-    [27, 16886, 29, 17825],
-], dtype=float)
+BCG = np.array(
+    [
+        [4, 119, 11, 128],
+        [6, 300, 29, 274],
+        [3, 228, 11, 209],
+        [62, 13536, 248, 12619],
+        [33, 5036, 47, 5761],
+        [180, 1361, 372, 1079],
+        [8, 2537, 10, 619],
+        [505, 87886, 499, 87892],
+        [29, 7470, 45, 7232],
+        [17, 1699, 65, 1600],
+        [186, 50448, 141, 27197],
+        [5, 2493, 3, 2338],
+        [27, 16886, 29, 17825],
+    ],
+    dtype=float,
+)
 
 
 def _bcg_logrr():
@@ -55,15 +67,13 @@ def test_distribution_functions_match_scipy():
         for t in (-30.0, -2.2, -0.3, 0.0, 0.7, 4.0):
             assert abs(E._t_cdf(t, df) - stats.t.cdf(t, df)) < 1e-14
         for q in (0.001, 0.025, 0.5, 0.9, 0.975):
-            np.testing.assert_allclose(E._t_ppf(q, df), stats.t.ppf(q, df), rtol=1e-12,
-                                       atol=1e-14)
+            np.testing.assert_allclose(E._t_ppf(q, df), stats.t.ppf(q, df), rtol=1e-12, atol=1e-14)
         for x in (0.01, 0.5, df, 3 * df + 10):
             np.testing.assert_allclose(E._chi2_cdf(x, df), stats.chi2.cdf(x, df), rtol=1e-13)
             np.testing.assert_allclose(E._chi2_sf(x, df), stats.chi2.sf(x, df), rtol=1e-12)
         for q in (0.025, 0.5, 0.975):
             np.testing.assert_allclose(E._chi2_ppf(q, df), stats.chi2.ppf(q, df), rtol=1e-12)
-    np.testing.assert_allclose(E._chi2_sf(152.2330, 12), stats.chi2.sf(152.2330, 12),
-                               rtol=1e-11)
+    np.testing.assert_allclose(E._chi2_sf(152.2330, 12), stats.chi2.sf(152.2330, 12), rtol=1e-11)
     np.testing.assert_allclose(E._t_sf2(-3.2, 7), 2 * stats.t.sf(3.2, 7), rtol=1e-13)
 
 
@@ -134,9 +144,12 @@ def test_ml_and_reml_maximise_their_likelihood(method):
     reml = method == "REML"
     for y, se in ((Y, SE), _random_meta(3), _random_meta(4, k=6, tau=0.8)):
         v = se**2
-        ref = optimize.minimize_scalar(lambda t, y=y, v=v: -_profile(y, v, t, reml),
-                                       bounds=(0.0, 10.0), method="bounded",
-                                       options={"xatol": 1e-13})
+        ref = optimize.minimize_scalar(
+            lambda t, y=y, v=v: -_profile(y, v, t, reml),
+            bounds=(0.0, 10.0),
+            method="bounded",
+            options={"xatol": 1e-13},
+        )
         res = E.random_effects(y, se, method=method)
         np.testing.assert_allclose(res.tau2, ref.x, rtol=1e-7, atol=1e-10)
         # at least as high as the reference optimum
@@ -166,8 +179,9 @@ def test_hand_formula_estimators():
         else:
             assert eq <= 0
         # ... and in this intercept-only model its root is the Paule-Mandel root
-        np.testing.assert_allclose(eb, E.random_effects(y, se, method="PM").tau2, rtol=1e-9,
-                                   atol=1e-14)
+        np.testing.assert_allclose(
+            eb, E.random_effects(y, se, method="PM").tau2, rtol=1e-9, atol=1e-14
+        )
 
 
 def test_q_i2_h2_pi_blup_hand_formulas():
@@ -197,14 +211,16 @@ def test_q_i2_h2_pi_blup_hand_formulas():
     np.testing.assert_allclose([z.pi_low, z.pi_high], [mu - half, mu + half], rtol=1e-11)
     lam = res.tau2 / (res.tau2 + v)
     np.testing.assert_allclose(res.blups, lam * y + (1 - lam) * mu, rtol=1e-13)
-    np.testing.assert_allclose(res.blup_se, np.sqrt(lam * v + (1 - lam) ** 2 * se_mu**2),
-                               rtol=1e-13)
+    np.testing.assert_allclose(
+        res.blup_se, np.sqrt(lam * v + (1 - lam) ** 2 * se_mu**2), rtol=1e-13
+    )
     # Knapp-Hartung: scaled se and t on k-1 df
     kh = E.random_effects(y, se, method="DL", knapp_hartung=True)
     se_kh = np.sqrt(np.sum(w * (y - mu) ** 2) / ((k - 1) * np.sum(w)))
     crit = stats.t.ppf(0.975, k - 1)
-    np.testing.assert_allclose([kh.ci_low, kh.ci_high], [mu - crit * se_kh, mu + crit * se_kh],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        [kh.ci_low, kh.ci_high], [mu - crit * se_kh, mu + crit * se_kh], rtol=1e-12
+    )
     np.testing.assert_allclose(kh.p, 2 * stats.t.sf(abs(mu / se_kh), k - 1), rtol=1e-10)
     # Q-profile bounds solve the generalised Q equation at chi-square quantiles
     lo, hi = res.tau2_ci
@@ -229,8 +245,7 @@ def test_no_heterogeneity_gives_zero_tau2():
 def test_fixed_effect_and_simple_estimators():
     fe = E.fixed_effect(Y, SE)
     ref = combine_effects(Y, V, method_re="dl")
-    np.testing.assert_allclose([fe.mu, fe.se], [ref.mean_effect_fe, ref.sd_eff_w_fe],
-                               rtol=1e-12)
+    np.testing.assert_allclose([fe.mu, fe.se], [ref.mean_effect_fe, ref.sd_eff_w_fe], rtol=1e-12)
     np.testing.assert_allclose(fe.i2 / 100, ref.i2, rtol=1e-12)
     np.testing.assert_allclose(fe.h2, fe.q / 12, rtol=1e-14)
     pooled = E.complete_pooling(Y, SE)
@@ -238,8 +253,9 @@ def test_fixed_effect_and_simple_estimators():
     mean = E.mean_of_estimates(Y, SE)
     np.testing.assert_allclose(mean.mu, Y.mean(), rtol=1e-14)
     t = stats.t.ppf(0.975, 12) * Y.std(ddof=1) / np.sqrt(13)
-    np.testing.assert_allclose([mean.ci_low, mean.ci_high], [Y.mean() - t, Y.mean() + t],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        [mean.ci_low, mean.ci_high], [Y.mean() - t, Y.mean() + t], rtol=1e-12
+    )
     nop = E.no_pooling(Y, SE, labels=[f"t{i}" for i in range(13)])
     np.testing.assert_allclose(nop.ci_high - nop.estimate, 1.959963984540054 * SE, rtol=1e-12)
     assert nop.labels[0] == "t0"
@@ -266,16 +282,16 @@ def test_taskset_inputs():
     y = rng.normal(size=ids.size) + 0.5 * rng.normal(size=6)[ids]
     rows = TaskSet.from_arrays(y=y, task=ids)
     m, s = rows.per_task_estimates()
-    np.testing.assert_allclose(E.random_effects(rows, method="PM").mu,
-                               E.random_effects(m, s, method="PM").mu, rtol=1e-14)
+    np.testing.assert_allclose(
+        E.random_effects(rows, method="PM").mu, E.random_effects(m, s, method="PM").mu, rtol=1e-14
+    )
     pooled = E.complete_pooling(rows)
     np.testing.assert_allclose(pooled.mu, y.mean(), rtol=1e-14)
     np.testing.assert_allclose(pooled.se, y.std(ddof=1) / np.sqrt(y.size), rtol=1e-13)
     np.testing.assert_allclose(pooled.weights, np.bincount(ids) / ids.size)
     scale = rng.uniform(0.5, 1.5, ids.size)
     known = E.complete_pooling(TaskSet.from_arrays(y=y, task=ids, noise_scale=scale))
-    np.testing.assert_allclose(known.mu, np.sum(y / scale**2) / np.sum(1 / scale**2),
-                               rtol=1e-13)
+    np.testing.assert_allclose(known.mu, np.sum(y / scale**2) / np.sum(1 / scale**2), rtol=1e-13)
 
 
 def test_batched_tau2_equals_loop():
@@ -315,8 +331,10 @@ def test_result_prints_and_serialises():
 
 # --------------------------------------------------------------------------- command line
 def _write_bcg_csv(path):
-    lines = ["trial,logrr,se,var"] + [f"T{i + 1},{y:.17g},{s:.17g},{s * s:.17g}"
-                                       for i, (y, s) in enumerate(zip(Y, SE, strict=True))]
+    lines = ["trial,logrr,se,var"] + [
+        f"T{i + 1},{y:.17g},{s:.17g},{s * s:.17g}"
+        for i, (y, s) in enumerate(zip(Y, SE, strict=True))
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -335,8 +353,19 @@ def _parser():
 def test_cli_meta_analysis(tmp_path, capsys):
     csv_path = tmp_path / "bcg.csv"
     _write_bcg_csv(csv_path)
-    args = _parser().parse_args(["meta-analysis", str(csv_path), "--estimate", "logrr",
-                                 "--se", "se", "--label", "trial", "--json"])
+    args = _parser().parse_args(
+        [
+            "meta-analysis",
+            str(csv_path),
+            "--estimate",
+            "logrr",
+            "--se",
+            "se",
+            "--label",
+            "trial",
+            "--json",
+        ]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     payload = json.loads(out[-1])
@@ -345,9 +374,20 @@ def test_cli_meta_analysis(tmp_path, capsys):
     assert payload["labels"][0] == "T1"
     assert any("I^2 = 92.22%" in line for line in out)
     # variance column, DL with Knapp-Hartung
-    args = _parser().parse_args(["meta-analysis", str(csv_path), "--estimate", "logrr",
-                                 "--variance", "var", "--method", "DL", "--knapp-hartung",
-                                 "--json"])
+    args = _parser().parse_args(
+        [
+            "meta-analysis",
+            str(csv_path),
+            "--estimate",
+            "logrr",
+            "--variance",
+            "var",
+            "--method",
+            "DL",
+            "--knapp-hartung",
+            "--json",
+        ]
+    )
     assert args.func(args) == 0
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     ref = combine_effects(Y, V, method_re="dl")
@@ -363,8 +403,7 @@ def test_cli_meta_analysis_bad_csv(tmp_path, capsys):
     assert args.func(args) == 2
     err = capsys.readouterr().err
     assert "column 'est'" in err and "line 3" in err and "oops" in err
-    args = parser.parse_args(["meta-analysis", str(csv_path), "--estimate", "effect",
-                              "--se", "se"])
+    args = parser.parse_args(["meta-analysis", str(csv_path), "--estimate", "effect", "--se", "se"])
     assert args.func(args) == 2
     err = capsys.readouterr().err
     assert "--estimate: column 'effect' not in" in err and "study, est, se" in err
@@ -384,8 +423,9 @@ def test_cli_through_main_and_dataset(capsys):
 
 def test_cli_study(tmp_path, capsys):
     png = tmp_path / "study.png"
-    args = _parser().parse_args(["study", "--num-reps", "30", "--no-exact", "--json",
-                                 "--plot", str(png)])
+    args = _parser().parse_args(
+        ["study", "--num-reps", "30", "--no-exact", "--json", "--plot", str(png)]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     payload = json.loads(out[-1])

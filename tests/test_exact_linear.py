@@ -53,8 +53,7 @@ def _dense_task(x, y, ids, scale, t, mu, cov, noise):
 
 
 def _hyper(mu, cov, noise):
-    return LinearHyper(jnp.asarray(mu), jnp.asarray(np.linalg.cholesky(cov)),
-                       jnp.asarray(noise))
+    return LinearHyper(jnp.asarray(mu), jnp.asarray(np.linalg.cholesky(cov)), jnp.asarray(noise))
 
 
 @pytest.mark.parametrize("with_scale", [False, True])
@@ -84,8 +83,7 @@ def test_singular_population_covariance():
     x, y, ids, _, mu, _ = _simulate(1, 3, [5, 5, 5], 2)
     v = np.array([1.0, -2.0])
     cov = np.outer(v, v)
-    hyper = LinearHyper(jnp.asarray(mu), jnp.asarray([[1.0, 0.0], [-2.0, 0.0]]),
-                        jnp.asarray(0.4))
+    hyper = LinearHyper(jnp.asarray(mu), jnp.asarray([[1.0, 0.0], [-2.0, 0.0]]), jnp.asarray(0.4))
     stats_ = linear_sufficient_stats(x, y, ids, 3)
     post = _task_posterior(stats_, hyper)
     logm = _log_marginal(stats_, hyper)
@@ -94,8 +92,9 @@ def test_singular_population_covariance():
         gain = cov @ xt.T @ np.linalg.inv(c)
         np.testing.assert_allclose(post.mean[t], mu + gain @ (yt - xt @ mu), rtol=1e-10)
         np.testing.assert_allclose(post.cov[t], cov - gain @ xt @ cov, atol=1e-12)
-        np.testing.assert_allclose(logm[t], stats.multivariate_normal(xt @ mu, c).logpdf(yt),
-                                   rtol=1e-12)
+        np.testing.assert_allclose(
+            logm[t], stats.multivariate_normal(xt @ mu, c).logpdf(yt), rtol=1e-12
+        )
 
 
 def test_new_task_and_predictive_match_dense_conditioning():
@@ -130,8 +129,11 @@ def test_gradients_and_jit():
     stats_ = linear_sufficient_stats(x, y, ids, 4)
 
     def f(m, log_noise):
-        return jnp.sum(linear_log_marginal(
-            stats_, LinearHyper(m, jnp.asarray(np.linalg.cholesky(cov)), jnp.exp(log_noise))))
+        return jnp.sum(
+            linear_log_marginal(
+                stats_, LinearHyper(m, jnp.asarray(np.linalg.cholesky(cov)), jnp.exp(log_noise))
+            )
+        )
 
     g = jax.jit(jax.grad(f, argnums=(0, 1)))(jnp.asarray(mu), 0.1)
     f = jax.jit(f)
@@ -175,11 +177,13 @@ def test_empirical_bayes_matches_scipy_maximisation(eb_problem):
         mu, cov, noise = _unpack(v)
         return -_dense_loglik(x, y, ids, num_tasks, mu, cov, noise)
 
-    ref = optimize.minimize(neg, np.array([0.0, 0.0, 1.0, 0.0, 1.0, 0.0]), method="BFGS",
-                            options={"gtol": 1e-8})
+    ref = optimize.minimize(
+        neg, np.array([0.0, 0.0, 1.0, 0.0, 1.0, 0.0]), method="BFGS", options={"gtol": 1e-8}
+    )
     mu_ref, cov_ref, noise_ref = _unpack(ref.x)
-    ll = _dense_loglik(x, y, ids, num_tasks, np.asarray(hyper.mu), np.asarray(hyper.cov),
-                       float(hyper.noise))
+    ll = _dense_loglik(
+        x, y, ids, num_tasks, np.asarray(hyper.mu), np.asarray(hyper.cov), float(hyper.noise)
+    )
     np.testing.assert_allclose(info["log_marginal_likelihood"], ll, rtol=1e-12)
     # the library's optimum is at least as high, and they agree
     assert ll >= -ref.fun - 1e-9
@@ -200,8 +204,7 @@ def test_empirical_bayes_with_fixed_parts(eb_problem):
         L = np.array([[v[0], 0.0], [v[1], v[2]]])
         return -_dense_loglik(x, y, ids, num_tasks, np.array([0.5, -0.5]), L @ L.T, 0.5)
 
-    ref = optimize.minimize(neg, np.array([1.0, 0.0, 1.0]), method="BFGS",
-                            options={"gtol": 1e-8})
+    ref = optimize.minimize(neg, np.array([1.0, 0.0, 1.0]), method="BFGS", options={"gtol": 1e-8})
     np.testing.assert_allclose(info["log_marginal_likelihood"], -ref.fun, rtol=1e-10)
 
 

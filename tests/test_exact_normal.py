@@ -40,8 +40,17 @@ def _composite_gl(a, b, num_panels, order=20):
     return (mid[:, None] + half[:, None] * x).ravel(), (half[:, None] * w).ravel()
 
 
-def brute_force(y, se, log_prior_mu, log_prior_tau, mu_range, tau_scale=10.0, tau_range=None,
-                num_mu=120, num_tau=60):
+def brute_force(
+    y,
+    se,
+    log_prior_mu,
+    log_prior_tau,
+    mu_range,
+    tau_scale=10.0,
+    tau_range=None,
+    num_mu=120,
+    num_tau=60,
+):
     """Moments of mu, tau, theta and log p(y) on a 2-d Gauss-Legendre tensor grid (tau on
     (0, inf) through tau = tau_scale tan(pi v / 2), or on a bounded ``tau_range``)."""
     if tau_range is None:
@@ -91,21 +100,29 @@ def _halfcauchy(scale):
 def schools_wide():
     """Eight schools with mu ~ N(0, 5), tau ~ Uniform(2, 40): tau stays away from 0, so the
     brute-force mu grid resolves N(. | mu, tau) and the theta | mu, tau steps in mu."""
-    res = solve_normal_normal(Y8, SE8, loc_prior=dist.Normal(0.0, 5.0),
-                              scale_prior=dist.Uniform(2.0, 40.0))
-    ref = brute_force(Y8, SE8, lambda m: stats.norm.logpdf(m, 0, 5),
-                      lambda t: stats.uniform.logpdf(t, 2, 38), (-60.0, 60.0),
-                      tau_range=(2.0, 40.0))
+    res = solve_normal_normal(
+        Y8, SE8, loc_prior=dist.Normal(0.0, 5.0), scale_prior=dist.Uniform(2.0, 40.0)
+    )
+    ref = brute_force(
+        Y8,
+        SE8,
+        lambda m: stats.norm.logpdf(m, 0, 5),
+        lambda t: stats.uniform.logpdf(t, 2, 38),
+        (-60.0, 60.0),
+        tau_range=(2.0, 40.0),
+    )
     return res, ref
 
 
 @pytest.fixture(scope="module")
 def schools_normal():
     """Eight schools with mu ~ N(0, 5), tau ~ HalfCauchy(5)."""
-    res = solve_normal_normal(Y8, SE8, loc_prior=dist.Normal(0.0, 5.0),
-                              scale_prior=dist.HalfCauchy(5.0))
-    ref = brute_force(Y8, SE8, lambda m: stats.norm.logpdf(m, 0, 5), _halfcauchy(5.0),
-                      (-60.0, 60.0))
+    res = solve_normal_normal(
+        Y8, SE8, loc_prior=dist.Normal(0.0, 5.0), scale_prior=dist.HalfCauchy(5.0)
+    )
+    ref = brute_force(
+        Y8, SE8, lambda m: stats.norm.logpdf(m, 0, 5), _halfcauchy(5.0), (-60.0, 60.0)
+    )
     return res, ref
 
 
@@ -127,8 +144,13 @@ def test_ndtr_and_ndtri_match_scipy():
     ref = stats.norm.cdf(x)
     assert np.all(np.abs(nn._ndtr(x) - ref) <= 5e-16 * (1 + x**2) * ref)
     assert nn._ndtr(0.0) == 0.5
-    p = np.concatenate([10.0 ** -np.arange(1, 300, 7), np.linspace(0.001, 0.999, 999),
-                        1 - 10.0 ** -np.arange(1, 15)])
+    p = np.concatenate(
+        [
+            10.0 ** -np.arange(1, 300, 7),
+            np.linspace(0.001, 0.999, 999),
+            1 - 10.0 ** -np.arange(1, 15),
+        ]
+    )
     np.testing.assert_allclose(nn._ndtri(p), stats.norm.ppf(p), rtol=1e-12, atol=1e-13)
     assert nn._ndtri(np.array([0.0, 1.0])).tolist() == [-np.inf, np.inf]
 
@@ -146,22 +168,32 @@ def test_normal_mixture_against_direct_sums():
     q = np.array([1e-6, 0.025, 0.3, 0.5, 0.9, 0.975, 1 - 1e-9])
     np.testing.assert_allclose(mix.cdf(mix.quantile(q)), q, rtol=1e-11)
     np.testing.assert_allclose(mix.mean, np.sum(w * m), rtol=1e-15)
-    np.testing.assert_allclose(mix.variance, np.sum(w * (s**2 + m**2)) - np.sum(w * m) ** 2,
-                               rtol=1e-13)
+    np.testing.assert_allclose(
+        mix.variance, np.sum(w * (s**2 + m**2)) - np.sum(w * m) ** 2, rtol=1e-13
+    )
     draws = mix.sample(0, 40000)
     assert abs(draws.mean() - mix.mean) < 4 * mix.stddev / np.sqrt(40000)
     # batched: a (2,) batch with shared weights
     mix2 = NormalMixture(w, np.stack([m, m + 1]), s)
-    np.testing.assert_allclose(mix2.quantile(0.5), [mix.quantile(0.5), mix.quantile(0.5) + 1],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        mix2.quantile(0.5), [mix.quantile(0.5), mix.quantile(0.5) + 1], rtol=1e-12
+    )
 
 
 # --------------------------------------------------------------------------- brute force
 def test_brute_force_reference_is_converged():
-    coarse = brute_force(Y8, SE8, lambda m: stats.norm.logpdf(m, 0, 5), _halfcauchy(5.0),
-                         (-60.0, 60.0), num_mu=60, num_tau=30)
-    fine = brute_force(Y8, SE8, lambda m: stats.norm.logpdf(m, 0, 5), _halfcauchy(5.0),
-                       (-60.0, 60.0))
+    coarse = brute_force(
+        Y8,
+        SE8,
+        lambda m: stats.norm.logpdf(m, 0, 5),
+        _halfcauchy(5.0),
+        (-60.0, 60.0),
+        num_mu=60,
+        num_tau=30,
+    )
+    fine = brute_force(
+        Y8, SE8, lambda m: stats.norm.logpdf(m, 0, 5), _halfcauchy(5.0), (-60.0, 60.0)
+    )
     for name in ("mu_mean", "mu_sd", "tau_mean", "tau_sd", "log_evidence"):
         np.testing.assert_allclose(coarse[name], fine[name], rtol=1e-10)
     np.testing.assert_allclose(coarse["theta_sd"], fine["theta_sd"], rtol=1e-10)
@@ -179,12 +211,21 @@ def test_eight_schools_flat_mu_proper_tau_priors():
     # HalfCauchy(25) (unbounded map).
     flat = lambda m: np.zeros_like(m)  # noqa: E731
     res = solve_normal_normal(Y8, SE8, loc_prior="flat", scale_prior=dist.Uniform(0.0, 50.0))
-    ref = brute_force(Y8, SE8, flat, lambda t: stats.uniform.logpdf(t, 0, 50), (-250, 250),
-                      tau_range=(0.0, 50.0), num_mu=100, num_tau=30)
+    ref = brute_force(
+        Y8,
+        SE8,
+        flat,
+        lambda t: stats.uniform.logpdf(t, 0, 50),
+        (-250, 250),
+        tau_range=(0.0, 50.0),
+        num_mu=100,
+        num_tau=30,
+    )
     _compare(res, ref, rtol=1e-8)
     res = solve_normal_normal(Y8, SE8, loc_prior="flat", scale_prior=dist.HalfCauchy(25.0))
-    ref = brute_force(Y8, SE8, flat, _halfcauchy(25.0), (-400, 400), tau_scale=20.0,
-                      num_mu=100, num_tau=40)
+    ref = brute_force(
+        Y8, SE8, flat, _halfcauchy(25.0), (-400, 400), tau_scale=20.0, num_mu=100, num_tau=40
+    )
     _compare(res, ref, rtol=1e-8)
 
 
@@ -197,17 +238,22 @@ def test_eight_schools_flat_mu_proper_tau_priors():
         (dist.InverseGamma(3.0, 10.0), lambda t: stats.invgamma.logpdf(t, 3.0, scale=10.0)),
         (dist.LogNormal(1.0, 0.8), lambda t: stats.lognorm.logpdf(t, 0.8, scale=np.e)),
         # not in the float64 table: evaluated through numpyro's own log_prob
-        (dist.TruncatedNormal(4.0, 3.0, low=0.0),
-         lambda t: stats.truncnorm.logpdf(t, -4 / 3, np.inf, loc=4.0, scale=3.0)),
+        (
+            dist.TruncatedNormal(4.0, 3.0, low=0.0),
+            lambda t: stats.truncnorm.logpdf(t, -4 / 3, np.inf, loc=4.0, scale=3.0),
+        ),
         # a user log-density: half Student-t with 3 degrees of freedom and scale 5
-        (lambda t: np.log(2.0) + stats.t.logpdf(t, 3, scale=5.0),
-         lambda t: np.log(2.0) + stats.t.logpdf(t, 3, scale=5.0)),
+        (
+            lambda t: np.log(2.0) + stats.t.logpdf(t, 3, scale=5.0),
+            lambda t: np.log(2.0) + stats.t.logpdf(t, 3, scale=5.0),
+        ),
     ],
 )
 def test_other_tau_priors(prior, scipy_logpdf):
     res = solve_normal_normal(Y8, SE8, loc_prior=dist.Normal(2.0, 10.0), scale_prior=prior)
-    ref = brute_force(Y8, SE8, lambda m: stats.norm.logpdf(m, 2, 10), scipy_logpdf,
-                      (-100.0, 100.0), num_mu=80)
+    ref = brute_force(
+        Y8, SE8, lambda m: stats.norm.logpdf(m, 2, 10), scipy_logpdf, (-100.0, 100.0), num_mu=80
+    )
     _compare(res, ref, rtol=1e-8)
 
 
@@ -243,8 +289,7 @@ def test_quantiles_of_mu_and_theta_invert_brute_force_cdf(schools_wide):
     cmean = b[:, None] * mu[None, :] + (1 - b[:, None]) * Y8[t]
     csd = np.sqrt((1 - b) * SE8[t] ** 2)[:, None]
     for level, qv in zip(res.quantile_levels, res.theta_quantiles[t], strict=True):
-        np.testing.assert_allclose(np.sum(p * stats.norm.cdf((qv - cmean) / csd)), level,
-                                   rtol=1e-8)
+        np.testing.assert_allclose(np.sum(p * stats.norm.cdf((qv - cmean) / csd)), level, rtol=1e-8)
     # P(mu <= q) = E[Phi((q - E[mu|tau]) / sd(mu|tau))]: mu | tau from the normal-prior
     # formula, evaluated independently here
     w = 1 / (SE8[None, :] ** 2 + tau[:, None] ** 2)
@@ -252,8 +297,9 @@ def test_quantiles_of_mu_and_theta_invert_brute_force_cdf(schools_wide):
     mhat = (w * Y8).sum(axis=1) / prec
     ptau = p.sum(axis=1)
     for level, qv in zip(res.quantile_levels, res.mu_quantiles, strict=True):
-        np.testing.assert_allclose(np.sum(ptau * stats.norm.cdf((qv - mhat) * np.sqrt(prec))),
-                                   level, rtol=1e-8)
+        np.testing.assert_allclose(
+            np.sum(ptau * stats.norm.cdf((qv - mhat) * np.sqrt(prec))), level, rtol=1e-8
+        )
 
 
 def test_predictive_against_brute_force(schools_wide):
@@ -264,12 +310,12 @@ def test_predictive_against_brute_force(schools_wide):
     dens = [np.sum(p * stats.norm.pdf(v, mu[None, :], tau[:, None])) for v in x]
     np.testing.assert_allclose(np.exp(pred.log_prob(x)), dens, rtol=1e-8)
     obs = res.predictive(se=12.0)
-    dens = [np.sum(p * stats.norm.pdf(v, mu[None, :], np.sqrt(tau**2 + 144)[:, None]))
-            for v in x]
+    dens = [np.sum(p * stats.norm.pdf(v, mu[None, :], np.sqrt(tau**2 + 144)[:, None])) for v in x]
     np.testing.assert_allclose(np.exp(obs.log_prob(x)), dens, rtol=1e-8)
     np.testing.assert_allclose(pred.mean, ref["mu_mean"], rtol=1e-8)
-    np.testing.assert_allclose(obs.variance, ref["mu_sd"] ** 2 + ref["tau_sd"] ** 2
-                               + ref["tau_mean"] ** 2 + 144, rtol=1e-8)
+    np.testing.assert_allclose(
+        obs.variance, ref["mu_sd"] ** 2 + ref["tau_sd"] ** 2 + ref["tau_mean"] ** 2 + 144, rtol=1e-8
+    )
     np.testing.assert_allclose(res.mu_marginal().stddev, ref["mu_sd"], rtol=1e-8)
     np.testing.assert_allclose(res.theta_marginal().mean, ref["theta_mean"], rtol=1e-8)
 
@@ -309,8 +355,9 @@ def test_many_tasks_narrow_posterior():
     p /= p.sum()
     np.testing.assert_allclose(res.tau_mean, np.sum(p * tau[:, None]), rtol=1e-8)
     np.testing.assert_allclose(res.mu_mean, np.sum(p * mu[None, :]), rtol=1e-8)
-    np.testing.assert_allclose(res.tau_sd, np.sqrt(np.sum(p * (tau[:, None] - res.tau_mean)
-                                                          ** 2)), rtol=1e-6)
+    np.testing.assert_allclose(
+        res.tau_sd, np.sqrt(np.sum(p * (tau[:, None] - res.tau_mean) ** 2)), rtol=1e-6
+    )
 
 
 # --------------------------------------------------------------------------- limits
@@ -332,8 +379,9 @@ def test_tau_to_infinity_is_no_pooling():
     np.testing.assert_allclose(res.theta_mean, Y8, rtol=1e-9)
     np.testing.assert_allclose(res.theta_sd, SE8, rtol=1e-9)
     np.testing.assert_allclose(res.theta_quantiles[:, 3], Y8, rtol=1e-9)
-    res = solve_normal_normal(Y8, SE8, loc_prior=dist.Normal(0, 5),
-                              scale_prior=dist.Uniform(1e6, 2e6))
+    res = solve_normal_normal(
+        Y8, SE8, loc_prior=dist.Normal(0, 5), scale_prior=dist.Uniform(1e6, 2e6)
+    )
     np.testing.assert_allclose(res.theta_mean, Y8, rtol=1e-9)
     np.testing.assert_allclose(res.theta_sd, SE8, rtol=1e-9)
 
@@ -343,16 +391,19 @@ def test_fixed_mu_and_fixed_tau_closed_form():
     b = SE8**2 / (SE8**2 + 36)
     np.testing.assert_allclose(res.theta_mean, b * 3 + (1 - b) * Y8, rtol=1e-14)
     np.testing.assert_allclose(res.theta_sd, np.sqrt((1 - b) * SE8**2), rtol=1e-14)
-    np.testing.assert_allclose(res.log_marginal_likelihood,
-                               stats.norm.logpdf(Y8, 3.0, np.sqrt(SE8**2 + 36)).sum(),
-                               rtol=1e-14)
+    np.testing.assert_allclose(
+        res.log_marginal_likelihood,
+        stats.norm.logpdf(Y8, 3.0, np.sqrt(SE8**2 + 36)).sum(),
+        rtol=1e-14,
+    )
 
 
 # --------------------------------------------------------------------------- JAX pieces
 def test_jax_marginals_and_conditionals():
     val = log_marginal_normal_normal(Y8, SE8, 2.0, 4.0)
-    np.testing.assert_allclose(val, stats.norm.logpdf(Y8, 2.0, np.sqrt(SE8**2 + 16)).sum(),
-                               rtol=1e-13)
+    np.testing.assert_allclose(
+        val, stats.norm.logpdf(Y8, 2.0, np.sqrt(SE8**2 + 16)).sum(), rtol=1e-13
+    )
     batch = log_marginal_normal_normal(Y8, SE8, jnp.array([0.0, 2.0]), jnp.array([1.0, 4.0]))
     np.testing.assert_allclose(batch[1], val, rtol=1e-14)
     # mu integrated out numerically (Gauss-Legendre) for both prior kinds
@@ -360,9 +411,10 @@ def test_jax_marginals_and_conditionals():
     lik = np.exp(np.array([stats.norm.logpdf(Y8, m, np.sqrt(SE8**2 + 16)).sum() for m in mu]))
     np.testing.assert_allclose(
         np.exp(log_marginal_tau(Y8, SE8, 4.0, 1.0, 5.0)),
-        np.sum(wm * lik * stats.norm.pdf(mu, 1.0, 5.0)), rtol=1e-11)
-    np.testing.assert_allclose(np.exp(log_marginal_tau(Y8, SE8, 4.0)), np.sum(wm * lik),
-                               rtol=1e-11)
+        np.sum(wm * lik * stats.norm.pdf(mu, 1.0, 5.0)),
+        rtol=1e-11,
+    )
+    np.testing.assert_allclose(np.exp(log_marginal_tau(Y8, SE8, 4.0)), np.sum(wm * lik), rtol=1e-11)
     m, s = mu_conditional(Y8, SE8, 4.0, 1.0, 5.0)
     post = wm * lik * stats.norm.pdf(mu, 1.0, 5.0)
     post /= post.sum()
@@ -391,23 +443,24 @@ def test_jax_marginal_gradients_match_finite_differences():
 def test_log_marginal_tau_agrees_with_solver():
     # log p(y) with tau fixed equals the JAX marginal at that tau
     res = solve_normal_normal(Y8, SE8, loc_prior=dist.Normal(1.0, 5.0), scale_prior=4.0)
-    np.testing.assert_allclose(res.log_marginal_likelihood,
-                               log_marginal_tau(Y8, SE8, 4.0, 1.0, 5.0), rtol=1e-13)
+    np.testing.assert_allclose(
+        res.log_marginal_likelihood, log_marginal_tau(Y8, SE8, 4.0, 1.0, 5.0), rtol=1e-13
+    )
 
 
 # --------------------------------------------------------------------------- Posterior
 def test_normal_normal_posterior_schema(schools_normal):
     res, _ = schools_normal
     tasks = TaskSet.from_estimates(Y8, SE8, labels=list("ABCDEFGH"))
-    post = normal_normal(tasks, dist.Normal(0.0, 5.0), dist.HalfCauchy(5.0), num_samples=250,
-                         num_chains=2, seed=1)
+    post = normal_normal(
+        tasks, dist.Normal(0.0, 5.0), dist.HalfCauchy(5.0), num_samples=250, num_chains=2, seed=1
+    )
     assert post.method == "exact"
     assert post.samples["theta"].shape == (2, 250, 8)
     assert post.samples["mu"].shape == (2, 250) and post.samples["tau"].shape == (2, 250)
     assert post.dims["theta"] == ["task"] and post.coords["task"] == list("ABCDEFGH")
     ll = post.log_likelihood["y"]
-    np.testing.assert_allclose(ll, stats.norm.logpdf(Y8, post.samples["theta"], SE8),
-                               rtol=1e-12)
+    np.testing.assert_allclose(ll, stats.norm.logpdf(Y8, post.samples["theta"], SE8), rtol=1e-12)
     np.testing.assert_array_equal(post.observed_data["y"], Y8)
     ex = post.info["exact"]
     np.testing.assert_allclose(ex.mu_mean, res.mu_mean, rtol=1e-12)
@@ -418,8 +471,9 @@ def test_normal_normal_posterior_schema(schools_normal):
 def test_normal_normal_arviz_export():
     from bayesmeta import arviz as bm_arviz
 
-    post = normal_normal(TaskSet.from_estimates(Y8, SE8, labels=list("ABCDEFGH")),
-                         num_samples=50, num_chains=2)
+    post = normal_normal(
+        TaskSet.from_estimates(Y8, SE8, labels=list("ABCDEFGH")), num_samples=50, num_chains=2
+    )
     data = post.to_arviz()
     assert {"posterior", "log_likelihood", "observed_data"} <= set(bm_arviz.group_names(data))
     theta = bm_arviz.group_arrays(data)["theta"]
@@ -441,8 +495,7 @@ def test_raw_rows_reduce_to_sufficient_statistics():
     ll = post.log_likelihood["y"]
     assert ll.shape == (1, 20, ids.size) and post.dims["y"] == ["obs"]
     theta = post.samples["theta"][..., rows.task_index]
-    np.testing.assert_allclose(ll, stats.norm.logpdf(rows.y, theta, rows.noise_scale),
-                               rtol=1e-12)
+    np.testing.assert_allclose(ll, stats.norm.logpdf(rows.y, theta, rows.noise_scale), rtol=1e-12)
 
 
 def test_fit_exact_eligibility():
@@ -451,8 +504,9 @@ def test_fit_exact_eligibility():
     from bayesmeta.model import Hierarchical
 
     tasks = TaskSet.from_estimates(Y8, SE8)
-    model = Hierarchical(lk.NormalKnownNoise(), pops.Normal(loc=dist.Normal(0, 5),
-                                                            scale=dist.HalfCauchy(5)))
+    model = Hierarchical(
+        lk.NormalKnownNoise(), pops.Normal(loc=dist.Normal(0, 5), scale=dist.HalfCauchy(5))
+    )
     post = fit_exact(model, tasks, seed=0, num_samples=10, num_chains=2)
     assert post.samples["theta"].shape == (2, 10, 8) and post.model is model
     fixed = Hierarchical(lk.NormalKnownNoise(), pops.Normal(loc=1.0, scale=dist.HalfNormal(3)))
@@ -461,8 +515,7 @@ def test_fit_exact_eligibility():
     with pytest.raises(ValueError, match="StudentT"):
         fit_exact(Hierarchical(lk.NormalKnownNoise(), pops.StudentT()), tasks)
     with pytest.raises(ValueError, match="Cauchy"):
-        fit_exact(Hierarchical(lk.NormalKnownNoise(), pops.Normal(loc=dist.Cauchy(0, 1))),
-                  tasks)
+        fit_exact(Hierarchical(lk.NormalKnownNoise(), pops.Normal(loc=dist.Cauchy(0, 1))), tasks)
     with pytest.raises(ValueError, match="unknown option"):
         fit_exact(model, tasks, num_warmup=5)
 

@@ -202,9 +202,16 @@ def test_partial_pooling_shrinks_each_school_toward_the_population_mean(eight_sc
 def test_vi_guides_give_one_chain_of_draws(guide):
     import optax
 
-    post = bm.fit(bm.Hierarchical(bm.likelihoods.NormalKnownNoise()),
-                  bm.datasets.eight_schools(), method="vi", guide=guide, num_steps=400,
-                  num_samples=200, optimizer=optax.adam(0.02), warn=False)
+    post = bm.fit(
+        bm.Hierarchical(bm.likelihoods.NormalKnownNoise()),
+        bm.datasets.eight_schools(),
+        method="vi",
+        guide=guide,
+        num_steps=400,
+        num_samples=200,
+        optimizer=optax.adam(0.02),
+        warn=False,
+    )
     assert post.samples["theta"].shape == (1, 200, 8)
     assert post.log_likelihood["y"].shape == (1, 200, 8)
     assert np.all(np.isfinite(post.info["elbo"]))

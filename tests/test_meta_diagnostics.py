@@ -27,8 +27,7 @@ def _overfitting_family(num_tasks=6):
 def test_inner_loop_curve_detects_u_shape_and_best_step():
     batch, s_opt, q_opt = _overfitting_family()
     alpha, max_steps = 0.5, 30
-    curve = diag.inner_loop_curve(q.loss, jnp.zeros(2), batch, inner_lr=alpha,
-                                  max_steps=max_steps)
+    curve = diag.inner_loop_curve(q.loss, jnp.zeros(2), batch, inner_lr=alpha, max_steps=max_steps)
     # closed form of the iterates: phi_j - s = (1 - alpha a)^j (0 - s) per coordinate
     j = np.arange(max_steps + 1)[:, None, None]
     a = np.array([1.0, 0.05])
@@ -43,8 +42,9 @@ def test_inner_loop_curve_detects_u_shape_and_best_step():
 def test_monotone_curve_is_not_u_shaped():
     hessians = np.stack([np.eye(2) * c for c in (0.5, 1.0, 1.5)])
     optima = np.array([[1.0, 2.0], [0.0, 1.0], [2.0, -1.0]])
-    curve = diag.inner_loop_curve(q.loss, jnp.zeros(2), q.task_batch(hessians, optima),
-                                  inner_lr=0.3, max_steps=10)
+    curve = diag.inner_loop_curve(
+        q.loss, jnp.zeros(2), q.task_batch(hessians, optima), inner_lr=0.3, max_steps=10
+    )
     assert np.all(np.diff(curve.query_loss) < 0)
     assert not curve.u_shaped and curve.recommended_steps == 10
     ax = diag.plot_inner_loop_curve(curve)
@@ -61,8 +61,16 @@ def test_meta_overfitting_gap():
     train_tasks = q.task_batch(*family(3))
     test_tasks = q.task_batch(*family(20))
     learner = meta.maml(q.loss, optax.sgd(0.3), inner_lr=0.1)
-    gap = diag.meta_overfitting_gap(learner, q.loss, jnp.zeros(2), train_tasks, test_tasks,
-                                    num_steps=60, meta_batch_size=3, eval_every=20)
+    gap = diag.meta_overfitting_gap(
+        learner,
+        q.loss,
+        jnp.zeros(2),
+        train_tasks,
+        test_tasks,
+        num_steps=60,
+        meta_batch_size=3,
+        eval_every=20,
+    )
     np.testing.assert_array_equal(gap.steps, [0, 20, 40, 60])
     assert int(gap.state.count) == 60
     # at step 0 both losses are the post-adaptation losses at theta = 0 (closed form)

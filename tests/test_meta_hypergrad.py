@@ -18,8 +18,10 @@ def _tasks(seed=0):
     rng = np.random.default_rng(seed)
 
     def part():
-        return {"x": jnp.asarray(rng.normal(size=(3, 6, 2))),
-                "y": jnp.asarray(rng.normal(size=(3, 6)))}
+        return {
+            "x": jnp.asarray(rng.normal(size=(3, 6, 2))),
+            "y": jnp.asarray(rng.normal(size=(3, 6))),
+        }
 
     return {"support": part(), "query": part()}
 
@@ -57,13 +59,15 @@ def test_learned_inner_rate_matches_closed_form_best_rate():
     batch = q.task_batch(hessians, optima)
     theta = jnp.array([1.0, -2.0, 0.5])
     best = q.best_inner_lr(hessians, optima, theta)
-    lr, history = meta.learn_inner_lr(q.loss, theta, batch, init_lr=0.05,
-                                      optimizer=optax.adam(0.01), num_steps=2000)
+    lr, history = meta.learn_inner_lr(
+        q.loss, theta, batch, init_lr=0.05, optimizer=optax.adam(0.01), num_steps=2000
+    )
     assert abs(float(lr) - best) / best < 1e-4
     assert history["loss"][-1] < history["loss"][0]
     best_vec = q.best_inner_lr_per_parameter(hessians, optima, theta)
-    lr_vec, _ = meta.learn_inner_lr(q.loss, theta, batch, init_lr=jnp.full(3, 0.05),
-                                    optimizer=optax.adam(0.01), num_steps=2000)
+    lr_vec, _ = meta.learn_inner_lr(
+        q.loss, theta, batch, init_lr=jnp.full(3, 0.05), optimizer=optax.adam(0.01), num_steps=2000
+    )
     np.testing.assert_allclose(np.asarray(lr_vec), best_vec, rtol=1e-4)
 
 
@@ -81,8 +85,9 @@ def test_implicit_hypergradient_of_ridge_regression():
 
     hess = x.T @ x + lam * np.eye(4)
     w_star = np.linalg.solve(hess, x.T @ y)
-    got = meta.implicit_hypergradient(inner, outer, jnp.asarray(w_star), jnp.log(lam),
-                                      num_cg_iters=4)
+    got = meta.implicit_hypergradient(
+        inner, outer, jnp.asarray(w_star), jnp.log(lam), num_cg_iters=4
+    )
     # dw*/dlam = -(X^T X + lam I)^-1 w*; chain rule with d lam / d log lam = lam
     expected = (xv.T @ (xv @ w_star - yv)) @ (-np.linalg.solve(hess, w_star)) * lam
     np.testing.assert_allclose(float(got), expected, rtol=1e-9)

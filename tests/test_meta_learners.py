@@ -25,8 +25,10 @@ def _tiny_tasks(seed=0, num_tasks=3, n=5):
     rng = np.random.default_rng(seed)
 
     def part():
-        return {"x": jnp.asarray(rng.normal(size=(num_tasks, n, 2))),
-                "y": jnp.asarray(rng.normal(size=(num_tasks, n)))}
+        return {
+            "x": jnp.asarray(rng.normal(size=(num_tasks, n, 2))),
+            "y": jnp.asarray(rng.normal(size=(num_tasks, n))),
+        }
 
     return {"support": part(), "query": part()}
 
@@ -86,9 +88,9 @@ def test_maml_meta_gradient_matches_finite_differences():
 
     flat = np.array([0.3, -0.7, 0.1])
     h = 1e-6
-    fd = np.array([
-        (objective(flat + h * e) - objective(flat - h * e)) / (2 * h) for e in np.eye(3)
-    ])
+    fd = np.array(
+        [(objective(flat + h * e) - objective(flat - h * e)) / (2 * h) for e in np.eye(3)]
+    )
     got = np.concatenate([np.asarray(grad["w"]), [float(grad["b"])]])
     # central differences in float64: truncation O(h^2) ~ 1e-12, rounding ~ 1e-16 / h
     np.testing.assert_allclose(got, fd, rtol=1e-7, atol=1e-9)
@@ -97,8 +99,9 @@ def test_maml_meta_gradient_matches_finite_differences():
 def test_first_order_maml_gradient_is_query_gradient_at_adapted_params():
     tasks, params = _tiny_tasks(1), _tiny_params()
     lr, k = 0.3, 3
-    learner = meta.maml(_tiny_loss, optax.sgd(1.0), inner_lr=lr, num_inner_steps=k,
-                        first_order=True)
+    learner = meta.maml(
+        _tiny_loss, optax.sgd(1.0), inner_lr=lr, num_inner_steps=k, first_order=True
+    )
     grad = _step_gradient(learner, params, tasks)
     expected = []
     for b in range(3):
@@ -128,8 +131,9 @@ def test_imaml_gradient_matches_exact_implicit_gradient_on_quadratics():
     batch = q.task_batch(hessians, optima, query_hessians, query_optima)
     lam, theta = 0.7, rng.normal(size=3)
     # inner rate 0.3 on curvature in [0.5 + lam, 2 + lam]: contraction <= 0.55 per step
-    learner = meta.imaml(q.loss, optax.sgd(1.0), inner_lr=0.3, num_inner_steps=80,
-                         prox_weight=lam, num_cg_iters=3)
+    learner = meta.imaml(
+        q.loss, optax.sgd(1.0), inner_lr=0.3, num_inner_steps=80, prox_weight=lam, num_cg_iters=3
+    )
     grad = _step_gradient(learner, jnp.asarray(theta), batch)
     # exact: phi* = (A + lam I)^-1 (A theta* + lam theta), dphi*/dtheta = lam (A + lam I)^-1,
     # gradient = (dphi*/dtheta)^T A_q (phi* - theta_q*)   (implicit function theorem)
@@ -148,8 +152,9 @@ def test_imaml_gradient_matches_exact_implicit_gradient_on_quadratics():
 def _train_full_batch(learner, num_steps):
     hessians, optima = _quadratic_family()
     batch = q.task_batch(hessians, optima)
-    state, history = meta.train(learner, jnp.zeros(3), lambda key: batch, num_steps,
-                                progress_bar=False)
+    state, history = meta.train(
+        learner, jnp.zeros(3), lambda key: batch, num_steps, progress_bar=False
+    )
     return state, history
 
 
@@ -180,8 +185,9 @@ def test_trained_first_order_maml_and_reptile_reach_their_fixed_points():
 
 def test_trained_imaml_reaches_its_optimum():
     hessians, optima = _quadratic_family()
-    learner = meta.imaml(q.loss, optax.sgd(0.5), inner_lr=0.3, num_inner_steps=60,
-                         prox_weight=1.0, num_cg_iters=3)
+    learner = meta.imaml(
+        q.loss, optax.sgd(0.5), inner_lr=0.3, num_inner_steps=60, prox_weight=1.0, num_cg_iters=3
+    )
     state, _ = _train_full_batch(learner, 1000)
     assert _rel_error(state.params, q.imaml_optimum(hessians, optima, 1.0)) < 1e-4
 
@@ -212,9 +218,7 @@ def _learners_for_trace(loss):
     }
 
 
-@pytest.mark.parametrize(
-    "name", ["maml", "fomaml", "reptile", "imaml", "meta_sgd", "abml"]
-)
+@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "imaml", "meta_sgd", "abml"])
 def test_jitted_step_traces_once(name):
     calls = {"loss": 0, "step": 0}
 
@@ -247,12 +251,15 @@ def test_train_compiles_once_across_calls_and_resumes_the_task_stream():
     def sampler(key):
         traces.append(1)
         noise = 0.01 * jax.random.normal(key, batch["support"]["y"].shape)
-        return {"support": {**batch["support"], "y": batch["support"]["y"] + noise},
-                "query": batch["query"]}
+        return {
+            "support": {**batch["support"], "y": batch["support"]["y"] + noise},
+            "query": batch["query"],
+        }
 
     learner = meta.maml(_tiny_loss, optax.adam(1e-2), inner_lr=0.1)
-    state, history = meta.train(learner, _tiny_params(), sampler, 10, progress_bar=False,
-                                chunk_size=4)
+    state, history = meta.train(
+        learner, _tiny_params(), sampler, 10, progress_bar=False, chunk_size=4
+    )
     n_traces = len(traces)
     assert set(history) == {"loss", "loss_before", "grad_norm"}
     assert history["loss"].shape == (10,) and np.all(np.isfinite(history["loss"]))
@@ -285,8 +292,10 @@ def test_bad_inputs_raise_value_errors_naming_the_field():
     tasks = _tiny_tasks()
     with pytest.raises(ValueError, match="task_batch"):
         learner.step(state, {"support": tasks["support"]})
-    bad = {"support": tasks["support"],
-           "query": {"x": tasks["query"]["x"][:2], "y": tasks["query"]["y"]}}
+    bad = {
+        "support": tasks["support"],
+        "query": {"x": tasks["query"]["x"][:2], "y": tasks["query"]["y"]},
+    }
     with pytest.raises(ValueError, match="meta-batch size"):
         learner.step(state, bad)
     with pytest.raises(ValueError, match="inner_lr"):

@@ -46,8 +46,13 @@ def _gradient_descent(x, y, theta0, rates, num_steps):
 
 @pytest.mark.parametrize(
     "rates, num_steps, n",
-    [(0.02, 1, 6), (0.02, 5, 6), (0.005, 20, 6), (0.03, 3, 2),  # n=2 < d: singular H
-     (np.array([0.01, 0.03, 0.02]), 4, 6)],                      # per-parameter (Meta-SGD)
+    [
+        (0.02, 1, 6),
+        (0.02, 5, 6),
+        (0.005, 20, 6),
+        (0.03, 3, 2),  # n=2 < d: singular H
+        (np.array([0.01, 0.03, 0.02]), 4, 6),
+    ],  # per-parameter (Meta-SGD)
 )
 def test_gradient_steps_equal_posterior_mean_under_implied_prior(rates, num_steps, n):
     x_all, y_all = _linear_tasks()
@@ -62,8 +67,9 @@ def test_gradient_steps_equal_posterior_mean_under_implied_prior(rates, num_step
 
 def test_implied_prior_cov_limits_and_overshoot():
     # no curvature: the prior variance is k * alpha (the limit of ((1-al)^-k - 1)/l)
-    np.testing.assert_allclose(meta.implied_prior_cov(np.zeros((2, 2)), 0.1, 3),
-                               0.3 * np.eye(2), rtol=1e-12)
+    np.testing.assert_allclose(
+        meta.implied_prior_cov(np.zeros((2, 2)), 0.1, 3), 0.3 * np.eye(2), rtol=1e-12
+    )
     # one step of size 1/lambda lands on the optimum: infinite prior variance -> no prior
     with pytest.raises(ValueError, match="inner_lr"):
         meta.implied_prior_cov(np.diag([1.0, 2.0]), 0.5, 1)
@@ -74,8 +80,9 @@ def test_implied_prior_cov_limits_and_overshoot():
     with pytest.raises(ValueError, match="inner_lr"):
         meta.implied_prior_cov(np.diag([2.5]), 1.0, 2)
     # negative curvature still implies a prior: ((1 + 0.5)^-3 - 1) / (-0.5) > 0
-    np.testing.assert_allclose(meta.implied_prior_cov(np.diag([-0.5]), 1.0, 3),
-                               [[(1.5**-3 - 1) / -0.5]], rtol=1e-12)
+    np.testing.assert_allclose(
+        meta.implied_prior_cov(np.diag([-0.5]), 1.0, 3), [[(1.5**-3 - 1) / -0.5]], rtol=1e-12
+    )
 
 
 def test_tasks_without_a_valid_gaussian_raise_or_become_nan():
@@ -86,10 +93,17 @@ def test_tasks_without_a_valid_gaussian_raise_or_become_nan():
     alpha = 1.5 / l_max[1]  # one step: alpha * lambda = 1.5 on task 1, < 0.1 elsewhere
     assert max(l_max[0], l_max[2]) * alpha < 0.1
     with pytest.raises(ValueError, match="task 1"):
-        meta.llama_gaussians(meta.linear_gaussian_nll, jnp.zeros(3), _batch(x, y),
-                             inner_lr=alpha, num_inner_steps=1)
-    g = meta.llama_gaussians(meta.linear_gaussian_nll, jnp.zeros(3), _batch(x, y),
-                             inner_lr=alpha, num_inner_steps=1, on_invalid="nan")
+        meta.llama_gaussians(
+            meta.linear_gaussian_nll, jnp.zeros(3), _batch(x, y), inner_lr=alpha, num_inner_steps=1
+        )
+    g = meta.llama_gaussians(
+        meta.linear_gaussian_nll,
+        jnp.zeros(3),
+        _batch(x, y),
+        inner_lr=alpha,
+        num_inner_steps=1,
+        on_invalid="nan",
+    )
     assert np.all(np.isnan(g.mean[1])) and np.all(np.isfinite(g.mean[[0, 2]]))
     for t in (0, 2):
         prior_cov = meta.implied_prior_cov(x[t].T @ x[t] / SIGMA**2, alpha, 1)
@@ -101,9 +115,17 @@ def test_tasks_without_a_valid_gaussian_raise_or_become_nan():
 def test_implied_prior_posterior_object():
     x, y = _linear_tasks()
     theta0 = np.array([0.5, -1.0, 2.0])
-    post = meta.implied_prior(meta.linear_gaussian_nll, jnp.asarray(theta0), _batch(x, y),
-                              inner_lr=0.02, num_inner_steps=5, num_draws=4000, seed=1,
-                              labels=["a", "b", "c"], param_dim=("coef", ["c0", "c1", "c2"]))
+    post = meta.implied_prior(
+        meta.linear_gaussian_nll,
+        jnp.asarray(theta0),
+        _batch(x, y),
+        inner_lr=0.02,
+        num_inner_steps=5,
+        num_draws=4000,
+        seed=1,
+        labels=["a", "b", "c"],
+        param_dim=("coef", ["c0", "c1", "c2"]),
+    )
     assert post.method == "implied_prior"
     assert post.samples["theta"].shape == (1, 4000, 3, 3)
     assert post.dims["theta"] == ["task", "coef"] and post.coords["task"] == ["a", "b", "c"]
@@ -123,8 +145,14 @@ def test_implied_prior_posterior_object():
 def test_llama_with_implied_prior_is_the_exact_posterior():
     x, y = _linear_tasks(1)
     theta0 = np.array([0.1, 0.2, -0.3])
-    post = meta.llama(meta.linear_gaussian_nll, jnp.asarray(theta0), _batch(x, y),
-                      inner_lr=0.01, num_inner_steps=7, num_draws=10)
+    post = meta.llama(
+        meta.linear_gaussian_nll,
+        jnp.asarray(theta0),
+        _batch(x, y),
+        inner_lr=0.01,
+        num_inner_steps=7,
+        num_draws=10,
+    )
     g = post.info["gaussians"]
     for t in range(3):
         prior_cov = meta.implied_prior_cov(x[t].T @ x[t] / SIGMA**2, 0.01, 7)
@@ -150,9 +178,17 @@ def test_llama_with_fixed_prior_precision_is_the_exact_posterior(hessian):
     def output_loss(out, batch):
         return 0.5 * jnp.sum(((batch["y"] - out) / batch["noise_scale"]) ** 2)
 
-    g = meta.llama_gaussians(meta.linear_gaussian_nll, jnp.asarray(theta0), _batch(x, y),
-                             inner_lr=rate, num_inner_steps=steps, prior_precision=lam,
-                             hessian=hessian, predict_fn=predict, output_loss_fn=output_loss)
+    g = meta.llama_gaussians(
+        meta.linear_gaussian_nll,
+        jnp.asarray(theta0),
+        _batch(x, y),
+        inner_lr=rate,
+        num_inner_steps=steps,
+        prior_precision=lam,
+        hessian=hessian,
+        predict_fn=predict,
+        output_loss_fn=output_loss,
+    )
     for t in range(3):
         mean, cov = _conjugate(x[t], y[t], theta0, np.eye(3) / lam)
         np.testing.assert_allclose(g.mean[t], mean, atol=1e-8)
@@ -163,9 +199,15 @@ def test_llama_with_fixed_prior_precision_is_the_exact_posterior(hessian):
 def test_llama_diagonal_curvature():
     x, y = _linear_tasks(3)
     lam = 1.5
-    g = meta.llama_gaussians(meta.linear_gaussian_nll, jnp.zeros(3), _batch(x, y),
-                             inner_lr=0.01, num_inner_steps=0, prior_precision=lam,
-                             hessian="diag")
+    g = meta.llama_gaussians(
+        meta.linear_gaussian_nll,
+        jnp.zeros(3),
+        _batch(x, y),
+        inner_lr=0.01,
+        num_inner_steps=0,
+        prior_precision=lam,
+        hessian="diag",
+    )
     expected = 1.0 / (np.einsum("tni,tni->ti", x, x) / SIGMA**2 + lam)
     np.testing.assert_allclose(g.variance(), expected, rtol=1e-12)
     np.testing.assert_allclose(g.mean, 0.0)
@@ -179,8 +221,7 @@ def test_pytree_parameters_become_one_site_per_leaf():
         return 0.5 * jnp.sum(((batch["y"] - pred) / batch["noise_scale"]) ** 2)
 
     init = {"w": jnp.zeros(2), "b": jnp.zeros(())}
-    post = meta.llama(nll, init, _batch(x, y), inner_lr=0.01, num_inner_steps=2,
-                      num_draws=50)
+    post = meta.llama(nll, init, _batch(x, y), inner_lr=0.01, num_inner_steps=2, num_draws=50)
     assert set(post.samples) == {"w", "b"}
     assert post.samples["w"].shape == (1, 50, 3, 2)
     assert post.dims == {"w": ["task", "w_dim"], "b": ["task"]}
@@ -191,8 +232,15 @@ def test_meta_posterior_exports_to_arviz():
     from bayesmeta.arviz import posterior_group
 
     x, y = _linear_tasks()
-    post = meta.llama(meta.linear_gaussian_nll, jnp.zeros(3), _batch(x, y), inner_lr=0.01,
-                      num_inner_steps=2, num_draws=20, labels=["a", "b", "c"])
+    post = meta.llama(
+        meta.linear_gaussian_nll,
+        jnp.zeros(3),
+        _batch(x, y),
+        inner_lr=0.01,
+        num_inner_steps=2,
+        num_draws=20,
+        labels=["a", "b", "c"],
+    )
     group = posterior_group(post.to_arviz())
     assert group["theta"].shape == (1, 20, 3, 3)
 
@@ -204,8 +252,9 @@ def test_abml_meta_gradient_matches_finite_differences():
     x, y = _linear_tasks(4)
     batch = _batch(x, y)
     tasks = {"support": batch, "query": batch}
-    learner = meta.abml(meta.linear_gaussian_nll, optax.sgd(1.0), inner_lr=0.01,
-                        num_inner_steps=3, num_mc_samples=2)
+    learner = meta.abml(
+        meta.linear_gaussian_nll, optax.sgd(1.0), inner_lr=0.01, num_inner_steps=3, num_mc_samples=2
+    )
     prior = meta.GaussianPrior(jnp.array([0.1, -0.2, 0.3]), jnp.array([-1.0, -0.5, -0.8]))
     state = learner.init(prior)
     step = jax.jit(learner.step)
@@ -232,8 +281,9 @@ def test_abml_adaptation_reaches_the_exact_posterior_of_a_normal_mean():
     rng = np.random.default_rng(7)
     yv = 1.0 + SIGMA * rng.normal(size=10)
     support = {"x": jnp.ones((10, 1)), "y": jnp.asarray(yv), "noise_scale": jnp.full(10, SIGMA)}
-    learner = meta.abml(meta.linear_gaussian_nll, inner_lr=0.005, num_inner_steps=1500,
-                        num_mc_samples=64)
+    learner = meta.abml(
+        meta.linear_gaussian_nll, inner_lr=0.005, num_inner_steps=1500, num_mc_samples=64
+    )
     prior = meta.GaussianPrior(jnp.zeros(1), jnp.zeros(1))
     keys = jax.random.split(jax.random.PRNGKey(0), 16)
     qs = jax.jit(jax.vmap(lambda k: learner.adapt(prior, support, key=k)))(keys)
@@ -250,17 +300,42 @@ def test_abml_adaptation_reaches_the_exact_posterior_of_a_normal_mean():
 def test_posterior_input_errors():
     x, y = _linear_tasks()
     with pytest.raises(ValueError, match="hessian"):
-        meta.llama(meta.linear_gaussian_nll, jnp.zeros(3), _batch(x, y), inner_lr=0.01,
-                   num_inner_steps=1, hessian="kfac")
+        meta.llama(
+            meta.linear_gaussian_nll,
+            jnp.zeros(3),
+            _batch(x, y),
+            inner_lr=0.01,
+            num_inner_steps=1,
+            hessian="kfac",
+        )
     with pytest.raises(ValueError, match="predict_fn"):
-        meta.llama(meta.linear_gaussian_nll, jnp.zeros(3), _batch(x, y), inner_lr=0.01,
-                   num_inner_steps=1, hessian="ggn")
+        meta.llama(
+            meta.linear_gaussian_nll,
+            jnp.zeros(3),
+            _batch(x, y),
+            inner_lr=0.01,
+            num_inner_steps=1,
+            hessian="ggn",
+        )
     with pytest.raises(ValueError, match="inner_lr: task"):
-        meta.llama(meta.linear_gaussian_nll, jnp.zeros(3), _batch(x, y), inner_lr=10.0,
-                   num_inner_steps=1)
+        meta.llama(
+            meta.linear_gaussian_nll, jnp.zeros(3), _batch(x, y), inner_lr=10.0, num_inner_steps=1
+        )
     with pytest.raises(ValueError, match="labels"):
-        meta.llama(meta.linear_gaussian_nll, jnp.zeros(3), _batch(x, y), inner_lr=0.01,
-                   num_inner_steps=1, labels=["a"])
+        meta.llama(
+            meta.linear_gaussian_nll,
+            jnp.zeros(3),
+            _batch(x, y),
+            inner_lr=0.01,
+            num_inner_steps=1,
+            labels=["a"],
+        )
     with pytest.raises(ValueError, match="prior_precision"):
-        meta.llama(meta.linear_gaussian_nll, jnp.zeros(3), _batch(x, y), inner_lr=0.01,
-                   num_inner_steps=1, prior_precision="flat")
+        meta.llama(
+            meta.linear_gaussian_nll,
+            jnp.zeros(3),
+            _batch(x, y),
+            inner_lr=0.01,
+            num_inner_steps=1,
+            prior_precision="flat",
+        )

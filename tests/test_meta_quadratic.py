@@ -61,9 +61,7 @@ def test_one_step_weights_are_the_textbook_form():
 def test_per_parameter_rates_give_the_meta_sgd_fixed_point():
     hessians, optima = _family(3)
     rates = np.array([0.1, 0.25, 0.05])
-    ref = _minimise(
-        lambda th: _post_adaptation_loss(th, hessians, optima, rates, 2), np.zeros(3)
-    )
+    ref = _minimise(lambda th: _post_adaptation_loss(th, hessians, optima, rates, 2), np.zeros(3))
     np.testing.assert_allclose(q.maml_optimum(hessians, optima, rates, 2), ref, atol=1e-6)
 
 
@@ -72,11 +70,12 @@ def test_best_inner_rates():
     theta = np.array([0.5, -1.0, 0.3])
     res = optimize.minimize_scalar(
         lambda a: _post_adaptation_loss(theta, hessians, optima, a, 1),
-        bounds=(0.0, 2.0), method="bounded", options={"xatol": 1e-12},
+        bounds=(0.0, 2.0),
+        method="bounded",
+        options={"xatol": 1e-12},
     )
     np.testing.assert_allclose(q.best_inner_lr(hessians, optima, theta), res.x, rtol=1e-7)
-    vec = _minimise(lambda a: _post_adaptation_loss(theta, hessians, optima, a, 1),
-                    np.full(3, 0.1))
+    vec = _minimise(lambda a: _post_adaptation_loss(theta, hessians, optima, a, 1), np.full(3, 0.1))
     np.testing.assert_allclose(
         q.best_inner_lr_per_parameter(hessians, optima, theta), vec, rtol=1e-5
     )
@@ -106,8 +105,9 @@ def test_fixed_points_of_first_order_methods_and_imaml():
             total += 0.5 * (phi - t) @ a @ (phi - t)
         return total
 
-    np.testing.assert_allclose(q.imaml_optimum(hessians, optima, lam),
-                               _minimise(imaml_objective, np.zeros(3)), atol=1e-6)
+    np.testing.assert_allclose(
+        q.imaml_optimum(hessians, optima, lam), _minimise(imaml_objective, np.zeros(3)), atol=1e-6
+    )
 
 
 def test_validation():

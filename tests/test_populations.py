@@ -15,8 +15,12 @@ def _tasks():
     # 4 tasks of 3 rows with x: the regression gives a 2-vector per task
     rng = np.random.default_rng(0)
     task = np.repeat(np.arange(4), 3)
-    return bm.TaskSet.from_arrays(y=rng.normal(size=12), x=rng.normal(size=12), task=task,
-                                  noise_scale=np.r_[np.full(6, 0.05), np.full(6, 50.0)])
+    return bm.TaskSet.from_arrays(
+        y=rng.normal(size=12),
+        x=rng.normal(size=12),
+        task=task,
+        noise_scale=np.r_[np.full(6, 0.05), np.full(6, 50.0)],
+    )
 
 
 @pytest.mark.parametrize("family", ["normal", "studentt", "mvnormal"])
@@ -24,12 +28,16 @@ def test_mixed_parameterisation_is_a_change_of_variables(family):
     """log p_mixed(phi, z) = log p_centred(phi, theta(z)) + sum over non-centred tasks of
     log |d theta / d z| (= sum log tau, plus sum log diag L for MvNormal)."""
     tasks = _tasks()
-    pop = {"normal": bm.populations.Normal, "studentt": bm.populations.StudentT,
-           "mvnormal": bm.populations.MvNormal}[family]
+    pop = {
+        "normal": bm.populations.Normal,
+        "studentt": bm.populations.StudentT,
+        "mvnormal": bm.populations.MvNormal,
+    }[family]
     lik = bm.likelihoods.LinearRegression()
     mixed = bm.Hierarchical(lik, pop(scale=dist.HalfNormal(1.0))).build(tasks)
-    centred = bm.Hierarchical(lik, pop(scale=dist.HalfNormal(1.0),
-                                       parameterization="centered")).build(tasks)
+    centred = bm.Hierarchical(
+        lik, pop(scale=dist.HalfNormal(1.0), parameterization="centered")
+    ).build(tasks)
     c = mixed.centered
     assert c[:2].all() and not c[2:].any()  # precise tasks centred, noisy ones not
     key = jax.random.PRNGKey(1)
@@ -63,9 +71,9 @@ def test_default_hyperpriors_are_documented_ones():
 
 
 def test_name_prefixes_site_names():
-    built = bm.Hierarchical(bm.likelihoods.NormalKnownNoise(),
-                            bm.populations.Normal(name="school")).build(
-        bm.datasets.eight_schools())
+    built = bm.Hierarchical(
+        bm.likelihoods.NormalKnownNoise(), bm.populations.Normal(name="school")
+    ).build(bm.datasets.eight_schools())
     assert {"school_mu", "school_tau", "school_theta"} <= set(built.dims)
 
 
@@ -76,10 +84,12 @@ def test_fixed_hyperparameters_are_not_sampled():
 
 
 def test_studentt_population_fits():
-    model = bm.Hierarchical(bm.likelihoods.NormalKnownNoise(),
-                            bm.populations.StudentT(scale=dist.HalfNormal(5.0)))
-    post = bm.fit(model, bm.datasets.eight_schools(), method="vi", num_steps=500,
-                  num_samples=100, warn=False)
+    model = bm.Hierarchical(
+        bm.likelihoods.NormalKnownNoise(), bm.populations.StudentT(scale=dist.HalfNormal(5.0))
+    )
+    post = bm.fit(
+        model, bm.datasets.eight_schools(), method="vi", num_steps=500, num_samples=100, warn=False
+    )
     assert post.samples["nu"].shape == (1, 100)
     pop = post.population()
     assert np.isfinite(float(pop.log_prob(3.0)))

@@ -64,8 +64,9 @@ def test_claims_hold_on_the_printed_numbers(example_output):
     assert mean[1] < pooled[1]
     assert pooled[2] < 60.0 < 85.0 < mean[2]
     # 3. partial pooling has the lowest risk for every theta_t
-    partial = [theta[name][1] for name in ("BLUP (DL)", "BLUP (REML)", "James-Stein",
-                                           "exact Bayes")]
+    partial = [
+        theta[name][1] for name in ("BLUP (DL)", "BLUP (REML)", "James-Stein", "exact Bayes")
+    ]
     assert max(partial) < min(theta["no pooling"][1], theta["complete pooling"][1])
     # 4. centre of the task universe: the mean of the task optima is the closest point to the
     # collection's tasks, and the universe mean mu (tau^2 = 0.25) to a new task
@@ -83,8 +84,7 @@ def test_without_heterogeneity_pooling_wins():
     # estimate is the efficient one and beats the unweighted mean
     table = study(tau=0.0, num_reps=200, seed=1, exact=False)
     assert table.row("pooled (all rows)")["rmse"] < table.row("mean of estimates")["rmse"]
-    assert table.row("no pooling", "theta")["rmse"] > table.row("complete pooling",
-                                                                "theta")["rmse"]
+    assert table.row("no pooling", "theta")["rmse"] > table.row("complete pooling", "theta")["rmse"]
 
 
 def test_seeded_and_validated():
@@ -102,8 +102,9 @@ def test_batched_exact_rule_matches_single_solver():
     se = np.array([0.2, 0.45, 0.45, 0.45, 0.45, 0.45])
     y = 0.5 * rng.standard_normal((3, 6)) + se * rng.standard_normal((3, 6))
     prior = dist.HalfCauchy(1.0)
-    rule, _, _ = nn._batch_rule(y, np.broadcast_to(se, y.shape).copy(), loc_prior="flat",
-                                scale_prior=prior, rtol=1e-10)
+    rule, _, _ = nn._batch_rule(
+        y, np.broadcast_to(se, y.shape).copy(), loc_prior="flat", scale_prior=prior, rtol=1e-10
+    )
     mom = nn._batch_moments(rule, y, np.broadcast_to(se, y.shape))
     for r in range(3):
         single = nn.solve_normal_normal(y[r], se, loc_prior="flat", scale_prior=prior)

@@ -102,8 +102,9 @@ class GaussianPosterior(NamedTuple):
     cov: jnp.ndarray
 
 
-def linear_sufficient_stats(x: Any, y: Any, task_index: Any, num_tasks: int,
-                            noise_scale: Any = None) -> LinearStats:
+def linear_sufficient_stats(
+    x: Any, y: Any, task_index: Any, num_tasks: int, noise_scale: Any = None
+) -> LinearStats:
     """Segment sums of ``x x^T``, ``x y``, ``y^2`` (divided by ``s^2``) per task.
 
     Args:
@@ -158,8 +159,13 @@ def linear_log_marginal(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
     s2, _, chol, _, z = _pieces(stats, hyper)
     rr = (stats.yty - 2.0 * stats.xty @ mu + jnp.einsum("i,tij,j->t", mu, stats.xtx, mu)) / s2
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-    return -0.5 * (stats.count * jnp.log(2.0 * jnp.pi * s2) + 2.0 * stats.log_scale + logdet
-                   + rr - jnp.sum(z**2, axis=-1))
+    return -0.5 * (
+        stats.count * jnp.log(2.0 * jnp.pi * s2)
+        + 2.0 * stats.log_scale
+        + logdet
+        + rr
+        - jnp.sum(z**2, axis=-1)
+    )
 
 
 def linear_task_posterior(stats: LinearStats, hyper: LinearHyper) -> GaussianPosterior:
@@ -174,40 +180,42 @@ def linear_task_posterior(stats: LinearStats, hyper: LinearHyper) -> GaussianPos
     return GaussianPosterior(mean, cov)
 
 
-def linear_new_task(hyper: LinearHyper, x: Any, y: Any, noise_scale: Any = None
-                    ) -> GaussianPosterior:
+def linear_new_task(
+    hyper: LinearHyper, x: Any, y: Any, noise_scale: Any = None
+) -> GaussianPosterior:
     """Exact posterior of a brand-new task's ``theta`` from its data ``x`` ``(n, p)``,
     ``y`` ``(n,)`` under the population ``hyper``: mean ``(p,)``, cov ``(p, p)``.
     With ``n = 0`` rows it is the population itself."""
     x = jnp.asarray(x)
     y = jnp.asarray(y)
     if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"x/y: expected x of shape (n, p) and y of shape (n,), got "
-                         f"{x.shape} and {y.shape}")
+        raise ValueError(
+            f"x/y: expected x of shape (n, p) and y of shape (n,), got {x.shape} and {y.shape}"
+        )
     if x.shape[1] != hyper.mu.shape[-1]:
-        raise ValueError(f"x: {x.shape[1]} input columns, the population has "
-                         f"{hyper.mu.shape[-1]}")
+        raise ValueError(f"x: {x.shape[1]} input columns, the population has {hyper.mu.shape[-1]}")
     return _new_task(hyper, x, y, noise_scale)
 
 
 @jax.jit
 def _new_task(hyper, x, y, noise_scale):
-    stats = linear_sufficient_stats(x, y, jnp.zeros(y.shape[0], dtype=jnp.int32), 1,
-                                    noise_scale)
+    stats = linear_sufficient_stats(x, y, jnp.zeros(y.shape[0], dtype=jnp.int32), 1, noise_scale)
     post = linear_task_posterior(stats, hyper)
     return GaussianPosterior(post.mean[0], post.cov[0])
 
 
-def linear_predictive(posterior: GaussianPosterior, x_new: Any, noise: Any = None,
-                      noise_scale: Any = None) -> GaussianPosterior:
+def linear_predictive(
+    posterior: GaussianPosterior, x_new: Any, noise: Any = None, noise_scale: Any = None
+) -> GaussianPosterior:
     """Predictive at new inputs ``x_new`` ``(m, p)`` from a Gaussian over ``theta``:
     ``N(x_new mean, x_new cov x_new^T)`` for the regression function, plus
     ``noise**2 diag(noise_scale**2)`` for new observations when ``noise`` is given.
     Returns mean ``(m,)`` and cov ``(m, m)``."""
     x_new = jnp.asarray(x_new)
     if x_new.ndim != 2 or x_new.shape[1] != posterior.mean.shape[-1]:
-        raise ValueError(f"x_new: expected shape (m, {posterior.mean.shape[-1]}), got "
-                         f"{x_new.shape}")
+        raise ValueError(
+            f"x_new: expected shape (m, {posterior.mean.shape[-1]}), got {x_new.shape}"
+        )
     return _predictive(posterior, x_new, noise, noise_scale)
 
 
@@ -250,9 +258,12 @@ def _em_step(stats: LinearStats, hyper: LinearHyper, free: tuple[str, ...]) -> L
         L = jnp.linalg.cholesky(cov + 1e-12 * jnp.trace(cov) / p * jnp.eye(p, dtype=cov.dtype))
     noise = hyper.noise
     if "noise" in free:
-        resid = (stats.yty - 2.0 * jnp.sum(m * stats.xty, axis=-1)
-                 + jnp.einsum("ti,tij,tj->t", m, stats.xtx, m)
-                 + jnp.einsum("tij,tji->t", stats.xtx, v))
+        resid = (
+            stats.yty
+            - 2.0 * jnp.sum(m * stats.xty, axis=-1)
+            + jnp.einsum("ti,tij,tj->t", m, stats.xtx, m)
+            + jnp.einsum("tij,tji->t", stats.xtx, v)
+        )
         noise = jnp.sqrt(jnp.sum(resid) / jnp.sum(stats.count))
     return LinearHyper(mu, L, noise)
 
@@ -296,13 +307,22 @@ def fit_linear_gaussian(
         fixed["noise"] = jnp.asarray(noise, dtype)
     free = tuple(k for k in ("mu", "scale_tril", "noise") if k not in fixed)
     if init is not None:
-        init = LinearHyper(jnp.asarray(init.mu, dtype), jnp.asarray(init.scale_tril, dtype),
-                           jnp.asarray(init.noise, dtype))
-    hyper, value, num_iter, grad_norm = _fit(stats, init, fixed, free, int(num_em_steps),
-                                             int(max_iter), jnp.asarray(tol, dtype))
+        init = LinearHyper(
+            jnp.asarray(init.mu, dtype),
+            jnp.asarray(init.scale_tril, dtype),
+            jnp.asarray(init.noise, dtype),
+        )
+    hyper, value, num_iter, grad_norm = _fit(
+        stats, init, fixed, free, int(num_em_steps), int(max_iter), jnp.asarray(tol, dtype)
+    )
     grad_norm = float(grad_norm)
-    info = {"log_marginal_likelihood": value, "num_iterations": int(num_iter),
-            "grad_norm": grad_norm, "converged": bool(grad_norm <= tol), "fitted": free}
+    info = {
+        "log_marginal_likelihood": value,
+        "num_iterations": int(num_iter),
+        "grad_norm": grad_norm,
+        "converged": bool(grad_norm <= tol),
+        "fitted": free,
+    }
     return hyper, info
 
 
@@ -315,8 +335,7 @@ def _default_init(stats: LinearStats) -> LinearHyper:
     beta = jnp.linalg.solve(total + ridge, jnp.sum(stats.xty, axis=0))
     rss = jnp.sum(stats.yty) - 2 * beta @ jnp.sum(stats.xty, axis=0) + beta @ total @ beta
     sd = jnp.sqrt(jnp.maximum(rss / jnp.sum(stats.count), 1e-12))
-    return LinearHyper(beta, jnp.eye(p, dtype=dtype) * jnp.maximum(jnp.linalg.norm(beta), sd),
-                       sd)
+    return LinearHyper(beta, jnp.eye(p, dtype=dtype) * jnp.maximum(jnp.linalg.norm(beta), sd), sd)
 
 
 @partial(jax.jit, static_argnames=("free", "num_em_steps", "max_iter"))
@@ -325,8 +344,11 @@ def _fit(stats, init, fixed, free, num_em_steps, max_iter, tol):
     p = stats.xty.shape[-1]
     if init is None:
         init = _default_init(stats)
-    hyper = LinearHyper(fixed.get("mu", init.mu), fixed.get("scale_tril", init.scale_tril),
-                        fixed.get("noise", init.noise))
+    hyper = LinearHyper(
+        fixed.get("mu", init.mu),
+        fixed.get("scale_tril", init.scale_tril),
+        fixed.get("noise", init.noise),
+    )
     if not free:
         return hyper, jnp.sum(linear_log_marginal(stats, hyper)), 0, jnp.zeros((), tol.dtype)
     if num_em_steps > 0:
@@ -380,8 +402,7 @@ def _bfgs(fun, x0, args, max_iter, tol):
             t = 0.5 * state[0]
             return t, fun(x + t * d, *args)
 
-        t, ft = jax.lax.while_loop(ls_cond, ls_body, (jnp.asarray(1.0, x.dtype),
-                                                      fun(x + d, *args)))
+        t, ft = jax.lax.while_loop(ls_cond, ls_body, (jnp.asarray(1.0, x.dtype), fun(x + d, *args)))
         ok = ft <= f + 1e-4 * t * slope
         step = t * d
         x_new = jnp.where(ok, x + step, x)
@@ -433,8 +454,7 @@ class LinearGaussianResult(NamedTuple):
         ``y`` ``(n,)``."""
         return linear_new_task(self.hyper, x, y, noise_scale)
 
-    def predict(self, x_new: Any, task: Any = None, observation: bool = True
-                ) -> GaussianPosterior:
+    def predict(self, x_new: Any, task: Any = None, observation: bool = True) -> GaussianPosterior:
         """Predictive at ``x_new`` ``(m, p)`` for a fitted task (label or index) or, with
         ``task=None``, for a brand-new task with no data (the population). With
         ``observation=True`` the noise ``sigma**2`` is added (unit row scales)."""
@@ -514,12 +534,26 @@ def linear_gaussian(
         noise = float(noise)
         if not (np.isfinite(noise) and noise > 0):
             raise ValueError(f"noise: must be finite and positive, got {noise}")
-    stats = linear_sufficient_stats(tasks.x, tasks.y, tasks.task_index, tasks.num_tasks,
-                                    tasks.noise_scale)
-    hyper, info = fit_linear_gaussian(stats, mu=fixed_mu, scale_tril=fixed_l, noise=noise,
-                                      num_em_steps=num_em_steps, max_iter=max_iter, tol=tol)
+    stats = linear_sufficient_stats(
+        tasks.x, tasks.y, tasks.task_index, tasks.num_tasks, tasks.noise_scale
+    )
+    hyper, info = fit_linear_gaussian(
+        stats,
+        mu=fixed_mu,
+        scale_tril=fixed_l,
+        noise=noise,
+        num_em_steps=num_em_steps,
+        max_iter=max_iter,
+        tol=tol,
+    )
     post, per_task = _posterior_and_marginal(stats, hyper)
-    return LinearGaussianResult(hyper=hyper, cov=hyper.cov, task_mean=post.mean,
-                                task_cov=post.cov, log_marginal_likelihood=jnp.sum(per_task),
-                                log_marginal_per_task=per_task, labels=tuple(tasks.labels),
-                                info=info)
+    return LinearGaussianResult(
+        hyper=hyper,
+        cov=hyper.cov,
+        task_mean=post.mean,
+        task_cov=post.cov,
+        log_marginal_likelihood=jnp.sum(per_task),
+        log_marginal_per_task=per_task,
+        labels=tuple(tasks.labels),
+        info=info,
+    )

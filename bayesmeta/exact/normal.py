@@ -105,8 +105,11 @@ def _ndtri(p: Any) -> np.ndarray:
     ok = (lower > 0) & np.isfinite(p)
     q = np.where(ok, lower, 0.5)
     t = np.sqrt(-2.0 * np.log(q))
-    x = -(t - (2.515517 + 0.802853 * t + 0.010328 * t**2)
-          / (1.0 + 1.432788 * t + 0.189269 * t**2 + 0.001308 * t**3))
+    x = -(
+        t
+        - (2.515517 + 0.802853 * t + 0.010328 * t**2)
+        / (1.0 + 1.432788 * t + 0.189269 * t**2 + 0.001308 * t**3)
+    )
     for _ in range(3):
         err = _ndtr(x) - q
         pdf = _norm_pdf(x)
@@ -133,8 +136,11 @@ def _numpy_rng(seed: Any) -> np.random.Generator:
     try:
         import jax
 
-        data = np.asarray(jax.random.key_data(seed)) if jnp.issubdtype(
-            jnp.asarray(seed).dtype, jax.dtypes.prng_key) else np.asarray(seed)
+        data = (
+            np.asarray(jax.random.key_data(seed))
+            if jnp.issubdtype(jnp.asarray(seed).dtype, jax.dtypes.prng_key)
+            else np.asarray(seed)
+        )
     except (TypeError, AttributeError):
         data = np.asarray(seed)
     return np.random.default_rng([int(v) for v in np.ravel(data).astype(np.uint64)])
@@ -154,8 +160,9 @@ class NormalMixture:
     """
 
     def __init__(self, weights: Any, means: Any, scales: Any):
-        w, m, s = np.broadcast_arrays(np.asarray(weights, float), np.asarray(means, float),
-                                      np.asarray(scales, float))
+        w, m, s = np.broadcast_arrays(
+            np.asarray(weights, float), np.asarray(means, float), np.asarray(scales, float)
+        )
         if w.ndim == 0:
             raise ValueError("weights: need a component axis (last axis)")
         if np.any(w < 0) or np.any(s < 0):
@@ -265,15 +272,19 @@ class NormalMixture:
         cw = np.cumsum(self.weights, axis=-1)
         u = rng.uniform(size=(int(num), *self.batch_shape, 1))
         idx = np.minimum(np.sum(u > cw, axis=-1), self.weights.shape[-1] - 1)
-        m = np.take_along_axis(np.broadcast_to(self.means, (int(num), *self.means.shape)),
-                               idx[..., None], axis=-1)[..., 0]
-        s = np.take_along_axis(np.broadcast_to(self.scales, (int(num), *self.scales.shape)),
-                               idx[..., None], axis=-1)[..., 0]
+        m = np.take_along_axis(
+            np.broadcast_to(self.means, (int(num), *self.means.shape)), idx[..., None], axis=-1
+        )[..., 0]
+        s = np.take_along_axis(
+            np.broadcast_to(self.scales, (int(num), *self.scales.shape)), idx[..., None], axis=-1
+        )[..., 0]
         return m + s * rng.standard_normal(m.shape)
 
     def __repr__(self) -> str:
-        return (f"NormalMixture(batch_shape={self.batch_shape}, "
-                f"num_components={self.weights.shape[-1]})")
+        return (
+            f"NormalMixture(batch_shape={self.batch_shape}, "
+            f"num_components={self.weights.shape[-1]})"
+        )
 
 
 # --------------------------------------------------------------------------- JAX pieces
@@ -307,8 +318,9 @@ def _mu_pieces(y, se, tau, loc_mean, loc_sd):
     return var, w, prec, mean
 
 
-def log_marginal_tau(y: Any, se: Any, tau: Any, loc_mean: Any = None,
-                     loc_sd: Any = None) -> jnp.ndarray:
+def log_marginal_tau(
+    y: Any, se: Any, tau: Any, loc_mean: Any = None, loc_sd: Any = None
+) -> jnp.ndarray:
     """``log p(y | tau)`` with both ``theta`` and ``mu`` integrated out (JAX).
 
     ``mu ~ N(loc_mean, loc_sd**2)``, or flat when ``loc_sd`` is None (then the value is a
@@ -326,8 +338,9 @@ def log_marginal_tau(y: Any, se: Any, tau: Any, loc_mean: Any = None,
     return out - 0.5 * ((mean - loc_mean) ** 2 / loc_sd**2 + 2.0 * jnp.log(loc_sd))
 
 
-def mu_conditional(y: Any, se: Any, tau: Any, loc_mean: Any = None,
-                   loc_sd: Any = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+def mu_conditional(
+    y: Any, se: Any, tau: Any, loc_mean: Any = None, loc_sd: Any = None
+) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Mean and sd of ``mu | tau, y`` (JAX): precision ``1/loc_sd**2 + sum 1/(se**2+tau**2)``.
 
     Shapes as :func:`log_marginal_tau`; returns two arrays of shape ``(...)``.
@@ -391,8 +404,9 @@ def _loc_prior(prior: Any) -> _LocPrior:
     try:
         value = float(np.asarray(prior, dtype=float))
     except (TypeError, ValueError):
-        raise ValueError(f"loc_prior: expected a numpyro Normal, 'flat' or a number, got "
-                         f"{type(prior).__name__}") from None
+        raise ValueError(
+            f"loc_prior: expected a numpyro Normal, 'flat' or a number, got {type(prior).__name__}"
+        ) from None
     if not math.isfinite(value):
         raise ValueError(f"loc_prior: fixed mu must be finite, got {value}")
     return _LocPrior("fixed", value)
@@ -426,8 +440,13 @@ def _lognormal(loc, scale):
 
 
 def _half_student_t(df, scale):
-    c = (math.log(2.0) + math.lgamma(0.5 * (df + 1)) - math.lgamma(0.5 * df)
-         - 0.5 * math.log(df * math.pi) - math.log(scale))
+    c = (
+        math.log(2.0)
+        + math.lgamma(0.5 * (df + 1))
+        - math.lgamma(0.5 * df)
+        - 0.5 * math.log(df * math.pi)
+        - math.log(scale)
+    )
     return lambda t: c - 0.5 * (df + 1) * np.log1p((t / scale) ** 2 / df)
 
 
@@ -453,12 +472,16 @@ def _tau_prior(prior: Any, tau_range: tuple[float, float] | None) -> _TauPrior:
         return _tau_prior(_numpyro_halfcauchy(5.0), tau_range)
     if hasattr(prior, "log_prob") and hasattr(prior, "support"):
         if tuple(getattr(prior, "batch_shape", ())) or tuple(getattr(prior, "event_shape", ())):
-            raise ValueError(f"scale_prior: {type(prior).__name__} must be a scalar "
-                             "distribution (no batch or event shape)")
+            raise ValueError(
+                f"scale_prior: {type(prior).__name__} must be a scalar "
+                "distribution (no batch or event shape)"
+            )
         name = type(prior).__name__
         if getattr(prior.support, "lower_bound", None) is None:
-            raise ValueError(f"scale_prior: {name} has support {prior.support}; tau is a scale "
-                             "and needs a prior on [0, inf) or an interval in it")
+            raise ValueError(
+                f"scale_prior: {name} has support {prior.support}; tau is a scale "
+                "and needs a prior on [0, inf) or an interval in it"
+            )
         lower = float(np.asarray(prior.support.lower_bound))
         upper = float(np.asarray(getattr(prior.support, "upper_bound", math.inf)))
         if lower < 0:
@@ -468,16 +491,16 @@ def _tau_prior(prior: Any, tau_range: tuple[float, float] | None) -> _TauPrior:
             "HalfNormal": lambda d: _halfnormal(_param(d, "scale")),
             "Exponential": lambda d: _exponential(_param(d, "rate")),
             "Gamma": lambda d: _gamma(_param(d, "concentration"), _param(d, "rate")),
-            "InverseGamma": lambda d: _inverse_gamma(_param(d, "concentration"),
-                                                     _param(d, "rate")),
+            "InverseGamma": lambda d: _inverse_gamma(_param(d, "concentration"), _param(d, "rate")),
             "LogNormal": lambda d: _lognormal(_param(d, "loc"), _param(d, "scale")),
             "HalfStudentT": lambda d: _half_student_t(_param(d, "df"), _param(d, "scale")),
         }
         if name == "Uniform":
             lower, upper = _param(prior, "low"), _param(prior, "high")
             if lower < 0 or not upper > lower:
-                raise ValueError(f"scale_prior: Uniform({lower}, {upper}) must satisfy "
-                                 "0 <= low < high")
+                raise ValueError(
+                    f"scale_prior: Uniform({lower}, {upper}) must satisfy 0 <= low < high"
+                )
             const = -math.log(upper - lower)
             logpdf = lambda t: np.full(np.shape(t), const)  # noqa: E731
         elif name in known:
@@ -497,13 +520,20 @@ def _tau_prior(prior: Any, tau_range: tuple[float, float] | None) -> _TauPrior:
         def logpdf(t, _f=prior):
             return np.asarray(_f(t), dtype=float) * np.ones(np.shape(t))
 
-        return _TauPrior("density", logpdf=logpdf, lower=lower, upper=upper,
-                         name=getattr(prior, "__name__", "log-density"))
+        return _TauPrior(
+            "density",
+            logpdf=logpdf,
+            lower=lower,
+            upper=upper,
+            name=getattr(prior, "__name__", "log-density"),
+        )
     try:
         value = float(np.asarray(prior, dtype=float))
     except (TypeError, ValueError):
-        raise ValueError("scale_prior: expected a numpyro distribution on tau, a callable "
-                         f"log-density or a fixed number, got {type(prior).__name__}") from None
+        raise ValueError(
+            "scale_prior: expected a numpyro distribution on tau, a callable "
+            f"log-density or a fixed number, got {type(prior).__name__}"
+        ) from None
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"scale_prior: a fixed tau must be finite and >= 0, got {value}")
     return _TauPrior("fixed", value=value, name=f"fixed at {value:g}")
@@ -519,10 +549,11 @@ def _chunked_log_prob(d: Any, chunk: int = 2048) -> Callable[[np.ndarray], np.nd
         flat = t.reshape(-1)
         out = np.empty(flat.shape)
         for start in range(0, flat.size, chunk):
-            part = flat[start:start + chunk]
-            padded = np.concatenate([part, np.full(chunk - part.size, part[0] if part.size
-                                                   else 1.0)])
-            out[start:start + part.size] = np.asarray(fn(jnp.asarray(padded)))[:part.size]
+            part = flat[start : start + chunk]
+            padded = np.concatenate(
+                [part, np.full(chunk - part.size, part[0] if part.size else 1.0)]
+            )
+            out[start : start + part.size] = np.asarray(fn(jnp.asarray(padded)))[: part.size]
         return out.reshape(t.shape)
 
     return logpdf
@@ -535,8 +566,9 @@ def _numpyro_halfcauchy(scale: float):
 
 
 # --------------------------------------------------------------------------- conditionals
-def _conditionals(y: np.ndarray, se: np.ndarray, tau: np.ndarray,
-                  loc: _LocPrior) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _conditionals(
+    y: np.ndarray, se: np.ndarray, tau: np.ndarray, loc: _LocPrior
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``log p(y | tau)``, ``E[mu | tau, y]``, ``Var[mu | tau, y]`` in float64 numpy.
 
     ``y``, ``se``: ``(R, T)``; ``tau``: ``(R, J)`` or ``(J,)``. Returns three ``(R, J)``.
@@ -593,14 +625,30 @@ def _theta_moments_given_tau(y, se, tau, mhat, vmu):
 # Gauss-Kronrod 7-15 on [-1, 1] (QUADPACK's qk15 abscissae and weights); the 7-point Gauss
 # weights come from numpy's Gauss-Legendre rule. Exactness of the Kronrod rule up to degree 22
 # is checked in the tests.
-_XK = np.array([0.991455371120812639206854697526329, 0.949107912342758524526189684047851,
-                0.864864423359769072789712788640926, 0.741531185599394439863864773280788,
-                0.586087235467691130294144845693013, 0.405845151377397166906606412076961,
-                0.207784955007898467600689403773245, 0.0])
-_WK = np.array([0.022935322010529224963732008058970, 0.063092092629978553290700663189204,
-                0.104790010322250183839876322541518, 0.140653259715525918745189590510238,
-                0.169004726639267902826583426598550, 0.190350578064785409913256402421014,
-                0.204432940075298892414161999234649, 0.209482141084727828012999174891714])
+_XK = np.array(
+    [
+        0.991455371120812639206854697526329,
+        0.949107912342758524526189684047851,
+        0.864864423359769072789712788640926,
+        0.741531185599394439863864773280788,
+        0.586087235467691130294144845693013,
+        0.405845151377397166906606412076961,
+        0.207784955007898467600689403773245,
+        0.0,
+    ]
+)
+_WK = np.array(
+    [
+        0.022935322010529224963732008058970,
+        0.063092092629978553290700663189204,
+        0.104790010322250183839876322541518,
+        0.140653259715525918745189590510238,
+        0.169004726639267902826583426598550,
+        0.190350578064785409913256402421014,
+        0.204432940075298892414161999234649,
+        0.209482141084727828012999174891714,
+    ]
+)
 _KRONROD_X = np.concatenate([-_XK[:-1], [0.0], _XK[:-1][::-1]])
 _KRONROD_W = np.concatenate([_WK[:-1], [_WK[-1]], _WK[:-1][::-1]])
 _GAUSS_W = np.zeros(15)
@@ -684,8 +732,7 @@ def _find_offsets(y, se, loc, prior, mp) -> tuple[np.ndarray, list[float]]:
     offset = np.max(logd, axis=1)
     half = np.full(num_rep, 2.0 / 256)
     for _ in range(5):
-        local = np.clip(center[:, None] + half[:, None] * np.linspace(-1, 1, 33), 1e-15,
-                        1 - 1e-15)
+        local = np.clip(center[:, None] + half[:, None] * np.linspace(-1, 1, 33), 1e-15, 1 - 1e-15)
         ld, _, _ = _log_post(y, se, loc, prior, mp, local)
         offset = np.maximum(offset, np.max(ld, axis=1))
         val = ld + np.log(mp.jac(local))
@@ -709,8 +756,9 @@ def _find_offsets(y, se, loc, prior, mp) -> tuple[np.ndarray, list[float]]:
 
 def _initial_edges(extra: Sequence[float]) -> np.ndarray:
     geometric = 2.0 ** -np.arange(6, 46)
-    edges = np.concatenate([np.linspace(0.0, 1.0, 33), geometric, 1.0 - geometric,
-                            np.asarray(extra, dtype=float)])
+    edges = np.concatenate(
+        [np.linspace(0.0, 1.0, 33), geometric, 1.0 - geometric, np.asarray(extra, dtype=float)]
+    )
     edges = np.unique(np.clip(edges, 0.0, 1.0))
     keep = np.concatenate([[True], np.diff(edges) > 1e-15])
     return edges[keep]
@@ -727,8 +775,7 @@ def _integrand(y, se, loc, prior, mp, offset, u, with_theta):
     out = np.stack(comps, axis=-1)  # (R, n, 5)
     if with_theta:
         tm, tv = _theta_moments_given_tau(y, se, tau_b, mhat, vmu)  # (R, n, T)
-        out = np.concatenate([out, dens[..., None] * tm, dens[..., None] * (tm**2 + tv)],
-                             axis=-1)
+        out = np.concatenate([out, dens[..., None] * tm, dens[..., None] * (tm**2 + tv)], axis=-1)
     return np.moveaxis(out, 1, 0)  # (n, R, K)
 
 
@@ -800,8 +847,10 @@ def _build_rule(y, se, loc, prior, rtol, max_panels, with_theta=True, keep_densi
     offset, extra = _find_offsets(y, se, loc, prior, mp)
     if not np.all(np.isfinite(offset)):
         r = int(np.flatnonzero(~np.isfinite(offset))[0])
-        raise ValueError(f"scale_prior: the posterior of tau is zero everywhere (data set {r});"
-                         " check the prior's support")
+        raise ValueError(
+            f"scale_prior: the posterior of tau is zero everywhere (data set {r});"
+            " check the prior's support"
+        )
 
     def fn(u):
         return _integrand(y, se, loc, prior, mp, offset, u, with_theta)
@@ -816,27 +865,61 @@ def _build_rule(y, se, loc, prior, rtol, max_panels, with_theta=True, keep_densi
         dens = np.exp(logd - offset[:, None]) * base
     z = dens.sum(axis=1)
     if not np.all(z > 0) or not np.all(np.isfinite(z)):
-        raise ValueError("scale_prior: the posterior of tau could not be normalised "
-                         "(is the prior proper and the posterior finite?)")
+        raise ValueError(
+            "scale_prior: the posterior of tau could not be normalised "
+            "(is the prior proper and the posterior finite?)"
+        )
     weights = dens / z[:, None]
     density_u = None
     if keep_density:
         density_u = (np.exp(logd - offset[:, None]) * mp.jac(u) / z[:, None]).reshape(
-            y.shape[0], len(half), 15)
-    return _Rule(mp, edges, nodes, mp.tau(u), weights, logd, mhat, vmu,
-                 offset + np.log(z), converged, density_u)
+            y.shape[0], len(half), 15
+        )
+    return _Rule(
+        mp,
+        edges,
+        nodes,
+        mp.tau(u),
+        weights,
+        logd,
+        mhat,
+        vmu,
+        offset + np.log(z),
+        converged,
+        density_u,
+    )
 
 
 def _fixed_rule(y, se, loc, prior) -> _Rule:
     tau = np.array([prior.value])
     logm, mhat, vmu = _conditionals(y, se, tau, loc)
     ones = np.ones((y.shape[0], 1))
-    return _Rule(_Map(prior.value, prior.value, 1.0), np.array([0.0, 1.0]), np.zeros((1, 1)),
-                 tau, ones, logm, mhat, vmu, logm[:, 0], True, None)
+    return _Rule(
+        _Map(prior.value, prior.value, 1.0),
+        np.array([0.0, 1.0]),
+        np.zeros((1, 1)),
+        tau,
+        ones,
+        logm,
+        mhat,
+        vmu,
+        logm[:, 0],
+        True,
+        None,
+    )
 
 
-def _batch_rule(y, se, loc_prior=None, scale_prior=None, *, rtol=1e-10, max_panels=5000,
-                with_theta=True, tau_range=None) -> tuple[_Rule, _LocPrior, _TauPrior]:
+def _batch_rule(
+    y,
+    se,
+    loc_prior=None,
+    scale_prior=None,
+    *,
+    rtol=1e-10,
+    max_panels=5000,
+    with_theta=True,
+    tau_range=None,
+) -> tuple[_Rule, _LocPrior, _TauPrior]:
     """Posterior rules for a batch of data sets ``y``, ``se`` of shape ``(R, T)`` sharing the
     priors (used by the estimator study to vectorise over replications)."""
     loc = _loc_prior(loc_prior)
@@ -866,9 +949,20 @@ def _batch_moments(rule: _Rule, y: np.ndarray, se: np.ndarray, prune: float = 1e
     tm, tv = _theta_moments_given_tau(y, se, tau_b, mhat, vmu)  # (R, J', T)
     theta_mean = np.einsum("rj,rjt->rt", w, tm)
     theta_var = np.einsum("rj,rjt->rt", w, tv + (tm - theta_mean[:, None, :]) ** 2)
-    return dict(mu_mean=mu_mean, mu_var=mu_var, tau_mean=tau_mean, tau_var=tau_var,
-                theta_mean=theta_mean, theta_var=theta_var, weights=w, tau=tau, mhat=mhat,
-                vmu=vmu, theta_cond_mean=tm, theta_cond_var=tv)
+    return dict(
+        mu_mean=mu_mean,
+        mu_var=mu_var,
+        tau_mean=tau_mean,
+        tau_var=tau_var,
+        theta_mean=theta_mean,
+        theta_var=theta_var,
+        weights=w,
+        tau=tau,
+        mhat=mhat,
+        vmu=vmu,
+        theta_cond_mean=tm,
+        theta_cond_var=tv,
+    )
 
 
 # --------------------------------------------------------------------------- result
@@ -932,8 +1026,9 @@ class NormalNormalResult:
         mix = self.theta_marginal()
         keep = self.tau_weights > 1e-15
         # batch (T, 1) so that the Q levels broadcast to (T, Q)
-        mix = NormalMixture(self.tau_weights[keep], mix.means[:, None, keep],
-                            mix.scales[:, None, keep])
+        mix = NormalMixture(
+            self.tau_weights[keep], mix.means[:, None, keep], mix.scales[:, None, keep]
+        )
         return mix.quantile(self.quantile_levels)
 
     # ------------------------------------------------------------------ tau
@@ -956,8 +1051,9 @@ class NormalNormalResult:
             out[inside] = np.exp(lp + logm[0] - self.log_marginal_likelihood)
         return out.reshape(t.shape)
 
-    def tau_density_grid(self, num: int = 200, upper: float = 0.999
-                         ) -> tuple[np.ndarray, np.ndarray]:
+    def tau_density_grid(
+        self, num: int = 200, upper: float = 0.999
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(grid, density)`` of the posterior of tau on ``num`` points from the lower end
         of its support to its ``upper`` posterior quantile (for plotting)."""
         if self.tau_fixed:
@@ -1059,14 +1155,20 @@ class NormalNormalResult:
         levels = list(np.round(self.quantile_levels, 6))
         lo_i = levels.index(0.025) if 0.025 in levels else 0
         hi_i = levels.index(0.975) if 0.975 in levels else len(levels) - 1
-        lines = [f"Exact normal-normal posterior: mu ~ {self.loc_prior}, tau ~ "
-                 f"{self.scale_prior}; log p(y) = {self.log_marginal_likelihood:.6f}",
-                 f"{'':>12} {'mean':>11} {'sd':>11} "
-                 f"{f'q{levels[lo_i]:g}':>11} {f'q{levels[hi_i]:g}':>11}"]
-        rows = [("mu", self.mu_mean, self.mu_sd, self.mu_quantiles),
-                ("tau", self.tau_mean, self.tau_sd, self.tau_quantiles)]
-        rows += [(f"theta[{lab}]", self.theta_mean[t], self.theta_sd[t],
-                  self.theta_quantiles[t]) for t, lab in enumerate(self.labels)]
+        lines = [
+            f"Exact normal-normal posterior: mu ~ {self.loc_prior}, tau ~ "
+            f"{self.scale_prior}; log p(y) = {self.log_marginal_likelihood:.6f}",
+            f"{'':>12} {'mean':>11} {'sd':>11} "
+            f"{f'q{levels[lo_i]:g}':>11} {f'q{levels[hi_i]:g}':>11}",
+        ]
+        rows = [
+            ("mu", self.mu_mean, self.mu_sd, self.mu_quantiles),
+            ("tau", self.tau_mean, self.tau_sd, self.tau_quantiles),
+        ]
+        rows += [
+            (f"theta[{lab}]", self.theta_mean[t], self.theta_sd[t], self.theta_quantiles[t])
+            for t, lab in enumerate(self.labels)
+        ]
         for name, m, s, q in rows:
             lines.append(f"{name[:12]:>12} {m:11.4f} {s:11.4f} {q[lo_i]:11.4f} {q[hi_i]:11.4f}")
         return "\n".join(lines)
@@ -1163,13 +1265,17 @@ def solve_normal_normal(
         rule = _fixed_rule(y2, se2, loc, prior)
         coef = cum = None
     else:
-        rule = _build_rule(y2, se2, loc, prior, rtol, max_panels, with_theta=True,
-                           keep_density=True)
+        rule = _build_rule(
+            y2, se2, loc, prior, rtol, max_panels, with_theta=True, keep_density=True
+        )
         if not rule.converged:
             import warnings
 
-            warnings.warn("normal_normal: adaptive quadrature reached max_panels before "
-                          f"reaching rtol={rtol}; results may be inaccurate", stacklevel=2)
+            warnings.warn(
+                "normal_normal: adaptive quadrature reached max_panels before "
+                f"reaching rtol={rtol}; results may be inaccurate",
+                stacklevel=2,
+            )
         # per-panel Legendre interpolant of the u-density, integrated from the panel's left end
         xs = _KRONROD_X
         dens = rule.density_u[0]  # (P, 15)
@@ -1184,16 +1290,32 @@ def solve_normal_normal(
     mu_mix = NormalMixture(mom["weights"][0], mom["mhat"][0], np.sqrt(mom["vmu"][0]))
     mu_q = mu_mix.quantile(levels) if loc.kind != "fixed" else np.full(levels.shape, loc.mean)
     result = NormalNormalResult(
-        labels=labels, y=y, se=se, loc_prior=loc.describe(), scale_prior=prior.name,
-        tau_nodes=mom["tau"], tau_weights=mom["weights"][0], mu_cond_mean=mom["mhat"][0],
-        mu_cond_sd=np.sqrt(mom["vmu"][0]), mu_mean=float(mom["mu_mean"][0]),
-        mu_sd=float(np.sqrt(mom["mu_var"][0])), tau_mean=float(mom["tau_mean"][0]),
-        tau_sd=float(np.sqrt(mom["tau_var"][0])), theta_mean=mom["theta_mean"][0],
-        theta_sd=np.sqrt(mom["theta_var"][0]), quantile_levels=levels, mu_quantiles=mu_q,
+        labels=labels,
+        y=y,
+        se=se,
+        loc_prior=loc.describe(),
+        scale_prior=prior.name,
+        tau_nodes=mom["tau"],
+        tau_weights=mom["weights"][0],
+        mu_cond_mean=mom["mhat"][0],
+        mu_cond_sd=np.sqrt(mom["vmu"][0]),
+        mu_mean=float(mom["mu_mean"][0]),
+        mu_sd=float(np.sqrt(mom["mu_var"][0])),
+        tau_mean=float(mom["tau_mean"][0]),
+        tau_sd=float(np.sqrt(mom["tau_var"][0])),
+        theta_mean=mom["theta_mean"][0],
+        theta_sd=np.sqrt(mom["theta_var"][0]),
+        quantile_levels=levels,
+        mu_quantiles=mu_q,
         tau_quantiles=np.zeros(levels.shape),
         log_marginal_likelihood=float(rule.log_evidence[0]),
-        num_panels=len(rule.edges) - 1, converged=bool(rule.converged),
-        _loc=loc, _prior=prior, _rule=rule, _cdf_coef=coef, _cdf_cum=cum,
+        num_panels=len(rule.edges) - 1,
+        converged=bool(rule.converged),
+        _loc=loc,
+        _prior=prior,
+        _rule=rule,
+        _cdf_coef=coef,
+        _cdf_cum=cum,
     )
     object.__setattr__(result, "tau_quantiles", result.tau_quantile(levels))
     return result
@@ -1218,15 +1340,22 @@ def _reduce_rows(tasks: Any, row_scale: np.ndarray) -> tuple[np.ndarray, np.ndar
     return est, 1.0 / np.sqrt(sw)
 
 
-def _posterior(result: NormalNormalResult, tasks: Any, row_scale: np.ndarray, seed: Any,
-               num_chains: int, num_samples: int, model: Any = None,
-               sites: tuple[str, str, str] = ("mu", "tau", "theta"), info: dict | None = None):
+def _posterior(
+    result: NormalNormalResult,
+    tasks: Any,
+    row_scale: np.ndarray,
+    seed: Any,
+    num_chains: int,
+    num_samples: int,
+    model: Any = None,
+    sites: tuple[str, str, str] = ("mu", "tau", "theta"),
+    info: dict | None = None,
+):
     from bayesmeta.posterior import Posterior
 
     num_chains, num_samples = int(num_chains), int(num_samples)
     if num_chains < 1 or num_samples < 1:
-        raise ValueError(f"num_chains/num_samples: must be >= 1, got {num_chains}, "
-                         f"{num_samples}")
+        raise ValueError(f"num_chains/num_samples: must be >= 1, got {num_chains}, {num_samples}")
     draws = result.sample(seed, num_chains * num_samples)
     mu_site, tau_site, theta_site = sites
     samples = {}
@@ -1243,9 +1372,18 @@ def _posterior(result: NormalNormalResult, tasks: Any, row_scale: np.ndarray, se
     coords = {"task": list(tasks.labels)}
     if obs_dim == "obs":
         coords["obs"] = list(range(tasks.num_obs))
-    return Posterior(samples, method="exact", dims=dims, coords=coords, tasks=tasks, model=model,
-                     log_likelihood={"y": ll}, observed_data={"y": tasks.y.copy()},
-                     info=dict(info or {}, exact=result), param_shape=())
+    return Posterior(
+        samples,
+        method="exact",
+        dims=dims,
+        coords=coords,
+        tasks=tasks,
+        model=model,
+        log_likelihood={"y": ll},
+        observed_data={"y": tasks.y.copy()},
+        info=dict(info or {}, exact=result),
+        param_shape=(),
+    )
 
 
 def _task_arrays(tasks: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1254,8 +1392,10 @@ def _task_arrays(tasks: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not isinstance(tasks, TaskSet):
         raise ValueError(f"tasks: expected a bm.TaskSet, got {type(tasks).__name__}")
     if tasks.noise_scale is None:
-        raise ValueError("noise_scale: the normal-normal model needs known noise scales (build "
-                         "the TaskSet with from_estimates, or with noise_scale=)")
+        raise ValueError(
+            "noise_scale: the normal-normal model needs known noise scales (build "
+            "the TaskSet with from_estimates, or with noise_scale=)"
+        )
     est, se = _reduce_rows(tasks, tasks.noise_scale)
     return est, se, tasks.noise_scale
 
@@ -1299,9 +1439,17 @@ def normal_normal(
     (4, 1000, 8)
     """
     est, se, row_scale = _task_arrays(tasks)
-    result = solve_normal_normal(est, se, loc_prior=loc_prior, scale_prior=scale_prior,
-                                 labels=tasks.labels, quantiles=quantiles, tau_range=tau_range,
-                                 rtol=rtol, max_panels=max_panels)
+    result = solve_normal_normal(
+        est,
+        se,
+        loc_prior=loc_prior,
+        scale_prior=scale_prior,
+        labels=tasks.labels,
+        quantiles=quantiles,
+        tau_range=tau_range,
+        rtol=rtol,
+        max_panels=max_panels,
+    )
     return _posterior(result, tasks, row_scale, seed, num_chains, num_samples)
 
 
@@ -1320,11 +1468,13 @@ def why_not_exact(model: Any) -> str | None:
         return f"the population has dim={pop.dim}; exact needs one scalar parameter per task"
     loc = pop.loc
     if hasattr(loc, "log_prob") and type(loc).__name__ not in ("Normal", "ImproperUniform"):
-        return (f"the prior on mu is {type(loc).__name__}; exact integrates mu analytically and "
-                "needs a Normal prior, a flat (ImproperUniform) prior or a fixed value")
+        return (
+            f"the prior on mu is {type(loc).__name__}; exact integrates mu analytically and "
+            "needs a Normal prior, a flat (ImproperUniform) prior or a fixed value"
+        )
     if type(loc).__name__ == "ImproperUniform" and (
-            loc.support is not _real_constraint() or tuple(loc.batch_shape)
-            or tuple(loc.event_shape)):
+        loc.support is not _real_constraint() or tuple(loc.batch_shape) or tuple(loc.event_shape)
+    ):
         return "the flat prior on mu must be a scalar ImproperUniform over the real line"
     try:
         _loc_prior("flat" if type(loc).__name__ == "ImproperUniform" else loc)
@@ -1356,21 +1506,41 @@ def fit_exact(model: Any, tasks: Any, seed: Any = 0, **options):
     """
     why = why_not_exact(model)
     if why is not None:
-        raise ValueError(f"method: 'exact' needs a normal-normal model (NormalKnownNoise "
-                         f"likelihood, Normal population); {why}")
+        raise ValueError(
+            f"method: 'exact' needs a normal-normal model (NormalKnownNoise "
+            f"likelihood, Normal population); {why}"
+        )
     unknown = sorted(set(options) - set(EXACT_OPTIONS))
     if unknown:
-        raise ValueError(f"options: unknown option(s) {unknown} for method 'exact'; known: "
-                         f"{sorted(EXACT_OPTIONS)}")
+        raise ValueError(
+            f"options: unknown option(s) {unknown} for method 'exact'; known: "
+            f"{sorted(EXACT_OPTIONS)}"
+        )
     opts = dict(EXACT_OPTIONS, **options)
     model.likelihood.validate(tasks)
     row_scale = np.asarray(model.likelihood.data_arrays(tasks)["noise_scale"], dtype=float)
     est, se = _reduce_rows(tasks, row_scale)
     pop = model.population
     loc = "flat" if type(pop.loc).__name__ == "ImproperUniform" else pop.loc
-    result = solve_normal_normal(est, se, loc_prior=loc, scale_prior=pop.scale,
-                                 labels=tasks.labels, quantiles=opts["quantiles"],
-                                 rtol=opts["rtol"], max_panels=opts["max_panels"])
+    result = solve_normal_normal(
+        est,
+        se,
+        loc_prior=loc,
+        scale_prior=pop.scale,
+        labels=tasks.labels,
+        quantiles=opts["quantiles"],
+        rtol=opts["rtol"],
+        max_panels=opts["max_panels"],
+    )
     sites = (pop.site("mu"), pop.site("tau"), pop.theta_site)
-    return _posterior(result, tasks, row_scale, seed, opts["num_chains"], opts["num_samples"],
-                      model=model, sites=sites, info={"options": opts})
+    return _posterior(
+        result,
+        tasks,
+        row_scale,
+        seed,
+        opts["num_chains"],
+        opts["num_samples"],
+        model=model,
+        sites=sites,
+        info={"options": opts},
+    )

@@ -294,4 +294,3 @@ def abml(
         )
 
     return ABML(init, step, adapt, gaussians, posterior)
-

@@ -151,8 +151,14 @@ def plot_inner_loop_curve(curve: InnerLoopCurve, ax: Any = None, label: str | No
         color=line.get_color(),
         alpha=0.2,
     )
-    ax.plot(curve.steps, curve.support_loss, ls="--", color=line.get_color(), alpha=0.6,
-            label=(label + " support") if label else "support")
+    ax.plot(
+        curve.steps,
+        curve.support_loss,
+        ls="--",
+        color=line.get_color(),
+        alpha=0.6,
+        label=(label + " support") if label else "support",
+    )
     ax.axvline(curve.recommended_steps, color="grey", ls=":", lw=1)
     ax.set_xlabel("inner steps")
     ax.set_ylabel("loss")
@@ -243,7 +249,12 @@ def meta_overfitting_gap(
     while done < num_steps:
         chunk = min(eval_every, num_steps - done)
         state, _ = train(
-            learner, state, sampler, chunk, seed=seed, progress_bar=progress_bar,
+            learner,
+            state,
+            sampler,
+            chunk,
+            seed=seed,
+            progress_bar=progress_bar,
             chunk_size=eval_every,
         )
         done += chunk
@@ -265,8 +276,9 @@ def plot_meta_overfitting_gap(gap: OverfittingGap, ax: Any = None):
         (gap.test_loss, gap.test_se, "held-out tasks"),
     ):
         line = ax.plot(gap.steps, loss, marker="o", ms=3, label=name)[0]
-        ax.fill_between(gap.steps, loss - 1.96 * se, loss + 1.96 * se,
-                        color=line.get_color(), alpha=0.2)
+        ax.fill_between(
+            gap.steps, loss - 1.96 * se, loss + 1.96 * se, color=line.get_color(), alpha=0.2
+        )
     ax.set_xlabel("outer steps")
     ax.set_ylabel("post-adaptation query loss")
     ax.set_title("meta-overfitting gap")

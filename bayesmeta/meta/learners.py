@@ -288,9 +288,7 @@ def build_maml_step(
     The meta-gradient is ``grad_theta 1/B sum_b L^q_b(phi_b(theta))`` through the
     ``lax.scan`` inner loop (second order), or first order with ``first_order=True``.
     """
-    meta_loss = build_maml_loss(
-        loss_fn, num_inner_steps=num_inner_steps, first_order=first_order
-    )
+    meta_loss = build_maml_loss(loss_fn, num_inner_steps=num_inner_steps, first_order=first_order)
 
     def step(state: MetaState, task_batch: Mapping, inner_lr: PyTree):
         _check_task_batch(task_batch)
@@ -548,9 +546,7 @@ def build_meta_sgd_step(
     """Low-level Meta-SGD step: MAML's meta-objective differentiated with respect to both
     the initialisation and the per-parameter inner rates (``state.params`` is a
     :class:`MetaSGDParams`)."""
-    meta_loss = build_maml_loss(
-        loss_fn, num_inner_steps=num_inner_steps, first_order=first_order
-    )
+    meta_loss = build_maml_loss(loss_fn, num_inner_steps=num_inner_steps, first_order=first_order)
 
     def objective(mp: MetaSGDParams, task_batch):
         return meta_loss(mp.init, task_batch, mp.inner_lr)

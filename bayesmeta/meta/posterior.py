@@ -94,13 +94,14 @@ class TaskGaussians(NamedTuple):
         mean = np.asarray(mean, dtype=float)
         cov = np.asarray(cov, dtype=float)
         if mean.ndim != 2 or cov.shape != (*mean.shape, mean.shape[-1]):
-            raise ValueError(f"cov: expected shape {(*mean.shape, mean.shape[-1])} to match "
-                             f"mean {mean.shape}, got {cov.shape}")
+            raise ValueError(
+                f"cov: expected shape {(*mean.shape, mean.shape[-1])} to match "
+                f"mean {mean.shape}, got {cov.shape}"
+            )
         vals, vecs = np.linalg.eigh(0.5 * (cov + np.swapaxes(cov, -1, -2)))
         if np.any(vals < -1e-10 * np.abs(vals).max(initial=1.0)):
             raise ValueError("cov: not positive semi-definite")
-        return cls(mean, vecs, np.clip(vals, 0.0, None), np.zeros_like(mean),
-                   np.ones_like(mean))
+        return cls(mean, vecs, np.clip(vals, 0.0, None), np.zeros_like(mean), np.ones_like(mean))
 
     @property
     def num_tasks(self) -> int:
@@ -111,9 +112,7 @@ class TaskGaussians(NamedTuple):
         v, c, r, s = (np.asarray(a) for a in self[1:])
         d = v.shape[1]
         proj = np.eye(d)[None] - np.einsum("tir,tjr->tij", v, v)
-        inner = np.einsum("tir,tr,tjr->tij", v, c, v) + np.einsum(
-            "tij,tj,tkj->tik", proj, r, proj
-        )
+        inner = np.einsum("tir,tr,tjr->tij", v, c, v) + np.einsum("tij,tj,tkj->tik", proj, r, proj)
         return s[:, :, None] * inner * s[:, None, :]
 
     def variance(self) -> np.ndarray:
@@ -244,8 +243,9 @@ def implied_posterior_cov(hessian: Any, inner_lr: Any, num_steps: int) -> np.nda
     s = np.sqrt(_rates_vector(inner_lr, h.shape[-1]))
     lam, q = np.linalg.eigh(s[:, None] * (0.5 * (h + np.swapaxes(h, -1, -2))) * s[None, :])
     if not np.all(_implied_valid(lam, k)):
-        raise ValueError("inner_lr: (1 - alpha*lambda)^k is not in (0, 1) somewhere; no prior "
-                         "is implied")
+        raise ValueError(
+            "inner_lr: (1 - alpha*lambda)^k is not in (0, 1) somewhere; no prior is implied"
+        )
     f = np.asarray(_posterior_factor(lam, k))
     return s[:, None] * np.einsum("...ij,...j,...kj->...ik", q, f, q) * s[None, :]
 
@@ -364,7 +364,11 @@ def _task_numerics(
     def one_task(init, batch, rates, s, lam_prox):
         flat_init, unravel, flat_loss = _flat_fns(loss_fn, init)
         adapted, _ = inner_loop(
-            flat_loss, flat_init, batch, inner_lr=rates, num_steps=num_steps,
+            flat_loss,
+            flat_init,
+            batch,
+            inner_lr=rates,
+            num_steps=num_steps,
             prox_weight=lam_prox if with_prox else None,
         )
         point = flat_init if expand_at == "init" else adapted
@@ -419,7 +423,10 @@ def _gaussians(
         loss_fn, k, lam_prox is not None, hessian, expand_at, predict_fn, output_loss_fn
     )
     adapted, lam, v, grad_init = fn(
-        init, support, jnp.asarray(rates, flat_init.dtype), s,
+        init,
+        support,
+        jnp.asarray(rates, flat_init.dtype),
+        s,
         jnp.asarray(0.0 if lam_prox is None else lam_prox, flat_init.dtype),
     )
     lam_np = np.asarray(lam)
@@ -515,13 +522,20 @@ def implied_prior(
     """
     _check_output(support, labels, num_draws)
     g, adapted, _ = _gaussians(
-        loss_fn, init, support, inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-        prior_precision="implied", hessian="full", expand_at="init", on_invalid=on_invalid,
+        loss_fn,
+        init,
+        support,
+        inner_lr=inner_lr,
+        num_inner_steps=num_inner_steps,
+        prior_precision="implied",
+        hessian="full",
+        expand_at="init",
+        on_invalid=on_invalid,
     )
     flat_init, unravel, flat_loss = _flat_fns(loss_fn, jax.tree.map(jnp.asarray, init))
-    hess = np.asarray(jax.jit(jax.vmap(jax.hessian(flat_loss), in_axes=(None, 0)))(
-        flat_init, support
-    ))
+    hess = np.asarray(
+        jax.jit(jax.vmap(jax.hessian(flat_loss), in_axes=(None, 0)))(flat_init, support)
+    )
     rates = _flat_rates(inner_lr, jax.tree.map(jnp.asarray, init))
     valid = np.all(np.isfinite(g.mean), axis=1)
     prior_cov = np.full(hess.shape, np.nan)
@@ -529,8 +543,14 @@ def implied_prior(
         prior_cov[valid] = implied_prior_cov(hess[valid], rates, num_inner_steps)
     info = {"gaussians": g, "adapted": adapted, "prior_cov": prior_cov, "hessian": hess}
     return to_posterior(
-        g, init, method="implied_prior", num_draws=num_draws, seed=seed, labels=labels,
-        param_dim=param_dim, info=info,
+        g,
+        init,
+        method="implied_prior",
+        num_draws=num_draws,
+        seed=seed,
+        labels=labels,
+        param_dim=param_dim,
+        info=info,
     )
 
 
@@ -550,9 +570,17 @@ def llama_gaussians(
     """The LLAMA Gaussians without drawing samples (see :func:`llama`); for large models
     use ``hessian="ggn"`` (rank at most the number of outputs) or ``"diag"``."""
     g, _, _ = _gaussians(
-        loss_fn, init, support, inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-        prior_precision=prior_precision, hessian=hessian, expand_at="adapted",
-        predict_fn=predict_fn, output_loss_fn=output_loss_fn, on_invalid=on_invalid,
+        loss_fn,
+        init,
+        support,
+        inner_lr=inner_lr,
+        num_inner_steps=num_inner_steps,
+        prior_precision=prior_precision,
+        hessian=hessian,
+        expand_at="adapted",
+        predict_fn=predict_fn,
+        output_loss_fn=output_loss_fn,
+        on_invalid=on_invalid,
     )
     return g
 
@@ -599,13 +627,26 @@ def llama(
     """
     _check_output(support, labels, num_draws)
     g = llama_gaussians(
-        loss_fn, init, support, inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-        prior_precision=prior_precision, hessian=hessian, predict_fn=predict_fn,
-        output_loss_fn=output_loss_fn, on_invalid=on_invalid,
+        loss_fn,
+        init,
+        support,
+        inner_lr=inner_lr,
+        num_inner_steps=num_inner_steps,
+        prior_precision=prior_precision,
+        hessian=hessian,
+        predict_fn=predict_fn,
+        output_loss_fn=output_loss_fn,
+        on_invalid=on_invalid,
     )
     return to_posterior(
-        g, init, method="llama", num_draws=num_draws, seed=seed, labels=labels,
-        param_dim=param_dim, info={"gaussians": g},
+        g,
+        init,
+        method="llama",
+        num_draws=num_draws,
+        seed=seed,
+        labels=labels,
+        param_dim=param_dim,
+        info={"gaussians": g},
     )
 
 
