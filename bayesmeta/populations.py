@@ -32,7 +32,8 @@ per-task estimates where it has them (the Gaussian likelihoods), else the median
 scale hyperprior (or the fixed scale). The eight schools (estimates spread less than
 their standard errors, so ``tau_ref = 0``) come out non-centred; data-rich tasks centred.
 Mixed choices use a per-task partially centred variable ``z_t ~ N(c_t mu, tau**c_t)``,
-``theta_t = mu + tau**(1-c_t) (z_t - c_t mu)`` with ``c_t`` in {0, 1}; the latent site is ``theta_raw`` and ``theta`` is deterministic.
+``theta_t = mu + tau**(1-c_t) (z_t - c_t mu)`` with ``c_t`` in {0, 1}; the latent site is
+``theta_raw`` and ``theta`` is deterministic.
 """
 
 from __future__ import annotations
