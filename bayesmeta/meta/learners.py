@@ -241,6 +241,15 @@ def _query_losses(loss_fn: LossFn, params: PyTree, task_batch: Mapping) -> jax.A
     return jax.vmap(loss_fn, in_axes=(None, 0))(params, task_batch["query"])
 
 
+def _finish_step(optimizer, loss_fn, state, task_batch, grads, loss, task_losses, init=None):
+    """The tail every learner's step shares: query loss before adapting (at ``init``, the
+    initialisation inside ``state.params``, default all of it), the outer update, the Info."""
+    init = state.params if init is None else init
+    before = jnp.mean(_query_losses(loss_fn, init, task_batch))
+    new_state, grad_norm = _apply_update(optimizer, state, grads)
+    return new_state, MetaInfo(loss, before, task_losses, grad_norm)
+
+
 # ----------------------------------------------------------------------------- MAML
 
 
@@ -296,9 +305,7 @@ def build_maml_step(
         (loss, task_losses), grads = jax.value_and_grad(meta_loss, has_aux=True)(
             state.params, task_batch, inner_lr
         )
-        before = jnp.mean(_query_losses(loss_fn, state.params, task_batch))
-        new_state, grad_norm = _apply_update(optimizer, state, grads)
-        return new_state, MetaInfo(loss, before, task_losses, grad_norm)
+        return _finish_step(optimizer, loss_fn, state, task_batch, grads, loss, task_losses)
 
     return step
 
@@ -384,9 +391,9 @@ def build_reptile_step(
             state.params, inner_lr, task_batch
         )
         grads = jax.tree.map(lambda d: jnp.mean(d, axis=0), directions)
-        before = jnp.mean(_query_losses(loss_fn, state.params, task_batch))
-        new_state, grad_norm = _apply_update(optimizer, state, grads)
-        return new_state, MetaInfo(jnp.mean(task_losses), before, task_losses, grad_norm)
+        return _finish_step(
+            optimizer, loss_fn, state, task_batch, grads, jnp.mean(task_losses), task_losses
+        )
 
     return step
 
@@ -484,9 +491,9 @@ def build_imaml_step(
             )
         )(task_batch)
         grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
-        before = jnp.mean(_query_losses(loss_fn, state.params, task_batch))
-        new_state, grad_norm = _apply_update(optimizer, state, grads)
-        return new_state, MetaInfo(jnp.mean(task_losses), before, task_losses, grad_norm)
+        return _finish_step(
+            optimizer, loss_fn, state, task_batch, grads, jnp.mean(task_losses), task_losses
+        )
 
     return step
 
@@ -556,9 +563,9 @@ def build_meta_sgd_step(
         (loss, task_losses), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params, task_batch
         )
-        before = jnp.mean(_query_losses(loss_fn, state.params.init, task_batch))
-        new_state, grad_norm = _apply_update(optimizer, state, grads)
-        return new_state, MetaInfo(loss, before, task_losses, grad_norm)
+        return _finish_step(
+            optimizer, loss_fn, state, task_batch, grads, loss, task_losses, state.params.init
+        )
 
     return step
 
