@@ -20,6 +20,8 @@ import json
 import math
 import sys
 
+from bayesmeta.cli import _int_at_least
+
 __all__ = ["add_meta_analysis_parser", "add_study_parser", "read_estimates_csv"]
 
 
@@ -38,19 +40,6 @@ def _nonneg_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def _level(text: str) -> float:

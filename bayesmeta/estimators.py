@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesmeta.exact.normal import _ndtr, _ndtri
+from bayesmeta.exact.normal import _check_estimates, _ndtr, _ndtri
 
 __all__ = [
     "TAU2_METHODS",
@@ -250,24 +250,7 @@ def _estimates(
         raise ValueError(
             "se: standard errors are required with array estimates (or pass a TaskSet)"
         )
-    try:
-        est = np.asarray(y, dtype=float)
-        s = np.asarray(se, dtype=float)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"y/se: could not convert to float arrays ({err})") from None
-    if est.ndim != 1 or est.size == 0:
-        raise ValueError(f"y: expected a non-empty 1-d array of estimates, got shape {est.shape}")
-    if s.ndim == 0:
-        s = np.full(est.shape, float(s))
-    if s.shape != est.shape:
-        raise ValueError(f"se: {s.size} standard errors for {est.size} estimates")
-    bad = ~np.isfinite(est)
-    if bad.any():
-        raise ValueError(f"y: non-finite estimate at task {int(np.flatnonzero(bad)[0])}")
-    bad = ~(np.isfinite(s) & (s > 0))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"se: must be finite and positive, got {s[i]} at task {i}")
+    est, s = _check_estimates(y, se)
     if labels is None:
         labels = [str(i) for i in range(est.size)]
     if len(labels) != est.size:

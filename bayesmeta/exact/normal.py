@@ -1189,8 +1189,13 @@ def _theta_given_mu_tau(y, se, mu, tau):
 
 
 def _check_estimates(y: Any, se: Any) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y, dtype=float)
-    se = np.asarray(se, dtype=float)
+    """One estimate and a finite positive standard error per task (se may be a scalar);
+    the one check of (y, se) arrays, shared with :mod:`bayesmeta.estimators`."""
+    try:
+        y = np.asarray(y, dtype=float)
+        se = np.asarray(se, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"y/se: could not convert to float arrays ({err})") from None
     if y.ndim != 1 or y.size == 0:
         raise ValueError(f"y: expected a non-empty 1-d array of estimates, got shape {y.shape}")
     if se.ndim == 0:

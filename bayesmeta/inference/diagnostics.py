@@ -8,67 +8,13 @@ import warnings
 import numpy as np
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
+from bayesmeta.exact.normal import _ndtri
+
 __all__ = ["rhat", "ess_bulk", "check_fit", "FitWarning"]
 
 
 class FitWarning(UserWarning):
     """A fit's diagnostics failed (divergences, R-hat, ESS)."""
-
-
-_ACKLAM_A = (
-    -3.969683028665376e01,
-    2.209460984245205e02,
-    -2.759285104469687e02,
-    1.383577518672690e02,
-    -3.066479806614716e01,
-    2.506628277459239e00,
-)
-_ACKLAM_B = (
-    -5.447609879822406e01,
-    1.615858368580409e02,
-    -1.556989798598866e02,
-    6.680131188771972e01,
-    -1.328068155288572e01,
-)
-_ACKLAM_C = (
-    -7.784894002430293e-03,
-    -3.223964580411365e-01,
-    -2.400758277161838e00,
-    -2.549732539343734e00,
-    4.374664141464968e00,
-    2.938163982698783e00,
-)
-_ACKLAM_D = (
-    7.784695709041462e-03,
-    3.224671290700398e-01,
-    2.445134137142996e00,
-    3.754408661907416e00,
-)
-
-
-def _ndtri(p: np.ndarray) -> np.ndarray:
-    """Inverse standard-normal CDF for ``0 < p < 1`` in numpy (Acklam's rational
-    approximation, relative error < 1.2e-9): ample for rank normalisation, and fast on the
-    ``(draws, parameters)`` arrays of a fit with many tasks."""
-    p = np.asarray(p, dtype=float)
-    a, b, c, d = _ACKLAM_A, _ACKLAM_B, _ACKLAM_C, _ACKLAM_D
-    out = np.empty_like(p)
-    lo, hi = p < 0.02425, p > 1 - 0.02425
-    mid = ~(lo | hi)
-    q = p[mid] - 0.5
-    r = q * q
-    out[mid] = (
-        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
-        * q
-        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
-    )
-    for mask, sign, tail in ((lo, 1.0, p[lo]), (hi, -1.0, 1 - p[hi])):
-        q = np.sqrt(-2 * np.log(tail))
-        out[mask] = sign * (
-            (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5])
-            / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
-        )
-    return out
 
 
 def _rank_normalize(x: np.ndarray) -> np.ndarray:
