@@ -14,6 +14,7 @@ ArviZ export and the same plots work whatever produced them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -43,7 +44,10 @@ class Posterior:
       tasks: the TaskSet the draws condition on (or the new tasks, after ``adapt``).
       model: the ``bm.Hierarchical`` (or pooled/unpooled model) when there is one.
       sample_stats: sampler statistics, each ``(chain, draw)`` (NUTS: ``diverging``, ...).
-      log_likelihood: pointwise log-likelihood, each ``(chain, draw, *obs_shape)``.
+      log_likelihood: pointwise log-likelihood, each ``(chain, draw, *obs_shape)``; or a
+        function of no arguments returning that dict, called on first access of
+        ``post.log_likelihood`` (or by ``to_arviz``/LOO), so a fit pays for the pointwise
+        values only when they are used.
       observed_data: the observed values by site name.
       info: method-specific extras (the ELBO trace of VI, the exact results, diagnostics).
     """
@@ -58,7 +62,7 @@ class Posterior:
         tasks: TaskSet | None = None,
         model: Any = None,
         sample_stats: dict | None = None,
-        log_likelihood: dict | None = None,
+        log_likelihood: dict | Callable[[], dict] | None = None,
         observed_data: dict | None = None,
         info: dict | None = None,
         param_shape: tuple | None = None,
@@ -78,12 +82,31 @@ class Posterior:
         self.tasks = tasks
         self.model = model
         self.sample_stats = {k: np.asarray(v) for k, v in (sample_stats or {}).items()}
-        self.log_likelihood = {k: np.asarray(v) for k, v in (log_likelihood or {}).items()}
+        self._log_likelihood = None
+        self._log_likelihood_fn = None
+        if callable(log_likelihood):
+            self._log_likelihood_fn = log_likelihood
+        else:
+            self.log_likelihood = log_likelihood
         self.observed_data = {k: np.asarray(v) for k, v in (observed_data or {}).items()}
         self.info = dict(info or {})
         self.param_shape = param_shape
 
     # ------------------------------------------------------------------ basics
+    @property
+    def log_likelihood(self) -> dict:
+        """Pointwise log-likelihood ``{site: (chain, draw, *obs_shape)}``; computed on first
+        access when the method deferred it."""
+        if self._log_likelihood is None:
+            fn = self._log_likelihood_fn
+            self.log_likelihood = fn() if fn is not None else {}
+        return self._log_likelihood
+
+    @log_likelihood.setter
+    def log_likelihood(self, value: dict | None) -> None:
+        self._log_likelihood = {k: np.asarray(v) for k, v in (value or {}).items()}
+        self._log_likelihood_fn = None
+
     @property
     def num_chains(self) -> int:
         return next(iter(self.samples.values())).shape[0]

@@ -119,3 +119,82 @@ def test_mvnormal_population_collapses():
     )
     assert post.samples["corr_chol"].shape == (2, 300, 2, 2)
     assert post.samples["theta"].shape == (2, 300, 20, 2)
+
+
+def _short_opts(**kw):
+    from bayesmeta.inference.nuts import NUTS_OPTIONS
+
+    return dict(NUTS_OPTIONS, num_warmup=20, num_samples=20, progress_bar=False, **kw)
+
+
+@pytest.mark.parametrize("chains", [1, 3])
+def test_compiled_collapsed_loop_equals_numpyro_mcmc(chains):
+    """The compiled loop kept for refits runs the same NUTS kernel with the same keys as
+    numpyro.infer.MCMC (vectorised chains): equal draws and statistics up to float64
+    rounding (a different fusion of the same arithmetic)."""
+    from conftest import eight_schools_model
+
+    from bayesmeta.inference import collapsed as col
+    from bayesmeta.inference.nuts import run_nuts
+
+    model = eight_schools_model()
+    stats = gauss.task_stats(model.likelihood, bm.datasets.eight_schools())
+    opts = _short_opts(num_chains=chains)
+    ref, ref_extra, _ = run_nuts(col._hyper_model(model, ()), {"stats": stats}, 5, opts)
+    got, got_extra = col._CompiledNUTS(col._hyper_model(model, ()), opts).run(5, stats)
+    for k in ref:
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(ref[k]), rtol=1e-8, atol=1e-10)
+    for k in ref_extra:
+        np.testing.assert_allclose(
+            np.asarray(got_extra[k], float), np.asarray(ref_extra[k], float), rtol=1e-8, atol=1e-10
+        )
+
+
+def test_refit_reuses_the_compiled_sampler_with_the_new_data():
+    """A second fit of the same model object on new data of the same shapes reuses the
+    compiled sampler, and its draws are those of a fresh compile on the new data: the data
+    are inputs of the compiled program, not constants baked into it."""
+    from conftest import eight_schools_model
+
+    from bayesmeta.inference import collapsed as col
+
+    model = eight_schools_model()
+    first = bm.datasets.eight_schools()
+    y = np.asarray(first.y) + 7.0  # same shapes, other values
+    second = bm.TaskSet.from_estimates(y=y, se=np.asarray(first.noise_scale))
+    kw = dict(
+        method="collapsed", seed=3, num_warmup=30, num_samples=30, progress_bar=False, warn=False
+    )
+    col.clear_compiled()
+    a = bm.fit(model, first, **kw)
+    b = bm.fit(model, second, **kw)
+    assert (a.info["compiled"], b.info["compiled"]) == ("new", "reused")
+    col.clear_compiled()
+    c = bm.fit(model, second, **kw)
+    assert c.info["compiled"] == "new"
+    for k in ("mu", "tau", "theta"):
+        np.testing.assert_array_equal(b.samples[k], c.samples[k])
+    assert not np.allclose(a.samples["mu"], b.samples["mu"])
+    # another model object (even an equal one) compiles its own
+    assert bm.fit(eight_schools_model(), second, **kw).info["compiled"] == "new"
+
+
+def test_log_likelihood_is_computed_on_first_use(schools_collapsed):
+    calls = []
+
+    def pointwise():
+        calls.append(1)
+        return {"y": np.zeros((1, 4, 3))}
+
+    post = bm.Posterior({"mu": np.zeros((1, 4))}, method="test", log_likelihood=pointwise)
+    assert calls == []
+    assert post.log_likelihood["y"].shape == (1, 4, 3)
+    assert post.log_likelihood["y"].shape == (1, 4, 3)
+    assert calls == [1]
+    # the collapsed fit's deferred values are the row log-densities given theta
+    ll = schools_collapsed.log_likelihood["y"]
+    data = bm.datasets.eight_schools()
+    th = schools_collapsed.samples["theta"]
+    se = np.asarray(data.noise_scale)
+    ref = -0.5 * np.log(2 * np.pi * se**2) - 0.5 * ((np.asarray(data.y) - th) / se) ** 2
+    np.testing.assert_allclose(ll, ref, rtol=1e-10)

@@ -88,13 +88,25 @@ def log_marginal(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
     )
 
 
+def log_marginal_sum(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
+    """``sum_t log p(y_t | mu, Sigma, sigma)``: the collapsed log-likelihood."""
+    return jnp.sum(log_marginal(stats, hyper))
+
+
 def task_posterior(stats: LinearStats, hyper: LinearHyper) -> GaussianPosterior:
     """``theta_t | y_t, hyper``: mean ``(T, p)``, cov ``(T, p, p)``; elementwise when p = 1."""
     if hyper.mu.shape[-1] != 1:
         return linear_task_posterior(stats, hyper)
-    A, b = stats.xtx[:, 0, 0], stats.xty[:, 0]
-    mu, tau, s2 = hyper.mu[0], hyper.scale_tril[0, 0], hyper.noise**2
-    m = 1.0 + tau**2 * A / s2
-    var = tau**2 / m
-    mean = mu + var * (b - A * mu) / s2
+    mean, var = scalar_posterior(stats, hyper.mu[0], hyper.scale_tril[0, 0], hyper.noise**2)
     return GaussianPosterior(mean[:, None], var[:, None, None])
+
+
+def scalar_posterior(stats: LinearStats, mu, tau, s2):
+    """Mean and variance of scalar ``theta_t | y_t`` for every task; ``mu``, ``tau``,
+    ``s2`` (the noise variance) broadcast against the tasks, e.g. ``(S, 1)`` for ``S``
+    hyperparameter draws gives ``(S, T)``."""
+    A, b = stats.xtx[:, 0, 0], stats.xty[:, 0]
+    den = s2 + tau**2 * A
+    var = tau**2 * s2 / den
+    mean = mu + tau**2 * (b - A * mu) / den
+    return mean, var

@@ -16,17 +16,37 @@ given ``theta``), so the two can be compared or overlaid directly.
 
 from __future__ import annotations
 
+import sys
+from collections import OrderedDict
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 
 from bayesmeta.inference import _gaussian as gauss
-from bayesmeta.inference.nuts import NUTS_OPTIONS, _check_options, run_nuts, sample_stats_from
+from bayesmeta.inference.nuts import (
+    NUTS_OPTIONS,
+    _check_options,
+    make_mcmc,
+    run_nuts,
+    sample_stats_from,
+)
 
-__all__ = ["fit_collapsed", "why_not_collapsible", "COLLAPSED_OPTIONS"]
+__all__ = ["fit_collapsed", "why_not_collapsible", "COLLAPSED_OPTIONS", "clear_compiled"]
 
 COLLAPSED_OPTIONS = dict(NUTS_OPTIONS, log_likelihood=True, theta_batch=256)
+
+# Compiled collapsed samplers, most recently used last: (model, param_shape, data shapes,
+# NUTS options) -> (model, MCMC). The model object is held so that its id stays unique.
+_COMPILED: OrderedDict = OrderedDict()
+_COMPILED_SIZE = 8
+
+
+def clear_compiled() -> None:
+    """Forget the compiled collapsed samplers kept for refits of the same model."""
+    _COMPILED.clear()
 
 
 def why_not_collapsible(model) -> str | None:
@@ -34,46 +54,156 @@ def why_not_collapsible(model) -> str | None:
     return gauss.why_not_gaussian(model)
 
 
-def _hyper_model(model, stats, param_shape):
+def _hyper_model(model, param_shape):
     pop, lik = model.population, model.likelihood
     noise = gauss.conjugate_noise(lik)
 
-    def collapsed():
+    def collapsed(stats):
         hyper = pop.sample_hyper(param_shape)
         sigma = None
         if noise == "shared":
             sigma = numpyro.sample("sigma", lik.noise_prior)
         h = gauss.population_hyper(pop, hyper, param_shape, sigma)
-        numpyro.factor("y_marginal", jnp.sum(gauss.log_marginal(stats, h)))
+        numpyro.factor("y_marginal", gauss.log_marginal_sum(stats, h))
 
     return collapsed
 
 
-def _draw_theta(model, stats, param_shape, hyper_flat, key, batch):
-    """Exact ``theta`` draws ``(S, T, *param_shape)``, one per hyperparameter draw, computed
-    in batches of draws so memory stays ``O(batch T p^2)``."""
-    pop, lik = model.population, model.likelihood
-    shared = gauss.conjugate_noise(lik) == "shared"
-    num = next(iter(hyper_flat.values())).shape[0]
-    keys = jax.random.split(key, num)
+class _CompiledNUTS:
+    """NUTS on the collapsed model, compiled once and run again on new data.
 
-    def one(h, k):
-        lh = gauss.population_hyper(pop, h, param_shape, h["sigma"] if shared else None)
-        post = gauss.task_posterior(stats, lh)
-        z = jax.random.normal(k, post.mean.shape, post.mean.dtype)
-        if not param_shape:  # scalar theta: the Cholesky factor is the sd
-            return post.mean[:, 0] + jnp.sqrt(post.cov[:, 0, 0]) * z[:, 0]
-        return post.mean + jnp.einsum("tij,tj->ti", jnp.linalg.cholesky(post.cov), z)
+    The kernel and the sampling loop (warmup then draws, chains vectorised) are built on
+    the first run; the data enter the compiled loop as arguments, so later runs on data of
+    the same shapes only initialise (a fresh kernel finds the starting point) and run.
+    Key handling matches ``numpyro.infer.MCMC`` with ``chain_method="vectorized"``, so the
+    draws equal those of :func:`run_nuts` for the same seed (tested)."""
 
-    return np.asarray(jax.lax.map(lambda a: one(*a), (hyper_flat, keys), batch_size=batch))
+    FIELDS = (
+        "diverging",
+        "energy",
+        "num_steps",
+        "accept_prob",
+        "adapt_state.step_size",
+        "potential_energy",
+    )
+
+    def __init__(self, model_fn, opts):
+        self.model_fn, self.opts = model_fn, opts
+        self.loop = None
+
+    def _kernel(self):
+        return make_mcmc(self.model_fn, self.opts).sampler
+
+    def run(self, seed: int, stats):
+        opts = self.opts
+        chains = int(opts["num_chains"])
+        key = jax.random.PRNGKey(seed)
+        if chains > 1:
+            key = jax.random.split(key, chains)
+        kwargs = {"stats": stats}
+        kernel = self._kernel()
+        state = kernel.init(key, int(opts["num_warmup"]), None, (), kwargs)
+        if self.loop is None:
+            self.loop = self._build(kernel)
+        z, fields = self.loop(state, stats)
+        if chains == 1:  # unbatched kernel: add the chain dim
+            z, fields = jax.tree.map(lambda x: x[None], (z, fields))
+        return z, dict(zip(self.FIELDS, fields, strict=True))
+
+    def _build(self, kernel):
+        warmup, draws = int(self.opts["num_warmup"]), int(self.opts["num_samples"])
+        chains = int(self.opts["num_chains"])
+        sample = kernel.sample
+        post_gen = kernel._postprocess_fn
+
+        def loop(state, stats):
+            kwargs = {"stats": stats}
+
+            def step(s, _):
+                s = sample(s, (), kwargs)
+                fields = (
+                    s.diverging,
+                    s.energy,
+                    s.num_steps,
+                    s.accept_prob,
+                    s.adapt_state.step_size,
+                    s.potential_energy,
+                )
+                return s, (s.z, fields)
+
+            # one scan over warmup and draws: the kernel is compiled once, not twice
+            _, out = jax.lax.scan(step, state, None, length=warmup + draws)
+            z, fields = jax.tree.map(lambda x: x[warmup:], out)
+            post = post_gen(stats=stats)
+            to_site = jax.vmap(post) if chains == 1 else jax.vmap(jax.vmap(post))
+            # (draw, chain) -> (chain, draw)
+            swap = (lambda x: x) if chains == 1 else (lambda x: jnp.swapaxes(x, 0, 1))
+            return jax.tree.map(swap, to_site(z)), jax.tree.map(swap, fields)
+
+        return jax.jit(loop)
+
+
+def _sampler(model, param_shape, stats, nuts_opts):
+    """The compiled collapsed sampler for ``model``, kept per model object, data shapes and
+    options; ``(sampler, reused)``, or ``(None, False)`` where the NUTS options ask for
+    what the compiled loop does not do (a progress bar, thinning, parallel chains)."""
+    progress = nuts_opts["progress_bar"]
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if progress or nuts_opts["thinning"] != 1 or nuts_opts["chain_method"] != "vectorized":
+        return None, False
+    shapes = tuple((tuple(x.shape), str(x.dtype)) for x in stats)
+    key = (id(model), param_shape, shapes, tuple(sorted(nuts_opts.items())))
+    try:
+        hit = _COMPILED.get(key)
+    except TypeError:  # an unhashable option (e.g. a custom init strategy): no reuse
+        return _CompiledNUTS(_hyper_model(model, param_shape), nuts_opts), False
+    if hit is not None and hit[0] is model:
+        _COMPILED.move_to_end(key)
+        return hit[1], True
+    sampler = _CompiledNUTS(_hyper_model(model, param_shape), nuts_opts)
+    _COMPILED[key] = (model, sampler)
+    while len(_COMPILED) > _COMPILED_SIZE:
+        _COMPILED.popitem(last=False)
+    return sampler, False
+
+
+@partial(jax.jit, static_argnames=("pop", "shared", "param_shape", "batch"))
+def _draw_theta(pop, shared, param_shape, stats, hyper_flat, key, batch):
+    """Exact ``theta`` draws ``(S, T, *param_shape)``, one per hyperparameter draw.
+    Scalar ``theta`` is elementwise; vector ``theta`` goes through Cholesky factors in
+    batches of ``batch`` draws so memory stays ``O(batch T p^2)``."""
+    h = gauss.population_hyper(pop, hyper_flat, param_shape, hyper_flat.get("sigma"))
+    if not shared:
+        h = h._replace(noise=jnp.ones_like(h.noise))
+    num, T = h.mu.shape[0], stats.count.shape[0]
+    if not param_shape:  # theta_t | y_t, mu, tau, sigma: elementwise for all (s, t)
+        mu, tau, s2 = h.mu[:, :1], h.scale_tril[:, 0, :1], h.noise[:, None] ** 2
+        mean, var = gauss.scalar_posterior(stats, mu, tau, s2)
+        return mean + jnp.sqrt(var) * jax.random.normal(key, (num, T), mean.dtype)
+    z = jax.random.normal(key, (num, T, h.mu.shape[-1]), h.mu.dtype)
+
+    def one(args):
+        hs, zs = args
+        post = gauss.task_posterior(stats, hs)
+        return post.mean + jnp.einsum("tij,tj->ti", jnp.linalg.cholesky(post.cov), zs)
+
+    theta = jax.lax.map(one, (h, z), batch_size=batch)
+    return theta.reshape(num, T, *param_shape)
 
 
 def fit_collapsed(model, tasks, seed: int = 0, **options):
     """Fit by collapsed NUTS; returns a :class:`~bayesmeta.posterior.Posterior`.
 
-    Options: those of ``method="nuts"`` plus ``log_likelihood`` (compute the pointwise
-    log-likelihood given ``theta``, default True) and ``theta_batch`` (draws per batch when
-    completing ``theta``).
+    Options: those of ``method="nuts"`` plus ``log_likelihood`` (provide the pointwise
+    log-likelihood given ``theta``, computed on first use; default True) and
+    ``theta_batch`` (draws per batch when completing vector ``theta``).
+
+    The compiled sampler is kept (for the last few model objects) and reused when the
+    same model object is fitted again to data of the same shapes with the same options:
+    the data are inputs of the compiled program, never constants in it, so a refit — a
+    simulation study, calibration runs — skips compilation. ``info["compiled"]`` says
+    whether this fit compiled (``"new"``) or reused (``"reused"``) the sampler.
     """
     from bayesmeta.inference.diagnostics import check_fit
     from bayesmeta.posterior import Posterior
@@ -87,7 +217,13 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     param_shape = built.param_shape
     stats = gauss.task_stats(model.likelihood, tasks)
     nuts_opts = {k: opts[k] for k in NUTS_OPTIONS}
-    samples, extras, _ = run_nuts(_hyper_model(model, stats, param_shape), {}, seed, nuts_opts)
+    sampler, reused = _sampler(model, param_shape, stats, nuts_opts)
+    if sampler is None:
+        samples, extras, _ = run_nuts(
+            _hyper_model(model, param_shape), {"stats": stats}, seed, nuts_opts
+        )
+    else:
+        samples, extras = sampler.run(seed, stats)
     samples = {k: np.asarray(v) for k, v in samples.items()}
     stats_out = sample_stats_from(extras)
     # convergence is judged on what NUTS sampled: every theta draw below is exact given
@@ -104,31 +240,19 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
         }
     )
     theta = _draw_theta(
-        model,
+        model.population,
+        gauss.conjugate_noise(model.likelihood) == "shared",
+        tuple(param_shape),
         stats,
-        param_shape,
         hyper_flat,
         jax.random.fold_in(jax.random.PRNGKey(seed), 1),
         int(opts["theta_batch"]),
     )
     site = model.population.theta_site
-    samples[site] = theta.reshape(chains, draws, *theta.shape[1:])
-    ll = {}
+    samples[site] = np.asarray(theta).reshape(chains, draws, *theta.shape[1:])
+    log_lik = None
     if opts["log_likelihood"]:
-        lik = model.likelihood
-        data = built.data
-        idx = data["task_index"]
-        extras_flat = {k: hyper_flat[k] for k in lik.global_priors()}
-
-        def pointwise(th, ex):
-            return lik.row_dist(th[idx], data, lik.extras_rows(ex, idx)).log_prob(data["y"])
-
-        ll_flat = jax.lax.map(
-            lambda a: pointwise(*a),
-            (jnp.asarray(theta), extras_flat),
-            batch_size=int(opts["theta_batch"]),
-        )
-        ll["y"] = np.asarray(ll_flat).reshape(chains, draws, -1)
+        log_lik = partial(_pointwise, model.likelihood, built.data, samples[site], hyper_flat)
     observed = {"y": np.asarray(built.data["y"])}
     return Posterior(
         samples,
@@ -138,8 +262,27 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
         tasks=tasks,
         model=model,
         sample_stats=stats_out,
-        log_likelihood=ll,
+        log_likelihood=log_lik,
         observed_data=observed,
-        info={"options": opts, "diagnostics": diag},
+        info={
+            "options": opts,
+            "diagnostics": diag,
+            "compiled": "reused" if reused else "new",
+        },
         param_shape=param_shape,
     )
+
+
+def _pointwise(lik, data, theta, hyper_flat, batch: int = 256) -> dict:
+    """Pointwise ``log p(y_r | theta_t, sigma)`` for every draw, ``(chain, draw, N)``."""
+    chains, draws = theta.shape[:2]
+    idx = data["task_index"]
+    extras_flat = {k: hyper_flat[k] for k in lik.global_priors()}
+
+    def one(args):
+        th, ex = args
+        return lik.row_dist(th[idx], data, lik.extras_rows(ex, idx)).log_prob(data["y"])
+
+    flat = jnp.asarray(theta.reshape(chains * draws, *theta.shape[2:]))
+    ll = jax.lax.map(one, (flat, extras_flat), batch_size=batch)
+    return {"y": np.asarray(ll).reshape(chains, draws, -1)}

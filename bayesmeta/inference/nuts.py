@@ -49,8 +49,10 @@ def _check_options(opts: dict) -> None:
         )
 
 
-def run_nuts(fn, data: dict, seed: int, opts: dict, extra_fields=()):
-    """Run NumPyro NUTS on ``fn(**data)``; returns ``(samples by chain, extra fields, mcmc)``."""
+def make_mcmc(fn, opts: dict, jit_model_args: bool = False) -> MCMC:
+    """A NumPyro ``MCMC`` running NUTS on the model ``fn`` with options ``opts``. With
+    ``jit_model_args`` the compiled sampler takes the model's arguments as inputs, so the
+    same object runs again on new data of the same shapes without compiling."""
     progress = opts["progress_bar"]
     if progress is None:
         progress = sys.stderr.isatty()
@@ -61,7 +63,7 @@ def run_nuts(fn, data: dict, seed: int, opts: dict, extra_fields=()):
     )
     if opts["init_strategy"] is not None:
         kernel_kw["init_strategy"] = opts["init_strategy"]
-    mcmc = MCMC(
+    return MCMC(
         NUTS(fn, **kernel_kw),
         num_warmup=int(opts["num_warmup"]),
         num_samples=int(opts["num_samples"]),
@@ -69,7 +71,15 @@ def run_nuts(fn, data: dict, seed: int, opts: dict, extra_fields=()):
         chain_method=opts["chain_method"],
         progress_bar=bool(progress),
         thinning=int(opts["thinning"]),
+        jit_model_args=jit_model_args,
     )
+
+
+def run_nuts(fn, data: dict, seed: int, opts: dict, extra_fields=(), mcmc: MCMC | None = None):
+    """Run NumPyro NUTS on ``fn(**data)`` (or with a prepared ``mcmc`` from
+    :func:`make_mcmc`); returns ``(samples by chain, extra fields, mcmc)``."""
+    if mcmc is None:
+        mcmc = make_mcmc(fn, opts)
     mcmc.run(
         jax.random.PRNGKey(seed),
         extra_fields=(
@@ -129,16 +139,24 @@ def posterior_from_draws(
     samples = {k: np.asarray(v) for k, v in samples.items()}
     chains, draws = next(iter(samples.values())).shape[:2]
     flat = {k: v.reshape(chains * draws, *v.shape[2:]) for k, v in samples.items()}
-    ll = log_likelihood(built.fn, flat, batch_ndims=1, **built.data)
     samples = {k: v for k, v in samples.items() if k not in built.hidden}
-    ll = {k: np.asarray(v).reshape(chains, draws, *np.shape(v)[1:]) for k, v in ll.items()}
+
+    def pointwise():  # deferred: computed when post.log_likelihood is first used
+        ll = log_likelihood(built.fn, flat, batch_ndims=1, **built.data)
+        return {k: np.asarray(v).reshape(chains, draws, *np.shape(v)[1:]) for k, v in ll.items()}
+
     divergences = None
     if sample_stats and "diverging" in sample_stats:
         divergences = int(np.sum(sample_stats["diverging"]))
     diag = check_fit(samples, divergences, warn=warn)
     observed = {"y": np.asarray(built.data["y"])} if "y" in built.data else {}
-    if built.obs_dim == "task" and ll.get("y") is not None and observed:
-        if observed["y"].shape != ll["y"].shape[2:]:
+    if built.obs_dim == "task" and observed:
+        first = {k: v[:1] for k, v in flat.items()}
+        ll_shape = {
+            k: np.shape(v)[1:]
+            for k, v in log_likelihood(built.fn, first, batch_ndims=1, **built.data).items()
+        }
+        if "y" in ll_shape and observed["y"].shape != ll_shape["y"]:
             observed = {}
     return posterior_cls(
         samples,
@@ -148,7 +166,7 @@ def posterior_from_draws(
         tasks=tasks,
         model=model,
         sample_stats=sample_stats,
-        log_likelihood=ll,
+        log_likelihood=pointwise,
         observed_data=observed,
         info=dict(info, diagnostics=diag),
         param_shape=built.param_shape,
