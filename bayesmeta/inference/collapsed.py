@@ -28,6 +28,7 @@ import numpyro
 from bayesmeta.inference import _gaussian as gauss
 from bayesmeta.inference.nuts import (
     NUTS_OPTIONS,
+    SAMPLE_FIELDS,
     _check_options,
     make_mcmc,
     run_nuts,
@@ -78,14 +79,7 @@ class _CompiledNUTS:
     Key handling matches ``numpyro.infer.MCMC`` with ``chain_method="vectorized"``, so the
     draws equal those of :func:`run_nuts` for the same seed (tested)."""
 
-    FIELDS = (
-        "diverging",
-        "energy",
-        "num_steps",
-        "accept_prob",
-        "adapt_state.step_size",
-        "potential_energy",
-    )
+    FIELDS = SAMPLE_FIELDS  # collected in this order by the loop below
 
     def __init__(self, model_fn, opts):
         self.model_fn, self.opts = model_fn, opts

@@ -26,6 +26,15 @@ NUTS_OPTIONS = {
     "warn": True,
 }
 _CHAIN_METHODS = ("vectorized", "parallel", "sequential")
+# the sampler statistics every NUTS fit keeps (NumPyro's names; renamed for ArviZ)
+SAMPLE_FIELDS = (
+    "diverging",
+    "energy",
+    "num_steps",
+    "accept_prob",
+    "adapt_state.step_size",
+    "potential_energy",
+)
 
 
 def _check_options(opts: dict) -> None:
@@ -82,15 +91,7 @@ def run_nuts(fn, data: dict, seed: int, opts: dict, extra_fields=(), mcmc: MCMC 
         mcmc = make_mcmc(fn, opts)
     mcmc.run(
         jax.random.PRNGKey(seed),
-        extra_fields=(
-            "diverging",
-            "energy",
-            "num_steps",
-            "accept_prob",
-            "adapt_state.step_size",
-            "potential_energy",
-            *extra_fields,
-        ),
+        extra_fields=(*SAMPLE_FIELDS, *extra_fields),
         **data,
     )
     samples = mcmc.get_samples(group_by_chain=True)
