@@ -88,11 +88,6 @@ def log_marginal(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
     )
 
 
-def log_marginal_sum(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
-    """``sum_t log p(y_t | mu, Sigma, sigma)``: the collapsed log-likelihood."""
-    return jnp.sum(log_marginal(stats, hyper))
-
-
 def task_posterior(stats: LinearStats, hyper: LinearHyper) -> GaussianPosterior:
     """``theta_t | y_t, hyper``: mean ``(T, p)``, cov ``(T, p, p)``; elementwise when p = 1."""
     if hyper.mu.shape[-1] != 1:

@@ -16,9 +16,9 @@ given ``theta``), so the two can be compared or overlaid directly.
 
 from __future__ import annotations
 
-import sys
 from collections import OrderedDict
 from functools import partial
+from operator import attrgetter
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ from bayesmeta.inference.nuts import (
     make_mcmc,
     run_nuts,
     sample_stats_from,
+    show_progress,
 )
 
 __all__ = ["fit_collapsed", "why_not_collapsible", "COLLAPSED_OPTIONS", "clear_compiled"]
@@ -40,7 +41,7 @@ __all__ = ["fit_collapsed", "why_not_collapsible", "COLLAPSED_OPTIONS", "clear_c
 COLLAPSED_OPTIONS = dict(NUTS_OPTIONS, log_likelihood=True, theta_batch=256)
 
 # Compiled collapsed samplers, most recently used last: (model, param_shape, data shapes,
-# NUTS options) -> (model, MCMC). The model object is held so that its id stays unique.
+# NUTS options) -> (model, _CompiledNUTS). The model object is held so that its id stays unique.
 _COMPILED: OrderedDict = OrderedDict()
 _COMPILED_SIZE = 8
 
@@ -65,7 +66,7 @@ def _hyper_model(model, param_shape):
         if noise == "shared":
             sigma = numpyro.sample("sigma", lik.noise_prior)
         h = gauss.population_hyper(pop, hyper, param_shape, sigma)
-        numpyro.factor("y_marginal", gauss.log_marginal_sum(stats, h))
+        numpyro.factor("y_marginal", jnp.sum(gauss.log_marginal(stats, h)))
 
     return collapsed
 
@@ -109,21 +110,14 @@ class _CompiledNUTS:
         chains = int(self.opts["num_chains"])
         sample = kernel.sample
         post_gen = kernel._postprocess_fn
+        fields_of = attrgetter(*self.FIELDS)
 
         def loop(state, stats):
             kwargs = {"stats": stats}
 
             def step(s, _):
                 s = sample(s, (), kwargs)
-                fields = (
-                    s.diverging,
-                    s.energy,
-                    s.num_steps,
-                    s.accept_prob,
-                    s.adapt_state.step_size,
-                    s.potential_energy,
-                )
-                return s, (s.z, fields)
+                return s, (s.z, fields_of(s))
 
             # one scan over warmup and draws: the kernel is compiled once, not twice
             _, out = jax.lax.scan(step, state, None, length=warmup + draws)
@@ -141,10 +135,11 @@ def _sampler(model, param_shape, stats, nuts_opts):
     """The compiled collapsed sampler for ``model``, kept per model object, data shapes and
     options; ``(sampler, reused)``, or ``(None, False)`` where the NUTS options ask for
     what the compiled loop does not do (a progress bar, thinning, parallel chains)."""
-    progress = nuts_opts["progress_bar"]
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if progress or nuts_opts["thinning"] != 1 or nuts_opts["chain_method"] != "vectorized":
+    if (
+        show_progress(nuts_opts)
+        or nuts_opts["thinning"] != 1
+        or nuts_opts["chain_method"] != "vectorized"
+    ):
         return None, False
     shapes = tuple((tuple(x.shape), str(x.dtype)) for x in stats)
     key = (id(model), param_shape, shapes, tuple(sorted(nuts_opts.items())))
@@ -167,9 +162,8 @@ def _draw_theta(pop, shared, param_shape, stats, hyper_flat, key, batch):
     """Exact ``theta`` draws ``(S, T, *param_shape)``, one per hyperparameter draw.
     Scalar ``theta`` is elementwise; vector ``theta`` goes through Cholesky factors in
     batches of ``batch`` draws so memory stays ``O(batch T p^2)``."""
-    h = gauss.population_hyper(pop, hyper_flat, param_shape, hyper_flat.get("sigma"))
-    if not shared:
-        h = h._replace(noise=jnp.ones_like(h.noise))
+    noise = hyper_flat["sigma"] if shared else None
+    h = gauss.population_hyper(pop, hyper_flat, param_shape, noise)
     num, T = h.mu.shape[0], stats.count.shape[0]
     if not param_shape:  # theta_t | y_t, mu, tau, sigma: elementwise for all (s, t)
         mu, tau, s2 = h.mu[:, :1], h.scale_tril[:, 0, :1], h.noise[:, None] ** 2

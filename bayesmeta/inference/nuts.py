@@ -58,13 +58,15 @@ def _check_options(opts: dict) -> None:
         )
 
 
-def make_mcmc(fn, opts: dict, jit_model_args: bool = False) -> MCMC:
-    """A NumPyro ``MCMC`` running NUTS on the model ``fn`` with options ``opts``. With
-    ``jit_model_args`` the compiled sampler takes the model's arguments as inputs, so the
-    same object runs again on new data of the same shapes without compiling."""
+def show_progress(opts: dict) -> bool:
+    """Whether a fit shows a progress bar: ``progress_bar``, or None for an interactive
+    terminal."""
     progress = opts["progress_bar"]
-    if progress is None:
-        progress = sys.stderr.isatty()
+    return sys.stderr.isatty() if progress is None else bool(progress)
+
+
+def make_mcmc(fn, opts: dict) -> MCMC:
+    """A NumPyro ``MCMC`` running NUTS on the model ``fn`` with options ``opts``."""
     kernel_kw = dict(
         target_accept_prob=float(opts["target_accept"]),
         max_tree_depth=int(opts["max_tree_depth"]),
@@ -78,17 +80,14 @@ def make_mcmc(fn, opts: dict, jit_model_args: bool = False) -> MCMC:
         num_samples=int(opts["num_samples"]),
         num_chains=int(opts["num_chains"]),
         chain_method=opts["chain_method"],
-        progress_bar=bool(progress),
+        progress_bar=show_progress(opts),
         thinning=int(opts["thinning"]),
-        jit_model_args=jit_model_args,
     )
 
 
-def run_nuts(fn, data: dict, seed: int, opts: dict, extra_fields=(), mcmc: MCMC | None = None):
-    """Run NumPyro NUTS on ``fn(**data)`` (or with a prepared ``mcmc`` from
-    :func:`make_mcmc`); returns ``(samples by chain, extra fields, mcmc)``."""
-    if mcmc is None:
-        mcmc = make_mcmc(fn, opts)
+def run_nuts(fn, data: dict, seed: int, opts: dict, extra_fields=()):
+    """Run NumPyro NUTS on ``fn(**data)``; returns ``(samples by chain, extra fields, mcmc)``."""
+    mcmc = make_mcmc(fn, opts)
     mcmc.run(
         jax.random.PRNGKey(seed),
         extra_fields=(*SAMPLE_FIELDS, *extra_fields),
