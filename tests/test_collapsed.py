@@ -198,3 +198,112 @@ def test_log_likelihood_is_computed_on_first_use(schools_collapsed):
     se = np.asarray(data.noise_scale)
     ref = -0.5 * np.log(2 * np.pi * se**2) - 0.5 * ((np.asarray(data.y) - th) / se) ** 2
     np.testing.assert_allclose(ll, ref, rtol=1e-10)
+
+
+def test_chebyshev_marginal_equals_the_sum_over_tasks():
+    """The Chebyshev form of the scalar marginal against the direct sum over tasks, value
+    and gradient in (mu, tau, sigma^2), from tau = 0 to tau = 1e6: several rows per task,
+    unequal noise scales, data far from 0 and a task without information (A = 0)."""
+    import jax
+    import jax.numpy as jnp
+
+    from bayesmeta.inference._scalar_marginal import scalar_log_marginal_sum, scalar_marginal
+
+    rng = np.random.default_rng(4)
+    task = np.repeat(np.arange(300), rng.integers(1, 6, 300))
+    n = task.size
+    x = rng.normal(size=(n, 1))
+    x[task == 7] = 0.0  # task 7 says nothing about its theta
+    y = 50.0 + 2.0 * rng.normal(size=300)[task] * x[:, 0] + rng.normal(size=n)
+    ts = bm.TaskSet.from_arrays(x=x, y=y, task=task, noise_scale=rng.uniform(0.3, 3.0, n))
+    stats = gauss.task_stats(bm.likelihoods.LinearRegression(intercept=False), ts)
+    assert float(stats.xtx[7, 0, 0]) == 0.0
+    form, info = scalar_marginal(
+        stats.xtx[:, 0, 0], stats.xty[:, 0], stats.yty, stats.count, stats.log_scale
+    )
+    assert info["form"] == "chebyshev" and info["max_rel_error"] <= 1e-12
+
+    def direct(mu, tau, s2):
+        h = LinearHyper(jnp.atleast_1d(mu), jnp.reshape(tau, (1, 1)), jnp.sqrt(s2))
+        return jnp.sum(gauss.log_marginal(stats, h))
+
+    def cheb(mu, tau, s2):
+        return scalar_log_marginal_sum(form, mu, tau, s2)
+
+    for mu, tau, s2 in [
+        (0.0, 0.0, 1.0),
+        (49.0, 1e-4, 0.5),
+        (51.0, 2.0, 1.7),
+        (-3.0, 40.0, 3.0),
+        (50.0, 1e6, 0.9),
+    ]:
+        a = jax.value_and_grad(direct, (0, 1, 2))(mu, tau, s2)
+        b = jax.value_and_grad(cheb, (0, 1, 2))(mu, tau, s2)
+        np.testing.assert_allclose(float(b[0]), float(a[0]), rtol=1e-11)
+        scale = np.max(np.abs(a[1])) + 1.0
+        np.testing.assert_allclose(np.array(b[1]), np.array(a[1]), atol=1e-7 * scale)
+
+
+def test_chebyshev_refuses_precisions_it_cannot_resolve():
+    from bayesmeta.inference import collapsed as col
+    from bayesmeta.inference._scalar_marginal import scalar_marginal
+
+    # precisions over 12 orders of magnitude: grouping (a factor 30 per group) resolves
+    # them; one group over the whole range cannot be resolved at degree 32
+    A = np.logspace(-6, 6, 400)
+    args = (A, A * 0.3, A * 0.1, np.ones(400), np.zeros(400))
+    form, info = scalar_marginal(*args)
+    assert form is not None and info["groups"] >= 8 and info["max_rel_error"] <= 1e-12
+    form, info = scalar_marginal(*args, max_degree=32, group_ratio=1e12)
+    assert form is None and "degree 32" in info["why"]
+    stats = gauss.task_stats(bm.likelihoods.NormalKnownNoise(), bm.datasets.eight_schools())
+    with pytest.raises(ValueError, match="marginal: 'chebyshev' needs scalar theta"):
+        col._marginal_form(stats, (2,), "chebyshev")
+    with pytest.raises(ValueError, match="marginal: must be one of"):
+        col._marginal_form(stats, (), "fast")
+
+
+def test_collapsed_chebyshev_matches_exact_on_eight_schools():
+    from conftest import eight_schools_model
+
+    data = bm.datasets.eight_schools()
+    post = bm.fit(
+        eight_schools_model(),
+        data,
+        method="collapsed",
+        marginal="chebyshev",
+        seed=4,
+        progress_bar=False,
+    )
+    assert post.info["marginal"]["form"] == "chebyshev"
+    ref = bm.fit(eight_schools_model(), data, method="exact").info["exact"]
+    for name, ref_mean, ref_sd in (
+        ("mu", ref.mu_mean, ref.mu_sd),
+        ("tau", ref.tau_mean, ref.tau_sd),
+    ):
+        mean, sd, se_mean, se_sd = _mcse_mean_sd(post.samples[name])
+        assert abs(mean - ref_mean) < 4 * se_mean, (name, mean, ref_mean)
+        assert abs(sd - ref_sd) < 4 * se_sd, (name, sd, ref_sd)
+
+
+def test_auto_uses_chebyshev_for_many_tasks_and_follows_the_direct_sampler():
+    """With 400 tasks ``auto`` takes the Chebyshev form; its potential equals the direct
+    one to ~1e-13, so with the same seed the two samplers take the same path: short float64
+    runs agree draw for draw."""
+    rng = np.random.default_rng(5)
+    se = rng.uniform(0.5, 3.0, 400)
+    ts = bm.TaskSet.from_estimates(
+        y=1.0 + 0.8 * rng.normal(size=400) + se * rng.normal(size=400), se=se
+    )
+    from conftest import eight_schools_model
+
+    model = eight_schools_model()
+    kw = dict(
+        method="collapsed", seed=6, num_warmup=30, num_samples=30, progress_bar=False, warn=False
+    )
+    cheb = bm.fit(model, ts, **kw)
+    direct = bm.fit(model, ts, marginal="direct", **kw)
+    assert cheb.info["marginal"]["form"] == "chebyshev"
+    assert direct.info["marginal"]["form"] == "direct"
+    for k in ("mu", "tau"):
+        np.testing.assert_allclose(cheb.samples[k], direct.samples[k], rtol=1e-6)

@@ -26,6 +26,11 @@ import numpy as np
 import numpyro
 
 from bayesmeta.inference import _gaussian as gauss
+from bayesmeta.inference._scalar_marginal import (
+    ScalarMarginal,
+    scalar_log_marginal_sum,
+    scalar_marginal,
+)
 from bayesmeta.inference.nuts import (
     NUTS_OPTIONS,
     SAMPLE_FIELDS,
@@ -38,7 +43,10 @@ from bayesmeta.inference.nuts import (
 
 __all__ = ["fit_collapsed", "why_not_collapsible", "COLLAPSED_OPTIONS", "clear_compiled"]
 
-COLLAPSED_OPTIONS = dict(NUTS_OPTIONS, log_likelihood=True, theta_batch=256)
+COLLAPSED_OPTIONS = dict(NUTS_OPTIONS, log_likelihood=True, theta_batch=256, marginal="auto")
+_MARGINALS = ("auto", "direct", "chebyshev")
+# below this many tasks a direct sum is as cheap as the Chebyshev form
+_CHEBYSHEV_MIN_TASKS = 256
 
 # Compiled collapsed samplers, most recently used last: (model, param_shape, data shapes,
 # NUTS options) -> (model, _CompiledNUTS). The model object is held so that its id stays unique.
@@ -66,7 +74,11 @@ def _hyper_model(model, param_shape):
         if noise == "shared":
             sigma = numpyro.sample("sigma", lik.noise_prior)
         h = gauss.population_hyper(pop, hyper, param_shape, sigma)
-        numpyro.factor("y_marginal", jnp.sum(gauss.log_marginal(stats, h)))
+        if isinstance(stats, ScalarMarginal):
+            lp = scalar_log_marginal_sum(stats, h.mu[0], h.scale_tril[0, 0], h.noise**2)
+        else:
+            lp = jnp.sum(gauss.log_marginal(stats, h))
+        numpyro.factor("y_marginal", lp)
 
     return collapsed
 
@@ -74,61 +86,74 @@ def _hyper_model(model, param_shape):
 class _CompiledNUTS:
     """NUTS on the collapsed model, compiled once and run again on new data.
 
-    The kernel and the sampling loop (warmup then draws, chains vectorised) are built on
-    the first run; the data enter the compiled loop as arguments, so later runs on data of
-    the same shapes only initialise (a fresh kernel finds the starting point) and run.
-    Key handling matches ``numpyro.infer.MCMC`` with ``chain_method="vectorized"``, so the
-    draws equal those of :func:`run_nuts` for the same seed (tested)."""
+    One jitted program finds the starting point, runs warmup and draws (chains vectorised)
+    and maps the draws to the constrained sites; the data and the key are its arguments,
+    so later runs on data of the same shapes only run it. Key handling matches
+    ``numpyro.infer.MCMC`` with ``chain_method="vectorized"``, so the draws equal those of
+    :func:`run_nuts` for the same seed (tested)."""
 
     FIELDS = SAMPLE_FIELDS  # collected in this order by the loop below
 
     def __init__(self, model_fn, opts):
         self.model_fn, self.opts = model_fn, opts
-        self.loop = None
-
-    def _kernel(self):
-        return make_mcmc(self.model_fn, self.opts).sampler
+        self.program = jax.jit(self._program)
 
     def run(self, seed: int, stats):
-        opts = self.opts
-        chains = int(opts["num_chains"])
+        chains = int(self.opts["num_chains"])
         key = jax.random.PRNGKey(seed)
         if chains > 1:
             key = jax.random.split(key, chains)
-        kwargs = {"stats": stats}
-        kernel = self._kernel()
-        state = kernel.init(key, int(opts["num_warmup"]), None, (), kwargs)
-        if self.loop is None:
-            self.loop = self._build(kernel)
-        z, fields = self.loop(state, stats)
+        z, fields = self.program(key, stats)
         if chains == 1:  # unbatched kernel: add the chain dim
             z, fields = jax.tree.map(lambda x: x[None], (z, fields))
         return z, dict(zip(self.FIELDS, fields, strict=True))
 
-    def _build(self, kernel):
+    def _program(self, key, stats):
+        # traced once per compile: the kernel built here lives only in the trace
         warmup, draws = int(self.opts["num_warmup"]), int(self.opts["num_samples"])
         chains = int(self.opts["num_chains"])
-        sample = kernel.sample
-        post_gen = kernel._postprocess_fn
+        kwargs = {"stats": stats}
+        kernel = make_mcmc(self.model_fn, self.opts).sampler
+        state = kernel.init(key, warmup, None, (), kwargs)
         fields_of = attrgetter(*self.FIELDS)
 
-        def loop(state, stats):
-            kwargs = {"stats": stats}
+        def step(s, _):
+            s = kernel.sample(s, (), kwargs)
+            return s, (s.z, fields_of(s))
 
-            def step(s, _):
-                s = sample(s, (), kwargs)
-                return s, (s.z, fields_of(s))
+        # one scan over warmup and draws: the kernel is compiled once, not twice
+        _, out = jax.lax.scan(step, state, None, length=warmup + draws)
+        z, fields = jax.tree.map(lambda x: x[warmup:], out)
+        post = kernel.postprocess_fn((), kwargs)
+        to_site = jax.vmap(post) if chains == 1 else jax.vmap(jax.vmap(post))
+        # (draw, chain) -> (chain, draw)
+        swap = (lambda x: x) if chains == 1 else (lambda x: jnp.swapaxes(x, 0, 1))
+        return jax.tree.map(swap, to_site(z)), jax.tree.map(swap, fields)
 
-            # one scan over warmup and draws: the kernel is compiled once, not twice
-            _, out = jax.lax.scan(step, state, None, length=warmup + draws)
-            z, fields = jax.tree.map(lambda x: x[warmup:], out)
-            post = post_gen(stats=stats)
-            to_site = jax.vmap(post) if chains == 1 else jax.vmap(jax.vmap(post))
-            # (draw, chain) -> (chain, draw)
-            swap = (lambda x: x) if chains == 1 else (lambda x: jnp.swapaxes(x, 0, 1))
-            return jax.tree.map(swap, to_site(z)), jax.tree.map(swap, fields)
 
-        return jax.jit(loop)
+def _marginal_form(stats, param_shape, choice: str):
+    """What NUTS evaluates the marginal from: the per-task statistics (a sum over tasks per
+    step) or, for scalar ``theta``, their checked Chebyshev form (a cost independent of
+    the number of tasks); and a description for ``info["marginal"]``."""
+    if choice not in _MARGINALS:
+        raise ValueError(f"marginal: must be one of {_MARGINALS}, got {choice!r}")
+    num_tasks = stats.count.shape[0]
+    if choice == "direct" or (choice == "auto" and num_tasks < _CHEBYSHEV_MIN_TASKS):
+        return stats, {"form": "direct"}
+    if param_shape != ():
+        if choice == "chebyshev":
+            raise ValueError(
+                f"marginal: 'chebyshev' needs scalar theta, the model has shape {param_shape}"
+            )
+        return stats, {"form": "direct"}
+    form, info = scalar_marginal(
+        stats.xtx[:, 0, 0], stats.xty[:, 0], stats.yty, stats.count, stats.log_scale
+    )
+    if form is None:
+        if choice == "chebyshev":
+            raise ValueError(f"marginal: 'chebyshev' is not accurate here: {info['why']}")
+        return stats, info
+    return form, info
 
 
 def _sampler(model, param_shape, stats, nuts_opts):
@@ -184,8 +209,18 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     """Fit by collapsed NUTS; returns a :class:`~bayesmeta.posterior.Posterior`.
 
     Options: those of ``method="nuts"`` plus ``log_likelihood`` (provide the pointwise
-    log-likelihood given ``theta``, computed on first use; default True) and
-    ``theta_batch`` (draws per batch when completing vector ``theta``).
+    log-likelihood given ``theta``, computed on first use; default True),
+    ``theta_batch`` (draws per batch when completing vector ``theta``) and ``marginal``:
+
+    - ``"auto"`` (default): for scalar ``theta`` and at least 256 tasks, NUTS evaluates the
+      summed marginal from its Chebyshev form in ``tau^2 / sigma^2`` (see
+      :mod:`bayesmeta.inference._scalar_marginal`), built once and checked against the
+      direct sums to 1e-12 relative, so a step costs the same for 10,000 tasks as for 10;
+      otherwise, or when the check fails, by summing over tasks;
+    - ``"direct"``: always sum over tasks;
+    - ``"chebyshev"``: the Chebyshev form, or a ValueError saying why it is not available.
+
+    ``info["marginal"]`` says which form ran (with the degree and the checked error).
 
     The compiled sampler is kept (for the last few model objects) and reused when the
     same model object is fitted again to data of the same shapes with the same options:
@@ -205,13 +240,14 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     param_shape = built.param_shape
     stats = gauss.task_stats(model.likelihood, tasks)
     nuts_opts = {k: opts[k] for k in NUTS_OPTIONS}
-    sampler, reused = _sampler(model, param_shape, stats, nuts_opts)
+    marginal, marginal_info = _marginal_form(stats, param_shape, opts["marginal"])
+    sampler, reused = _sampler(model, param_shape, marginal, nuts_opts)
     if sampler is None:
         samples, extras, _ = run_nuts(
-            _hyper_model(model, param_shape), {"stats": stats}, seed, nuts_opts
+            _hyper_model(model, param_shape), {"stats": marginal}, seed, nuts_opts
         )
     else:
-        samples, extras = sampler.run(seed, stats)
+        samples, extras = sampler.run(seed, marginal)
     samples = {k: np.asarray(v) for k, v in samples.items()}
     stats_out = sample_stats_from(extras)
     # convergence is judged on what NUTS sampled: every theta draw below is exact given
@@ -256,6 +292,7 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
             "options": opts,
             "diagnostics": diag,
             "compiled": "reused" if reused else "new",
+            "marginal": marginal_info,
         },
         param_shape=param_shape,
     )
