@@ -22,7 +22,7 @@ likelihood              per-task parameter            data
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ __all__ = [
     "Poisson",
     "Binomial",
     "Custom",
+    "GLMEstimates",
 ]
 
 _NOISE_MODES = ("shared", "task")
@@ -94,6 +95,11 @@ class Likelihood:
         ``(num_tasks, *param_shape)``, or None when there is no cheap closed form. Used by
         ``parameterization="auto"`` to gauge the spread between tasks."""
         return None
+
+    def parameterization_evidence(self, tasks: TaskSet):
+        """``(information, rough_estimates)`` for ``parameterization="auto"``: one call, so a
+        likelihood that must solve for its estimates (the GLMs) solves once."""
+        return self.information(tasks), self.rough_estimates(tasks)
 
     def data_arrays(self, tasks: TaskSet) -> dict[str, Any]:
         """Arrays the model needs, as a dict of numpy arrays (flat layout)."""
@@ -218,6 +224,39 @@ class _GLM(Likelihood):
         design = self._design_np(tasks)
         info = _segment_sum(w[:, None] * design**2, tasks)
         return info[:, 0] if not self.param_shape(tasks) else info
+
+
+class _CanonicalGLM(_GLM):
+    """GLMs with a canonical link (logistic, Poisson, binomial): the per-task evidence for
+    ``parameterization="auto"`` comes from each task's own penalised fit."""
+
+    def _mean_weight(self, eta: np.ndarray, tasks: TaskSet) -> tuple[np.ndarray, np.ndarray]:
+        """Row means ``E[y | eta]`` and IRLS weights ``Var[y | eta]`` (canonical link)."""
+        raise NotImplementedError
+
+    def _start(self, tasks: TaskSet, p: int) -> np.ndarray:
+        return np.zeros(p)
+
+    def glm_estimates(self, tasks: TaskSet) -> GLMEstimates:
+        """Penalised per-task maximum-likelihood estimates by Newton's method (vectorised
+        over tasks), the data's information about each coefficient at the estimate, and
+        whether each task's solve converged; see :class:`GLMEstimates`."""
+        return _glm_estimates(self, tasks)
+
+    def parameterization_evidence(self, tasks):
+        est = self.glm_estimates(tasks)
+        # a task whose solve did not converge says nothing (non-centred, no say in the spread)
+        ok = est.converged[:, None]
+        info = np.where(ok, est.information, 0.0)
+        shape = (tasks.num_tasks, *self.param_shape(tasks))
+        rough = np.where(ok, est.estimate, np.nan), np.where(ok, est.variance, np.nan)
+        return info.reshape(shape), tuple(r.reshape(shape) for r in rough)
+
+    def information(self, tasks):
+        return self.parameterization_evidence(tasks)[0]
+
+    def rough_estimates(self, tasks):
+        return self.parameterization_evidence(tasks)[1]
 
 
 class NormalKnownNoise(_GLM):
@@ -406,7 +445,7 @@ class LinearRegression(_NoiseMixin, _GLM):
         return f"LinearRegression(intercept={self.intercept}, noise={self.noise!r})"
 
 
-class LogisticRegression(_GLM):
+class LogisticRegression(_CanonicalGLM):
     """``y_r ~ Bernoulli(sigmoid(a_t + x_r @ b_t))`` with ``y`` in {0, 1}; ``x`` optional
     (without it the per-task parameter is one log-odds)."""
 
@@ -423,14 +462,15 @@ class LogisticRegression(_GLM):
     def row_dist(self, theta_rows, data, extras_rows):
         return dist.Bernoulli(logits=self._eta(theta_rows, data))
 
-    def information(self, tasks):
-        return self._information_from_weights(tasks, np.full(tasks.num_obs, 0.25))
+    def _mean_weight(self, eta, tasks):
+        p = _sigmoid(eta)
+        return p, p * (1.0 - p)
 
     def __repr__(self):
         return f"LogisticRegression(intercept={self.intercept})"
 
 
-class Poisson(_GLM):
+class Poisson(_CanonicalGLM):
     """``y_r ~ Poisson(exp(a_t + x_r @ b_t))`` (log link); ``x`` optional."""
 
     def validate(self, tasks):
@@ -440,15 +480,21 @@ class Poisson(_GLM):
     def row_dist(self, theta_rows, data, extras_rows):
         return dist.Poisson(jnp.exp(self._eta(theta_rows, data)))
 
-    def information(self, tasks):
-        rate = _segment_sum(tasks.y, tasks) / tasks.counts
-        return self._information_from_weights(tasks, np.maximum(rate, 0.5)[tasks.task_index])
+    def _mean_weight(self, eta, tasks):
+        rate = np.exp(np.clip(eta, -30.0, 30.0))
+        return rate, rate
+
+    def _start(self, tasks, p):
+        start = np.zeros(p)
+        if self.intercept:  # log of the overall mean count keeps the first step in range
+            start[0] = np.log(np.mean(tasks.y) + 0.5)
+        return start
 
     def __repr__(self):
         return f"Poisson(intercept={self.intercept})"
 
 
-class Binomial(_GLM):
+class Binomial(_CanonicalGLM):
     """``y_r ~ Binomial(n_r, sigmoid(a_t + z_r @ b_t))`` for counts out of ``n_r`` trials.
 
     The first input column ``x[:, 0]`` holds the trials ``n_r``; the remaining columns
@@ -491,11 +537,84 @@ class Binomial(_GLM):
     def row_dist(self, theta_rows, data, extras_rows):
         return dist.Binomial(total_count=data["x"][..., 0], logits=self._eta(theta_rows, data))
 
-    def information(self, tasks):
-        return self._information_from_weights(tasks, 0.25 * tasks.x[:, 0])
+    def _mean_weight(self, eta, tasks):
+        p, n = _sigmoid(eta), tasks.x[:, 0]
+        return n * p, n * p * (1.0 - p)
 
     def __repr__(self):
         return f"Binomial(intercept={self.intercept})"
+
+
+def _sigmoid(eta: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * eta))  # no overflow for large |eta|
+
+
+class GLMEstimates(NamedTuple):
+    """Per-task evidence of a GLM likelihood, what ``parameterization="auto"`` reads.
+
+    Fields (``p`` = coefficients per task):
+      estimate     # (T, p) penalised maximum-likelihood estimate of each task's coefficients
+      variance     # (T, p) diagonal of (H_t + P)^-1: the estimate's approximate variance
+      information  # (T, p) 1 / variance - P: what the task's own rows say about each
+                   # coefficient given the others (observed Fisher information, P removed)
+      converged    # (T,) the Newton solve met its tolerance within the iteration budget
+    """
+
+    estimate: np.ndarray
+    variance: np.ndarray
+    information: np.ndarray
+    converged: np.ndarray
+
+
+# weak ridge of the per-task solves: a N(pooled estimate, 2.5^2) prior on each coefficient
+# (the scale of Gelman et al.'s default logistic prior), which keeps separated or empty
+# tasks finite without pulling informative ones
+_GLM_RIDGE = 1.0 / 2.5**2
+_GLM_ITERS, _GLM_TOL = 50, 1e-8
+
+
+def _glm_newton(lik, tasks, design, starts, centre, ridge):
+    """Penalised Newton iterations for groups of consecutive rows at once (group ``g`` is
+    rows ``starts[g]`` up to the next start); returns ``(estimate, H + P, converged)``."""
+    num, p = len(starts), design.shape[1]
+    index = np.repeat(np.arange(num), np.diff(np.append(starts, len(design))))
+    theta = np.broadcast_to(centre, (num, p)).copy()
+    penalty = ridge * np.eye(p)
+    outer = (design[:, :, None] * design[:, None, :]).reshape(len(design), p * p)
+
+    def hessian(theta):
+        _, weight = lik._mean_weight(np.einsum("np,np->n", design, theta[index]), tasks)
+        return np.add.reduceat(weight[:, None] * outer, starts, axis=0).reshape(num, p, p)
+
+    converged = np.zeros(num, bool)
+    for _ in range(_GLM_ITERS):
+        mean, weight = lik._mean_weight(np.einsum("np,np->n", design, theta[index]), tasks)
+        grad = np.add.reduceat((tasks.y - mean)[:, None] * design, starts, axis=0)
+        grad -= ridge * (theta - centre)
+        hess = np.add.reduceat(weight[:, None] * outer, starts, axis=0).reshape(num, p, p)
+        step = np.linalg.solve(hess + penalty, grad[..., None])[..., 0]
+        # damped: no coefficient moves by more than 1 in a step (a log-link rate by e)
+        step /= np.maximum(1.0, np.max(np.abs(step), axis=1, keepdims=True))
+        theta += step
+        scale = 1.0 + np.max(np.abs(theta), axis=1)
+        converged = np.max(np.abs(step), axis=1) < _GLM_TOL * scale
+        if converged.all():
+            break
+    finite = np.all(np.isfinite(theta), axis=1)
+    return theta, hessian(theta) + penalty, converged & finite
+
+
+def _glm_estimates(lik, tasks) -> GLMEstimates:
+    """Pooled fit first (one group), then every task's penalised fit centred on it."""
+    design = lik._design_np(tasks)
+    p = design.shape[1]
+    start = lik._start(tasks, p)
+    pooled, _, _ = _glm_newton(lik, tasks, design, np.zeros(1, int), start, 1e-6)
+    centre = pooled[0] if np.all(np.isfinite(pooled)) else start
+    est, prec, converged = _glm_newton(lik, tasks, design, tasks.offsets[:-1], centre, _GLM_RIDGE)
+    var = np.diagonal(np.linalg.inv(prec), axis1=1, axis2=2)
+    info = np.maximum(1.0 / var - _GLM_RIDGE, 0.0)
+    return GLMEstimates(est, var, info, converged)
 
 
 class _RowLogDensity(dist.Distribution):

@@ -46,6 +46,10 @@ class BuiltModel(NamedTuple):
       centered    # bool array (num_tasks, *param_shape) or None (all centred)
       obs_dim     # name of the dim of the observed site y ("obs" or "task")
       hidden      # latent site names not worth reporting (reparameterisation helpers)
+      structure   # hashable key of everything fn depends on besides data (None: unknown);
+                  # equal keys mean one compiled program serves both
+      information # (num_tasks, *param_shape) what each task's data say about theta_t (the
+                  # evidence of parameterization="auto"), or None
     """
 
     fn: Callable
@@ -56,6 +60,8 @@ class BuiltModel(NamedTuple):
     centered: Any
     obs_dim: str
     hidden: tuple
+    structure: Any = None
+    information: Any = None
 
 
 def _check_likelihood(likelihood: Any) -> lk.Likelihood:
@@ -91,7 +97,8 @@ class _TaskModel:
         return {}
 
     def _centered(self, tasks, param_shape):
-        return None
+        """``(centring mask or None, information or None)``."""
+        return None, None
 
     def build(self, tasks: TaskSet) -> BuiltModel:
         """Validate ``tasks`` against the likelihood and return the bound NumPyro model."""
@@ -102,15 +109,28 @@ class _TaskModel:
         self._check_shape(param_shape)
         pd = likelihood.param_dim(tasks)
         param_dim = None if pd is None else pd[0]
-        centered = self._centered(tasks, param_shape)
+        centered, information = self._centered(tasks, param_shape)
         num_tasks, num_obs = tasks.num_tasks, tasks.num_obs
         per_task = isinstance(likelihood, lk.Custom) and not likelihood.rowwise
         obs_dim = "task" if (tasks.is_estimates or per_task) else "obs"
+        # the centring is a model input where it is mixed, so a refit with another mask
+        # reuses the compiled program; all-centred and all-non-centred are structural
+        mode = _centering_mode(centered)
+        counts = tasks.counts
+        # equal-sized tasks (rows are task-sorted) expand theta to rows by a broadcast,
+        # whose gradient is a reduction, not the scatter-add of a gather
+        rows_per_task = int(counts[0]) if np.all(counts == counts[0]) else None
 
-        def model(y=None, task_index=None, _prior=False, **data):
+        def to_rows(theta, task_index):
+            if rows_per_task is not None:
+                return jnp.repeat(theta, rows_per_task, axis=0, total_repeat_length=num_obs)
+            return jnp.take(theta, task_index, axis=0, indices_are_sorted=True)
+
+        def model(y=None, task_index=None, _prior=False, _centered=None, **data):
             data = dict(data, y=y, task_index=task_index)
             task_plate = numpyro.plate("task", num_tasks)
-            theta = self._theta(num_tasks, param_shape, None if _prior else centered, task_plate)
+            c = None if _prior else (_centered if mode == "mixed" else mode)
+            theta = self._theta(num_tasks, param_shape, c, task_plate)
             extras = likelihood.sample_extras(num_tasks, task_plate)
             if per_task:
                 with task_plate:
@@ -124,7 +144,7 @@ class _TaskModel:
                         obs=None if y is None else jnp.zeros(num_tasks),
                     )
                 return
-            theta_rows = theta if theta.ndim == len(param_shape) else theta[task_index]
+            theta_rows = theta if theta.ndim == len(param_shape) else to_rows(theta, task_index)
             with numpyro.plate(obs_dim, num_obs):
                 numpyro.sample(
                     "y",
@@ -148,8 +168,30 @@ class _TaskModel:
             if isinstance(getattr(self, "population", None), pops.MvNormal):
                 coords[f"{pd[0]}_bis"] = list(pd[1])
         data = {k: jnp.asarray(v) for k, v in likelihood.data_arrays(tasks).items()}
+        if mode == "mixed":
+            data["_centered"] = jnp.asarray(centered, dtype=jnp.result_type(float))
         hidden = (f"{self.theta_site}_raw",)
-        return BuiltModel(model, data, dims, coords, param_shape, centered, obs_dim, hidden)
+        structure = (
+            num_tasks,
+            num_obs,
+            tuple(param_shape),
+            obs_dim,
+            mode,
+            rows_per_task,
+            getattr(likelihood, "_resolved", None),
+        )
+        return BuiltModel(
+            model,
+            data,
+            dims,
+            coords,
+            param_shape,
+            centered,
+            obs_dim,
+            hidden,
+            structure,
+            information,
+        )
 
     def _check_shape(self, param_shape):
         pass
@@ -187,15 +229,16 @@ class Hierarchical(_TaskModel):
         self.population.check_shape(param_shape)
 
     def _centered(self, tasks, param_shape):
-        info = self.likelihood.information(tasks)
+        info, rough = self.likelihood.parameterization_evidence(tasks)
         if info is not None:
             info = np.asarray(info, float).reshape((tasks.num_tasks, *param_shape))
+
         mask = self.population.centered_mask(
-            info, param_shape, _spread_estimate(self.likelihood, tasks, param_shape)
+            info, param_shape, _spread_estimate(rough, tasks, param_shape), tasks.num_tasks
         )
         if mask is not None and mask.shape[0] == 1 and tasks.num_tasks > 1:
             mask = np.broadcast_to(mask, (tasks.num_tasks, *param_shape))
-        return mask
+        return mask, info
 
     def _theta(self, num_tasks, param_shape, centered, task_plate):
         hyper = self.population.sample_hyper(param_shape)
@@ -217,12 +260,21 @@ class Hierarchical(_TaskModel):
         return f"Hierarchical(likelihood={self.likelihood!r}, population={self.population!r})"
 
 
-def _spread_estimate(likelihood, tasks, param_shape) -> np.ndarray | None:
+def _centering_mode(centered) -> Any:
+    """None (all centred), False (all non-centred) or "mixed" for a centring mask."""
+    if centered is None or np.all(centered):
+        return None
+    if not np.any(centered):
+        return False
+    return "mixed"
+
+
+def _spread_estimate(rough, tasks, param_shape) -> np.ndarray | None:
     """DerSimonian-Laird estimate of the between-task sd of each parameter from the
-    likelihood's rough per-task estimates (None when it has none or there is one task)."""
+    likelihood's rough per-task estimates (None when it has none or fewer than three tasks
+    have finite estimates: then the rule cannot judge and stays non-centred)."""
     from bayesmeta.estimators import tau2_estimate
 
-    rough = likelihood.rough_estimates(tasks)
     if rough is None or tasks.num_tasks < 2:
         return None
     est, var = (np.asarray(a, float).reshape(tasks.num_tasks, -1) for a in rough)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -49,6 +48,12 @@ import numpyro.distributions as dist
 __all__ = ["Population", "Normal", "MvNormal", "StudentT"]
 
 _PARAMETERIZATIONS = ("auto", "centered", "noncentered")
+#: ``parameterization="auto"`` centres a task where information * spread**2 exceeds this:
+#: the break-even of the two forms is 1 (normal-normal), and a factor 4 (the task's data
+#: twice as precise, in sd, as the spread) keeps the doubtful cases on the safe side, since
+#: a wrongly centred task makes a funnel (divergences, bias) and a wrongly non-centred one
+#: only costs some efficiency
+CENTRING_THRESHOLD = 4.0
 
 
 def _check_hyperprior(field: str, value: Any, positive: bool) -> Any:
@@ -113,14 +118,6 @@ def _fixed_shape(arr: np.ndarray, shape: tuple[int, ...], field: str) -> jnp.nda
         ) from None
 
 
-def _median(d: dist.Distribution) -> np.ndarray:
-    try:
-        return np.asarray(d.icdf(jnp.asarray(0.5)))
-    except (NotImplementedError, AttributeError, TypeError):
-        draws = d.sample(jax.random.PRNGKey(0), (4001,))
-        return np.median(np.asarray(draws), axis=0)
-
-
 class Population:
     """Abstract base: a family of priors ``p(theta | phi)`` over one task's parameters.
 
@@ -132,10 +129,20 @@ class Population:
     def __init__(self, dim, loc, scale, parameterization, name):
         if dim is not None and (not isinstance(dim, int | np.integer) or dim < 1):
             raise ValueError(f"dim: must be a positive integer, got {dim!r}")
-        if parameterization not in _PARAMETERIZATIONS:
-            raise ValueError(
-                f"parameterization: must be one of {_PARAMETERIZATIONS}, got {parameterization!r}"
-            )
+        if isinstance(parameterization, str):
+            if parameterization not in _PARAMETERIZATIONS:
+                raise ValueError(
+                    f"parameterization: must be one of {_PARAMETERIZATIONS} or a boolean "
+                    f"mask (True = centred), got {parameterization!r}"
+                )
+        else:
+            mask = np.asarray(parameterization)
+            if mask.dtype != bool or mask.ndim not in (1, 2):
+                raise ValueError(
+                    f"parameterization: must be one of {_PARAMETERIZATIONS} or a boolean "
+                    f"mask of shape (tasks,) or (tasks, parameters), got {parameterization!r}"
+                )
+            parameterization = mask
         if name is not None and (not isinstance(name, str) or not name.isidentifier()):
             raise ValueError(f"name: must be an identifier, got {name!r}")
         self.dim = None if dim is None else int(dim)
@@ -212,41 +219,69 @@ class Population:
         """
         raise NotImplementedError
 
-    def sample_theta(self, hyper, param_shape, centered: np.ndarray | None) -> jnp.ndarray:
+    def sample_theta(self, hyper, param_shape, centered) -> jnp.ndarray:
         """Sample ``theta`` inside the ``task`` plate.
 
-        ``centered`` is None (all centred) or a bool array ``(num_tasks, *param_shape)``.
+        ``centered`` is None or True (all centred), False (all non-centred: ``theta_raw``
+        standard normal, ``theta`` deterministic) or an array ``(num_tasks, *param_shape)``
+        of 0/1 (per-task choice; it may be a traced model input).
         """
         site = self.theta_site
-        if centered is None or np.all(centered):
+        if centered is None or centered is True:
             return numpyro.sample(site, self.dist(hyper, param_shape))
-        return self._sample_theta_reparam(hyper, param_shape, np.asarray(centered, bool))
+        if centered is False:
+            return self._sample_theta_noncentered(hyper, param_shape)
+        if isinstance(centered, np.ndarray) and not isinstance(centered, jnp.ndarray):
+            if np.all(centered):
+                return numpyro.sample(site, self.dist(hyper, param_shape))
+            if not np.any(centered):
+                return self._sample_theta_noncentered(hyper, param_shape)
+        return self._sample_theta_reparam(hyper, param_shape, centered)
+
+    def _sample_theta_noncentered(self, hyper, param_shape):
+        """All tasks non-centred: the mixed form at c = 0, without its arithmetic."""
+        return self._sample_theta_reparam(hyper, param_shape, np.zeros((1, *param_shape), bool))
 
     def _sample_theta_reparam(self, hyper, param_shape, centered):
         raise NotImplementedError
 
     def centered_mask(
-        self, information: np.ndarray | None, param_shape, spread: np.ndarray | None = None
+        self,
+        information: np.ndarray | None,
+        param_shape,
+        spread: np.ndarray | None = None,
+        num_tasks: int | None = None,
     ) -> np.ndarray | None:
         """The per-task, per-dimension choice of centring (True = centred); see module doc.
 
-        ``spread`` is an estimate of the between-task sd (per dimension); without it the
-        median of the scale hyperprior stands in."""
+        ``information`` is ``(num_tasks, *param_shape)`` (None: the likelihood cannot say);
+        ``spread`` the between-task sd estimated from the data (None: no estimate). Where
+        either is missing the rule cannot judge and every task is non-centred, unless the
+        population's scale is fixed (then that scale is the spread)."""
+        if isinstance(self.parameterization, np.ndarray):
+            return self._user_mask(param_shape, num_tasks)
         if self.parameterization == "centered":
             return None
         if self.parameterization == "noncentered" or information is None:
             shape = (1, *param_shape) if information is None else information.shape
             return np.zeros(shape, dtype=bool)
-        tau_ref = self.scale_reference(param_shape) if spread is None else spread
-        return np.asarray(information) * np.asarray(tau_ref) ** 2 > 1.0
+        if spread is None:
+            if isinstance(self.scale, dist.Distribution):
+                return np.zeros(np.shape(information), dtype=bool)
+            spread = np.broadcast_to(np.asarray(self.scale, float), param_shape)
+        return np.asarray(information) * np.asarray(spread) ** 2 > CENTRING_THRESHOLD
 
-    def scale_reference(self, param_shape) -> np.ndarray:
-        """Median of the scale hyperprior (or the fixed scale), shape ``param_shape``."""
-        if isinstance(self.scale, dist.Distribution):
-            med = _median(self.scale)
-        else:
-            med = np.asarray(self.scale)
-        return np.broadcast_to(med, param_shape)
+    def _user_mask(self, param_shape, num_tasks) -> np.ndarray:
+        mask = self.parameterization
+        want = (num_tasks, *param_shape)
+        if mask.shape == (num_tasks,) and param_shape:
+            mask = np.broadcast_to(mask[:, None], want)
+        if mask.shape != want:
+            raise ValueError(
+                f"parameterization: a per-task mask must have shape {(num_tasks,)} or {want} "
+                f"(tasks x parameters), got {mask.shape}"
+            )
+        return mask.copy()
 
     def __repr__(self) -> str:
         def show(v):
@@ -259,6 +294,14 @@ class Population:
             f"{type(self).__name__}(dim={self.dim}, {hp}, "
             f"parameterization={self.parameterization!r}, name={self.name!r})"
         )
+
+
+def _locscale_noncentered(std, hyper_mu, hyper_tau, param_shape, site):
+    """``theta = mu + tau z`` with ``z ~ std`` (standard location-scale base)."""
+    if param_shape:
+        std = std.expand(param_shape).to_event(len(param_shape))
+    z = numpyro.sample(f"{site}_raw", std)
+    return numpyro.deterministic(site, hyper_mu + hyper_tau * z)
 
 
 def _locscale_partial(base_fn, hyper_mu, hyper_tau, param_shape, centered, site):
@@ -295,6 +338,15 @@ class Normal(Population):
     def dist(self, hyper, param_shape):
         d = dist.Normal(hyper[self.site("mu")], hyper[self.site("tau")])
         return d.to_event(len(param_shape)) if param_shape else d
+
+    def _sample_theta_noncentered(self, hyper, param_shape):
+        return _locscale_noncentered(
+            dist.Normal(0.0, 1.0),
+            hyper[self.site("mu")],
+            hyper[self.site("tau")],
+            param_shape,
+            self.theta_site,
+        )
 
     def _sample_theta_reparam(self, hyper, param_shape, centered):
         return _locscale_partial(
@@ -340,6 +392,16 @@ class StudentT(Population):
             self._nu(hyper, param_shape), hyper[self.site("mu")], hyper[self.site("tau")]
         )
         return d.to_event(len(param_shape)) if param_shape else d
+
+    def _sample_theta_noncentered(self, hyper, param_shape):
+        nu = self._nu(hyper, param_shape)
+        return _locscale_noncentered(
+            dist.StudentT(nu, 0.0, 1.0),
+            hyper[self.site("mu")],
+            hyper[self.site("tau")],
+            param_shape,
+            self.theta_site,
+        )
 
     def _sample_theta_reparam(self, hyper, param_shape, centered):
         nu = self._nu(hyper, param_shape)
@@ -435,13 +497,19 @@ class MvNormal(Population):
     def dist(self, hyper, param_shape):
         return dist.MultivariateNormal(hyper[self.site("mu")], scale_tril=self._scale_tril(hyper))
 
-    def centered_mask(self, information, param_shape, spread=None):
-        mask = super().centered_mask(information, param_shape, spread)
+    def centered_mask(self, information, param_shape, spread=None, num_tasks=None):
+        mask = super().centered_mask(information, param_shape, spread, num_tasks)
         if mask is None:
             return None
         # the correlated draw centres whole vectors: a task is centred when all its
         # dimensions are well informed
         return np.broadcast_to(np.all(mask, axis=-1, keepdims=True), mask.shape)
+
+    def _sample_theta_noncentered(self, hyper, param_shape):
+        site = self.theta_site
+        z = numpyro.sample(f"{site}_raw", dist.Normal(0.0, 1.0).expand(param_shape).to_event(1))
+        mu, tril = hyper[self.site("mu")], self._scale_tril(hyper)
+        return numpyro.deterministic(site, mu + z @ jnp.swapaxes(tril, -1, -2))
 
     def _sample_theta_reparam(self, hyper, param_shape, centered):
         site = self.theta_site

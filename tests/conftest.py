@@ -1,9 +1,14 @@
 """Test configuration: float64 everywhere so exact comparisons can be tight, and two host
 devices are not needed (chains are vectorised on one device)."""
 
+import os
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
+# in-process CLI calls must not switch on JAX's persistent compilation cache for the
+# whole test session (test_cli_cache.py checks the cache in fresh processes)
+os.environ["BAYESMETA_NO_CACHE"] = "1"
 
 
 import numpyro.distributions as dist  # noqa: E402

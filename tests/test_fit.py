@@ -128,11 +128,14 @@ def test_vi_recovers_logistic_population_mean():
     assert post.num_chains == 1 and post.num_draws == 2000
     assert post.info["converged"]
     assert len(post.info["elbo"]) == 3000
-    mean, sd = post.mean("mu"), post.sd("mu")
+    mean = post.mean("mu")
     # The truth is one draw of a data set: even the exact posterior puts it within 1 sd only
-    # ~68% of the time (on this data set NUTS gives -0.35 +- 0.12 for the intercept), so
-    # the check is the 2-sd (95%) band.
-    assert np.all(np.abs(mean - mod.TRUE_MU) < 2 * sd), (mean, sd, mod.TRUE_MU)
+    # ~68% of the time, so the check is the 2-sd (95%) band of the NUTS posterior on this
+    # data set: sd (0.119, 0.114) around (-0.359, 1.001), from bm.fit(model, tasks, seed=0)
+    # with defaults (0 divergences, R-hat < 1.01). VI's own sd is not the yardstick: the
+    # mean-field guide on the non-centred model reports about half of it (0.063, 0.082).
+    nuts_sd = np.array([0.119, 0.114])
+    assert np.all(np.abs(mean - mod.TRUE_MU) < 2 * nuts_sd), (mean, mod.TRUE_MU)
 
 
 @pytest.mark.slow

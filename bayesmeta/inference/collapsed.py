@@ -240,6 +240,10 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     param_shape = built.param_shape
     stats = gauss.task_stats(model.likelihood, tasks)
     nuts_opts = {k: opts[k] for k in NUTS_OPTIONS}
+    # a few hyperparameters only: vectorised chains cost nothing here and keep the
+    # compiled loop (the CPU rule of full NUTS is about long per-task trajectories)
+    if nuts_opts["chain_method"] == "auto":
+        nuts_opts["chain_method"] = "vectorized"
     marginal, marginal_info = _marginal_form(stats, param_shape, opts["marginal"])
     sampler, reused = _sampler(model, param_shape, marginal, nuts_opts)
     if sampler is None:

@@ -10,7 +10,7 @@ from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
 from bayesmeta.exact.normal import _ndtri
 
-__all__ = ["rhat", "ess_bulk", "check_fit", "FitWarning"]
+__all__ = ["rhat", "ess_bulk", "e_bfmi", "check_fit", "FitWarning"]
 
 
 class FitWarning(UserWarning):
@@ -64,18 +64,43 @@ def ess_bulk(x: np.ndarray) -> np.ndarray:
     return effective_sample_size(_split(_rank_normalize(x)))
 
 
+def e_bfmi(energy: np.ndarray) -> np.ndarray:
+    """Energy Bayesian fraction of missing information per chain (Betancourt 2016) from the
+    Hamiltonian energy ``(chain, draw)``; below 0.3 the momentum resampling explores the
+    energy poorly (typically a funnel)."""
+    e = np.asarray(energy, float)
+    num = np.sum(np.diff(e, axis=1) ** 2, axis=1)
+    den = np.sum((e - e.mean(axis=1, keepdims=True)) ** 2, axis=1)
+    return num / np.where(den > 0, den, np.nan)
+
+
 def check_fit(
     samples: dict,
     num_divergences: int | None,
     rhat_max: float = 1.01,
     ess_per_chain_min: float = 100.0,
     warn: bool = True,
+    energy: np.ndarray | None = None,
+    advice: str | None = None,
 ) -> dict:
-    """Compute per-parameter R-hat / bulk ESS, and warn once if anything fails.
+    """Compute per-parameter R-hat / bulk ESS (and E-BFMI from ``energy``), and warn once
+    if anything fails; ``advice`` (what to change, e.g. which tasks' parameterisation to
+    flip) ends the warning when divergences or a low E-BFMI point at a funnel.
 
-    Returns ``{"divergences", "rhat": {name: max}, "ess_bulk": {name: min}, "problems": [...]}``.
+    Returns ``{"divergences", "rhat": {name: max}, "ess_bulk": {name: min}, "e_bfmi",
+    "problems": [...]}``.
     """
     out = {"divergences": num_divergences, "rhat": {}, "ess_bulk": {}, "problems": []}
+    low_bfmi = False
+    if energy is not None and np.shape(energy)[1] >= 4:
+        bfmi = e_bfmi(energy)
+        out["e_bfmi"] = [float(b) for b in bfmi]
+        if np.any(bfmi < 0.3):
+            low_bfmi = True
+            out["problems"].append(
+                "E-BFMI below 0.3 in chain(s) "
+                + ", ".join(str(i) for i in np.flatnonzero(bfmi < 0.3))
+            )
     bad_rhat, bad_ess = [], []
     for name, x in samples.items():
         x = np.asarray(x)
@@ -104,12 +129,17 @@ def check_fit(
             f"bulk ESS < {ess_per_chain_min:.0f} per chain (< {ess_per_chain_min * num_chains:.0f})"
             " for " + ", ".join(bad_ess)
         )
+    funnel = bool(num_divergences) or low_bfmi
+    if funnel and advice:
+        out["advice"] = advice
     if warn and out["problems"]:
+        tail = (
+            f" {advice}"
+            if funnel and advice
+            else " Consider more warmup/draws, a higher target_accept, or another parameterization."
+        )
         warnings.warn(
-            "bayesmeta fit diagnostics: "
-            + "; ".join(out["problems"])
-            + ". Consider more warmup/draws, a higher target_accept, or another "
-            "parameterization.",
+            "bayesmeta fit diagnostics: " + "; ".join(out["problems"]) + "." + tail,
             FitWarning,
             stacklevel=5,
         )

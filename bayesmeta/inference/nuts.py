@@ -1,31 +1,57 @@
-"""NUTS through NumPyro, chains vectorised on one device by default."""
+"""NUTS through NumPyro, compiled as one program per model structure.
+
+Full NUTS runs as a single compiled XLA program: finding the starting points, warmup,
+drawing and the map from the unconstrained space to the model's sites (``theta`` from
+``theta_raw``) all happen inside it, and the data are its inputs. The program is kept on
+the model object, keyed by the model's structure (shapes, parameterisation mode, options),
+so a second ``fit`` of the same model to data of the same shapes runs it without tracing
+or compiling again (``post.info["timing"]["compiled"]`` says which happened).
+
+**Chain layout** (``chain_method="auto"``, the default): on a CPU the chains run one after
+another inside the program (``"sequential"``): each chain's trajectories end on their
+own, whereas vectorised chains wait in every step for the longest trajectory of any chain
+and a CPU has no idle vector lanes to fill. On a GPU or TPU the chains are vectorised
+(``"vectorized"``), which fills the device. ``"parallel"`` (one chain per host device,
+through ``numpyro.infer.MCMC``) is used only when asked for.
+
+**Step size target** (``target_accept="auto"``, the default): warmup aims at an
+acceptance of 0.8 (NumPyro's and Stan's default), and only when that run diverges is it run
+again, with the same compiled program, at 0.95; ``info["target_accept"]`` records what the
+returned draws used and ``info["retried"]`` the first run's divergences. A number fixes the
+target.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
+from operator import attrgetter
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC, NUTS, log_likelihood
 
 from bayesmeta.inference.diagnostics import check_fit
 
-__all__ = ["fit_nuts", "NUTS_OPTIONS"]
+__all__ = ["fit_nuts", "NUTS_OPTIONS", "CompiledNUTS"]
 
 NUTS_OPTIONS = {
     "num_chains": 4,
     "num_warmup": 1000,
     "num_samples": 1000,
-    "target_accept": 0.9,
+    "target_accept": "auto",
     "max_tree_depth": 10,
     "dense_mass": False,
     "progress_bar": None,
-    "chain_method": "vectorized",
+    "chain_method": "auto",
     "thinning": 1,
     "init_strategy": None,
     "warn": True,
 }
-_CHAIN_METHODS = ("vectorized", "parallel", "sequential")
+#: the acceptance target of ``target_accept="auto"``, and the one of its rerun after divergences
+TARGET_ACCEPT, TARGET_ACCEPT_RETRY = 0.8, 0.95
+_CHAIN_METHODS = ("auto", "vectorized", "parallel", "sequential")
 # the sampler statistics every NUTS fit keeps (NumPyro's names; renamed for ArviZ)
 SAMPLE_FIELDS = (
     "diverging",
@@ -46,8 +72,10 @@ def _check_options(opts: dict) -> None:
     if opts["num_samples"] < 4:
         raise ValueError(f"num_samples: need at least 4 draws per chain, got {opts['num_samples']}")
     ta = opts["target_accept"]
-    if not isinstance(ta, float | int) or not 0.0 < float(ta) < 1.0:
-        raise ValueError(f"target_accept: must be in (0, 1), got {ta!r}")
+    if ta != "auto" and (
+        not isinstance(ta, float | int) or isinstance(ta, bool) or not 0.0 < float(ta) < 1.0
+    ):
+        raise ValueError(f"target_accept: must be in (0, 1) or 'auto', got {ta!r}")
     if opts["chain_method"] not in _CHAIN_METHODS:
         raise ValueError(
             f"chain_method: must be one of {_CHAIN_METHODS}, got {opts['chain_method']!r}"
@@ -65,10 +93,24 @@ def show_progress(opts: dict) -> bool:
     return sys.stderr.isatty() if progress is None else bool(progress)
 
 
+def resolve_chain_method(method: str) -> str:
+    """The chain layout ``chain_method="auto"`` stands for on the default device (see the
+    module docstring)."""
+    if method != "auto":
+        return method
+    return "sequential" if jax.default_backend() == "cpu" else "vectorized"
+
+
+def start_target(opts: dict) -> float:
+    """The acceptance target of the first run."""
+    ta = opts["target_accept"]
+    return TARGET_ACCEPT if ta == "auto" else float(ta)
+
+
 def make_mcmc(fn, opts: dict) -> MCMC:
     """A NumPyro ``MCMC`` running NUTS on the model ``fn`` with options ``opts``."""
     kernel_kw = dict(
-        target_accept_prob=float(opts["target_accept"]),
+        target_accept_prob=start_target(opts),
         max_tree_depth=int(opts["max_tree_depth"]),
         dense_mass=opts["dense_mass"],
     )
@@ -79,7 +121,7 @@ def make_mcmc(fn, opts: dict) -> MCMC:
         num_warmup=int(opts["num_warmup"]),
         num_samples=int(opts["num_samples"]),
         num_chains=int(opts["num_chains"]),
-        chain_method=opts["chain_method"],
+        chain_method=resolve_chain_method(opts["chain_method"]),
         progress_bar=show_progress(opts),
         thinning=int(opts["thinning"]),
     )
@@ -106,30 +148,263 @@ def sample_stats_from(extras: dict) -> dict:
     return _rename_sample_stats({k: np.asarray(v) for k, v in extras.items()})
 
 
+class CompiledNUTS:
+    """Full NUTS on one model structure as one compiled program, run again on new data.
+
+    The program takes the chain keys, the model's data and the acceptance target as
+    inputs: it finds each chain's starting point, runs warmup and draws in one scan (one
+    copy of the NUTS kernel in the program; draws are written to a buffer, so memory is
+    that of the kept draws), and maps the draws to the model's sites. Executables are kept
+    per input signature; :attr:`compiles` counts how many were built.
+    """
+
+    def __init__(self, model_fn, opts: dict, layout: str):
+        if layout not in ("vectorized", "sequential"):
+            raise ValueError(f"layout: 'vectorized' or 'sequential', got {layout!r}")
+        self.model_fn, self.opts, self.layout = model_fn, dict(opts), layout
+        self.progress = show_progress(opts)
+        self._executables: dict = {}
+        self._bar = None
+        self.compiles = 0
+
+    def run(self, seed: int, data: dict, target_accept: float) -> tuple[dict, dict, dict]:
+        """``(draws by site (chain, draw, ...), sampler statistics, timing)``."""
+        chains = int(self.opts["num_chains"])
+        keys = jax.random.split(jax.random.PRNGKey(seed), chains)
+        self._keys = keys
+        target = jnp.asarray(target_accept, dtype=jnp.result_type(float))
+        args = (keys, data, target)
+        sig = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), args)
+        sig = (jax.tree.structure(args), tuple(jax.tree.leaves(sig)))
+        timing = {"trace_s": 0.0, "compile_s": 0.0, "compiled": False}
+        exe = self._executables.get(sig)
+        if exe is None:
+            t0 = time.perf_counter()
+            lowered = jax.jit(self._program).lower(*args)
+            t1 = time.perf_counter()
+            exe = lowered.compile()
+            t2 = time.perf_counter()
+            self._executables[sig] = exe
+            self.compiles += 1
+            timing.update(trace_s=t1 - t0, compile_s=t2 - t1, compiled=True)
+        t0 = time.perf_counter()
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            total = chains * (int(self.opts["num_warmup"]) + int(self.opts["num_samples"]))
+            self._bar = tqdm(total=total, desc="NUTS", unit="it")
+        try:
+            z, fields = exe(*args)
+            z, fields = jax.block_until_ready((z, fields))
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+        timing["sampling_s"] = time.perf_counter() - t0
+        return z, dict(zip(SAMPLE_FIELDS, fields, strict=True)), timing
+
+    def _tick(self, n) -> None:
+        if self._bar is not None:
+            self._bar.update(int(n) * (1 if self.layout == "sequential" else len(self._keys)))
+
+    def _kernel(self, target):
+        o = self.opts
+        kw = dict(
+            target_accept_prob=target,
+            max_tree_depth=int(o["max_tree_depth"]),
+            dense_mass=o["dense_mass"],
+        )
+        if o["init_strategy"] is not None:
+            kw["init_strategy"] = o["init_strategy"]
+        return NUTS(self.model_fn, **kw)
+
+    def _program(self, keys, data, target):
+        o = self.opts
+        warmup, iters = int(o["num_warmup"]), int(o["num_samples"])
+        thin = int(o["thinning"])
+        kept = iters // thin
+        fields_of = attrgetter(*SAMPLE_FIELDS)
+
+        def chain_loop(kernel, state, batch):
+            # slot of iteration i: the (i - warmup) // thin-th kept draw, or a spare
+            # slot (index kept) for warmup and thinned-out iterations
+            def slot(i):
+                j = i - warmup
+                keep = (j >= 0) & (j % thin == 0)
+                return jnp.where(keep, j // thin, kept)
+
+            def buffer(x):
+                return jnp.zeros((kept + 1, *jnp.shape(x)), jnp.result_type(x))
+
+            bufs = jax.tree.map(buffer, (state.z, fields_of(state)))
+
+            def step(carry, i):
+                s, b = carry
+                s = kernel.sample(s, (), data)
+                if self.progress:
+                    every = max(1, (warmup + iters) // 100)
+                    jax.lax.cond(
+                        (i + 1) % every == 0,
+                        lambda: jax.debug.callback(self._tick, every, ordered=False),
+                        lambda: None,
+                    )
+                k = slot(i)
+                b = jax.tree.map(
+                    lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, k, 0),
+                    b,
+                    (s.z, fields_of(s)),
+                )
+                return (s, b), None
+
+            (_, bufs), _ = jax.lax.scan(step, (state, bufs), jnp.arange(warmup + iters))
+            z, fields = jax.tree.map(lambda x: x[:kept], bufs)
+            post = kernel.postprocess_fn((), data)
+            to_site = jax.vmap(jax.vmap(post)) if batch else jax.vmap(post)
+            return to_site(z), fields
+
+        if self.layout == "vectorized":
+            kernel = self._kernel(target)
+            state = kernel.init(keys, warmup, None, (), data)
+            z, fields = chain_loop(kernel, state, batch=True)
+            # (draw, chain) -> (chain, draw)
+            return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (z, fields))
+
+        def one(key):
+            kernel = self._kernel(target)
+            state = kernel.init(key, warmup, None, (), data)
+            return chain_loop(kernel, state, batch=False)
+
+        return jax.lax.map(one, keys)
+
+
+def _program_key(built, opts: dict, layout: str):
+    """What the compiled program depends on besides its inputs (None: not reusable)."""
+    if built.structure is None:
+        return None
+    static = tuple(
+        (k, opts[k])
+        for k in ("num_chains", "num_warmup", "num_samples", "max_tree_depth", "thinning")
+    ) + (("progress", show_progress(opts)),)
+    dense = opts["dense_mass"]
+    dense = tuple(map(tuple, dense)) if isinstance(dense, list | tuple) else dense
+    key = (built.structure, static, dense, opts["init_strategy"], layout)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def compiled_program(model, built, opts: dict, layout: str) -> CompiledNUTS:
+    """The compiled NUTS program for ``built``, kept on ``model`` (when it is a bayesmeta
+    model) so that refits of the same structure reuse it."""
+    key = _program_key(built, opts, layout)
+    store = None if model is None else model.__dict__.setdefault("_nuts_programs", {})
+    if store is not None and key is not None and key in store:
+        return store[key]
+    program = CompiledNUTS(built.fn, opts, layout)
+    if store is not None and key is not None:
+        store[key] = program
+    return program
+
+
 def fit_nuts(built, tasks, seed: int, model=None, **options):
     """Fit a built model by NUTS and return a :class:`~bayesmeta.posterior.Posterior`.
 
-    Options (defaults in ``NUTS_OPTIONS``): ``num_chains``, ``num_warmup``, ``num_samples``,
-    ``target_accept``, ``max_tree_depth``, ``dense_mass``, ``progress_bar`` (None: shown when
-    the terminal is interactive), ``chain_method`` (``"vectorized"`` on one device by
-    default), ``thinning``, ``init_strategy``, ``warn`` (the diagnostics warning).
+    Options (defaults in ``NUTS_OPTIONS``): ``num_chains``, ``num_warmup``,
+    ``num_samples``, ``target_accept`` (``"auto"``: 0.8, rerun at 0.95 only after
+    divergences; or a number), ``max_tree_depth``, ``dense_mass``, ``progress_bar`` (None:
+    shown when the terminal is interactive), ``chain_method`` (``"auto"``: sequential on a
+    CPU, vectorised on an accelerator; see the module docstring), ``thinning``,
+    ``init_strategy``, ``warn`` (the diagnostics warning).
+
+    ``info["timing"]`` holds ``trace_s`` and ``compile_s`` (zero when the program was
+    reused), ``sampling_s`` (the compiled program: initialisation, warmup, draws),
+    ``first_posterior_s`` (wall time from the call to the returned posterior) and
+    ``compiled`` (whether this fit compiled).
     """
     from bayesmeta.posterior import Posterior
 
+    t_start = time.perf_counter()
     opts = dict(NUTS_OPTIONS, **options)
     _check_options(opts)
-    samples, extras, _ = run_nuts(built.fn, built.data, seed, opts)
-    return posterior_from_draws(
+    layout = resolve_chain_method(opts["chain_method"])
+    target = start_target(opts)
+    info = {"options": opts, "chain_method": layout, "target_accept": target}
+    if layout == "parallel":
+        t0 = time.perf_counter()
+        samples, extras, _ = run_nuts(built.fn, built.data, seed, opts)
+        timing = {"sampling_s": time.perf_counter() - t0, "compiled": True}
+    else:
+        program = compiled_program(model, built, opts, layout)
+        samples, extras, timing = program.run(seed, built.data, target)
+        divergences = int(np.sum(np.asarray(extras["diverging"])))
+        if opts["target_accept"] == "auto" and divergences:
+            info["retried"] = {"target_accept": target, "divergences": divergences}
+            target = TARGET_ACCEPT_RETRY
+            samples, extras, again = program.run(seed, built.data, target)
+            timing["sampling_s"] += again["sampling_s"]
+            info["target_accept"] = target
+    stats = sample_stats_from(extras)
+    timing["first_posterior_s"] = time.perf_counter() - t_start
+    info["timing"] = timing
+    post = posterior_from_draws(
         built,
         tasks,
         model,
         samples,
-        sample_stats_from(extras),
+        stats,
         method="nuts",
         warn=opts["warn"],
-        info={"options": opts},
+        info=info,
         posterior_cls=Posterior,
     )
+    post.info["timing"]["first_posterior_s"] = time.perf_counter() - t_start
+    return post
+
+
+def parameterization_advice(built, tasks, model, samples):
+    """``(advice, suggested mask)``: which tasks to flip, judged with the fitted spread. A
+    task is better centred where its information times the squared posterior median of
+    ``tau`` exceeds 1 (the break-even of the two forms), non-centred below. ``(None,
+    None)`` when nothing is to be flipped or the model has no such choice."""
+    pop = getattr(model, "population", None)
+    if pop is None or built.information is None:
+        return None, None
+    tau_site, fixed = pop.site("tau"), pop.fixed_values(built.param_shape)
+    if tau_site in samples:
+        tau = np.median(np.asarray(samples[tau_site]).reshape(-1, *built.param_shape), axis=0)
+    elif tau_site in fixed:
+        tau = np.asarray(fixed[tau_site])
+    else:
+        return None, None
+    num_tasks = built.information.shape[0]
+    better = (np.asarray(built.information, float) * np.asarray(tau, float) ** 2 > 1.0).reshape(
+        num_tasks, -1
+    )
+    now = np.ones_like(better) if built.centered is None else np.asarray(built.centered, bool)
+    now = np.broadcast_to(now.reshape(now.shape[0], -1), better.shape)
+    to_nc = np.flatnonzero(np.any(now & ~better, axis=1))
+    to_c = np.flatnonzero(np.all(~now & better, axis=1))
+    if to_nc.size == 0 and to_c.size == 0:
+        return None, None
+    labels = list(tasks.labels)
+
+    def name(idx):
+        shown = ", ".join(repr(labels[i]) for i in idx[:8])
+        return shown + (f" and {idx.size - 8} more" if idx.size > 8 else "")
+
+    parts = ([f"make task(s) {name(to_nc)} non-centred"] if to_nc.size else []) + (
+        [f"centre task(s) {name(to_c)}"] if to_c.size else []
+    )
+    mask = better.reshape(num_tasks, *built.param_shape)
+    advice = (
+        "At the fitted spread (posterior median of tau) the parameterisation is the likely "
+        "cause: " + " and ".join(parts) + f". Refit with {type(pop).__name__}(..., "
+        "parameterization=post.info['diagnostics']['suggested_parameterization']) "
+        "(a per-task boolean mask, True = centred)."
+    )
+    return advice, mask
 
 
 def posterior_from_draws(
@@ -148,7 +423,11 @@ def posterior_from_draws(
     divergences = None
     if sample_stats and "diverging" in sample_stats:
         divergences = int(np.sum(sample_stats["diverging"]))
-    diag = check_fit(samples, divergences, warn=warn)
+    energy = sample_stats.get("energy") if sample_stats else None
+    advice, suggested = parameterization_advice(built, tasks, model, samples)
+    diag = check_fit(samples, divergences, warn=warn, energy=energy, advice=advice)
+    if "advice" in diag:
+        diag["suggested_parameterization"] = suggested
     observed = {"y": np.asarray(built.data["y"])} if "y" in built.data else {}
     if built.obs_dim == "task" and observed:
         first = {k: v[:1] for k, v in flat.items()}
