@@ -123,7 +123,8 @@ class _TaskModel:
 
         def to_rows(theta, task_index):
             if rows_per_task is not None:
-                return jnp.repeat(theta, rows_per_task, axis=0, total_repeat_length=num_obs)
+                shape = (num_tasks, rows_per_task, *theta.shape[1:])
+                return jnp.broadcast_to(theta[:, None], shape).reshape(num_obs, *theta.shape[1:])
             return jnp.take(theta, task_index, axis=0, indices_are_sorted=True)
 
         def model(y=None, task_index=None, _prior=False, _centered=None, **data):
@@ -144,15 +145,17 @@ class _TaskModel:
                         obs=None if y is None else jnp.zeros(num_tasks),
                     )
                 return
-            theta_rows = theta if theta.ndim == len(param_shape) else to_rows(theta, task_index)
-            with numpyro.plate(obs_dim, num_obs):
-                numpyro.sample(
-                    "y",
-                    likelihood.row_dist(
-                        theta_rows, data, likelihood.extras_rows(extras, task_index)
-                    ),
-                    obs=y,
+            extras_rows = likelihood.extras_rows(extras, task_index)
+            per_row = theta.ndim == len(param_shape)  # one theta for all (pooled)
+            d = None
+            if rows_per_task is not None and not per_row and hasattr(likelihood, "task_dist"):
+                d = likelihood.task_dist(theta, data, extras_rows, rows_per_task)
+            if d is None:
+                d = likelihood.row_dist(
+                    theta if per_row else to_rows(theta, task_index), data, extras_rows
                 )
+            with numpyro.plate(obs_dim, num_obs):
+                numpyro.sample("y", d, obs=y)
 
         dims = {self.theta_site: self._theta_dims(param_dim), "y": [obs_dim]}
         dims.update(self._extra_dims(param_dim))

@@ -20,6 +20,7 @@ vectorised JAX function (:func:`hand_adapt`). Data are simulated with numpy seed
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -52,8 +53,7 @@ CASE_NAMES = (
     "poisson_1000",
     "adapt_10000",
 )
-# --quick divides every number of tasks by this (at least _QUICK_MIN_TASKS remain)
-_QUICK_DIVISOR = 10
+# --quick keeps the square root of every number of tasks (at least _QUICK_MIN_TASKS)
 _QUICK_MIN_TASKS = 10
 _ROWS_PER_TASK = 20
 _LOGISTIC_MU = (-0.5, 1.0, -0.7, 0.3, 0.0)
@@ -131,7 +131,7 @@ class Draws(NamedTuple):
 
 
 def _num_tasks(full: int, quick: bool) -> int:
-    return max(_QUICK_MIN_TASKS, full // _QUICK_DIVISOR) if quick else full
+    return max(_QUICK_MIN_TASKS, round(math.sqrt(full))) if quick else full
 
 
 def _normal_population():
