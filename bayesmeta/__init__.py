@@ -11,6 +11,14 @@ from bayesmeta.model import Hierarchical, Pooled, Unpooled, pooled, unpooled
 from bayesmeta.posterior import Posterior
 from bayesmeta.tasks import PaddedTasks, TaskSet
 
+# the friendly exact solvers return a Posterior, so they live with the exact engine; they
+# are published as bm.exact.* here, above both layers
+from bayesmeta.inference import exact as _exact_engine  # noqa: E402  (isort: skip)
+
+for _name in ("EXACT_OPTIONS", "fit_exact", "normal_normal", "why_not_exact"):
+    setattr(exact, _name, getattr(_exact_engine, _name))
+del _name
+
 __all__ = [
     "TaskSet",
     "PaddedTasks",

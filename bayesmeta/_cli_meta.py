@@ -20,7 +20,10 @@ import json
 import math
 import sys
 
-from bayesmeta.cli import _int_at_least
+from bayesmeta import datasets, estimators
+from bayesmeta._cli_args import int_at_least as _int_at_least
+from bayesmeta.estimators import TAU2_METHODS
+from bayesmeta.study import study
 
 __all__ = ["add_meta_analysis_parser", "add_study_parser", "read_estimates_csv"]
 
@@ -126,13 +129,11 @@ def _error(command: str, message: str) -> int:
 
 
 def _cmd_meta_analysis(args) -> int:
-    from bayesmeta import estimators
 
     try:
         if args.dataset is not None:
             if args.csv is not None:
                 raise ValueError("CSV/--dataset: give one of them, not both")
-            from bayesmeta import datasets
 
             tasks = getattr(datasets, args.dataset)()
             y, se = tasks.per_task_estimates()
@@ -163,7 +164,6 @@ def _cmd_meta_analysis(args) -> int:
 
 def add_meta_analysis_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``meta-analysis`` on an argparse subparsers object; ``func`` is set."""
-    from bayesmeta.estimators import TAU2_METHODS
 
     p = subparsers.add_parser(
         "meta-analysis",
@@ -207,7 +207,6 @@ def add_meta_analysis_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _cmd_study(args) -> int:
-    from bayesmeta.study import study
 
     reps = 100 if args.quick and args.num_reps is None else (args.num_reps or 400)
     try:

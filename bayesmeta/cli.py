@@ -23,31 +23,21 @@ import os
 import sys
 import warnings
 
+import bayesmeta as bm
+from bayesmeta import _cli_meta
+from bayesmeta._cli_args import int_at_least as _int_at_least
+from bayesmeta.arviz import plot_forest
+from bayesmeta.gallery import load_options
+from bayesmeta.inference import METHODS
+from bayesmeta.inference.diagnostics import ess_bulk, rhat
+
 __all__ = ["main"]
-
-
-def _int_at_least(low: int):
-    """An argparse type: an integer >= ``low``, with a usage error naming the bound."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
-
 
 _positive_int, _nonneg_int = _int_at_least(1), _int_at_least(0)
 
 
 def _default_model():
     import numpyro.distributions as dist
-
-    import bayesmeta as bm
 
     model = bm.Hierarchical(
         likelihood=bm.likelihoods.NormalKnownNoise(),
@@ -62,8 +52,6 @@ def _flatten_summary(post) -> dict:
     Computed from the draws with the same rank-normalised diagnostics as the fit's check,
     so the JSON does not depend on the installed ArviZ line's column names."""
     import numpy as np
-
-    from bayesmeta.inference.diagnostics import ess_bulk, rhat
 
     out = {}
     for name, x in post.samples.items():
@@ -145,9 +133,6 @@ def _cmd_fit(args) -> int:
     cache = _enable_compile_cache(compile_cache_dir(args.no_cache))
     import numpy as np
 
-    import bayesmeta as bm
-    from bayesmeta.gallery import load_options
-
     if args.model_file:
         try:
             model, tasks = bm.load_model(args.model_file)
@@ -160,21 +145,15 @@ def _cmd_fit(args) -> int:
         model, tasks = _default_model()
         options, name = {}, "eight schools (built in)"
     method = args.method
-    if method in ("nuts", "collapsed", "auto"):
+    engine = bm.inference.ENGINES[
+        bm.inference.resolve_method(method, model, tasks)
+    ]  # the registry says how --chains/--warmup/--draws become the engine's options
+    if engine.cli_options is not None:
         options.update(
-            num_chains=args.chains,
-            num_warmup=args.warmup,
-            num_samples=args.draws,
-            progress_bar=not args.json and sys.stderr.isatty(),
+            engine.cli_options(
+                args.chains, args.warmup, args.draws, not args.json and sys.stderr.isatty()
+            )
         )
-    elif method == "vi":
-        options.update(
-            num_samples=args.draws * args.chains, progress_bar=not args.json and sys.stderr.isatty()
-        )
-        if args.warmup != 1000:
-            options["num_steps"] = args.warmup
-    elif method == "exact":
-        options.update(num_chains=args.chains, num_samples=args.draws)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", bm.inference.diagnostics.FitWarning)
         try:
@@ -200,8 +179,6 @@ def _cmd_fit(args) -> int:
             print(f"bayesmeta fit: error: could not write {args.out}: {err}", file=sys.stderr)
             return 2
     if args.plot:
-        from bayesmeta.arviz import plot_forest
-
         plot_forest(post.to_arviz(), args.plot)
     if not args.json:
         print(
@@ -245,9 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit a gallery model file (default: eight schools)")
     fit.add_argument("model_file", nargs="?", help="a models/NAME.py file")
-    fit.add_argument(
-        "--method", default="nuts", choices=["nuts", "vi", "exact", "collapsed", "auto"]
-    )
+
+    fit.add_argument("--method", default="nuts", choices=list(METHODS))
     fit.add_argument("--chains", type=_positive_int, default=4)
     fit.add_argument(
         "--warmup",
@@ -266,13 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not use the persistent compilation cache (also BAYESMETA_NO_CACHE=1)",
     )
     fit.set_defaults(func=_cmd_fit)
-    try:
-        from bayesmeta import _cli_meta
-    except ImportError:
-        _cli_meta = None
-    if _cli_meta is not None:
-        _cli_meta.add_meta_analysis_parser(sub)
-        _cli_meta.add_study_parser(sub)
+    _cli_meta.add_meta_analysis_parser(sub)
+    _cli_meta.add_study_parser(sub)
     return parser
 
 

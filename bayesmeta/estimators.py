@@ -15,7 +15,7 @@ estimator                   what it computes
                             HE, SJ or EB; Knapp-Hartung (HKSJ) intervals; Q-profile
                             interval for tau^2; prediction interval; BLUPs
 :func:`james_stein`         positive-part James-Stein shrinkage toward the fixed-effect mean
-:func:`study`               simulation study of all of the above (see ``bayesmeta.study``)
+``bayesmeta.study.study``   simulation study of all of the above
 ==========================  ==============================================================
 
 Formulas (``w_i = 1 / (v_i + tau^2)``, ``mu(tau^2) = sum w y / sum w``)::
@@ -43,8 +43,9 @@ References: DerSimonian & Laird (1986); Paule & Mandel (1982); Hedges & Olkin (1
 Sidik & Jonkman (2005); Morris (1983); Knapp & Hartung (2003); Viechtbauer (2005, 2007);
 Higgins & Thompson (2002); Efron & Morris (1973); metafor's ``rma.uni``.
 
-Everything is float64 numpy with the normal, t and chi-square distributions implemented
-here (no scipy at runtime); the tau^2 estimators are vectorised over leading batch axes.
+Everything is float64 numpy, with the normal, t and chi-square distributions from
+:mod:`bayesmeta._special` (scipy.special); the tau^2 estimators are vectorised over leading
+batch axes.
 
 >>> import numpy as np
 >>> res = random_effects([0.1, 0.3, 0.35, 0.65], se=[0.1, 0.12, 0.1, 0.15], method="DL")
@@ -60,7 +61,9 @@ from typing import Any
 
 import numpy as np
 
-from bayesmeta.exact.normal import _check_estimates, _ndtr, _ndtri
+from bayesmeta._checks import check_estimates
+from bayesmeta._special import chi2_cdf, chi2_ppf, chi2_sf, ndtr, ndtri, t_cdf, t_ppf, t_sf2
+from bayesmeta.tasks import TaskSet
 
 __all__ = [
     "TAU2_METHODS",
@@ -74,161 +77,14 @@ __all__ = [
     "random_effects",
     "james_stein",
     "tau2_estimate",
-    "study",
 ]
 
 TAU2_METHODS = ("DL", "REML", "ML", "PM", "HE", "SJ", "EB")
 
 
-# --------------------------------------------------------------------------- distributions
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-16:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta ``I_x(a, b)``."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    lbt = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(lbt) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(lbt) * _betacf(b, a, 1.0 - x) / b
-
-
-def _gammainc_lower(a: float, x: float) -> float:
-    """Regularised lower incomplete gamma ``P(a, x)`` (series or continued fraction)."""
-    if x <= 0.0:
-        return 0.0
-    if x < a + 1.0:
-        term = total = 1.0 / a
-        ap = a
-        for _ in range(100000):
-            ap += 1.0
-            term *= x / ap
-            total += term
-            if abs(term) < abs(total) * 1e-17:
-                break
-        return total * math.exp(-x + a * math.log(x) - math.lgamma(a))
-    return 1.0 - _gammainc_upper_cf(a, x)
-
-
-def _gammainc_upper_cf(a: float, x: float) -> float:
-    tiny = 1e-300
-    b = x + 1.0 - a
-    c = 1.0 / tiny
-    d = 1.0 / b
-    h = d
-    for i in range(1, 100000):
-        an = -i * (i - a)
-        b += 2.0
-        d = an * d + b
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = b + an / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-16:
-            break
-    return math.exp(-x + a * math.log(x) - math.lgamma(a)) * h
-
-
-def _gammainc_upper(a: float, x: float) -> float:
-    """Regularised upper incomplete gamma ``Q(a, x) = 1 - P(a, x)``, accurate in the tail."""
-    if x <= 0.0:
-        return 1.0
-    if x < a + 1.0:
-        return 1.0 - _gammainc_lower(a, x)
-    return _gammainc_upper_cf(a, x)
-
-
-def _t_cdf(t: float, df: float) -> float:
-    """Student-t CDF."""
-    if math.isinf(df):
-        return float(_ndtr(t))
-    x = df / (df + t * t)
-    tail = 0.5 * _betainc(0.5 * df, 0.5, x)
-    return 1.0 - tail if t > 0 else tail
-
-
-def _t_sf2(t: float, df: float) -> float:
-    """Two-sided p-value ``P(|T| > |t|)``."""
-    if math.isinf(df):
-        return float(2.0 * _ndtr(-abs(t)))
-    return _betainc(0.5 * df, 0.5, df / (df + t * t))
-
-
-def _invert(cdf, q: float, lo: float, hi: float, iters: int = 200) -> float:
-    """Bisection for ``cdf(x) = q`` on a bracket (``cdf`` increasing)."""
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if cdf(mid) < q:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-15 * max(1.0, abs(mid)):
-            break
-    return 0.5 * (lo + hi)
-
-
-def _t_ppf(q: float, df: float) -> float:
-    """Student-t quantile (bisection on the CDF), ``df > 0`` (``inf`` = normal)."""
-    if not 0.0 < q < 1.0:
-        raise ValueError(f"q: must lie in (0, 1), got {q}")
-    if math.isinf(df):
-        return float(_ndtri(q))
-    if q == 0.5:
-        return 0.0
-    if q < 0.5:
-        return -_t_ppf(1.0 - q, df)
-    hi = 1.0
-    while _t_cdf(hi, df) < q:
-        hi *= 2.0
-    return _invert(lambda v: _t_cdf(v, df), q, 0.0, hi)
-
-
-def _chi2_cdf(x: float, df: float) -> float:
-    return _gammainc_lower(0.5 * df, 0.5 * x)
-
-
-def _chi2_sf(x: float, df: float) -> float:
-    return _gammainc_upper(0.5 * df, 0.5 * x)
-
-
-def _chi2_ppf(q: float, df: float) -> float:
-    """Chi-square quantile (bisection on the CDF)."""
-    if not 0.0 < q < 1.0:
-        raise ValueError(f"q: must lie in (0, 1), got {q}")
-    hi = max(1.0, df)
-    while _chi2_cdf(hi, df) < q:
-        hi *= 2.0
-    return _invert(lambda v: _chi2_cdf(v, df), q, 0.0, hi)
+# The old private names of the distribution functions (used by bayesmeta.study and tests).
+_t_cdf, _t_sf2, _t_ppf, _ndtri = t_cdf, t_sf2, t_ppf, ndtri
+_chi2_cdf, _chi2_sf, _chi2_ppf = chi2_cdf, chi2_sf, chi2_ppf
 
 
 # --------------------------------------------------------------------------- input
@@ -236,7 +92,6 @@ def _estimates(
     y: Any, se: Any, labels: Any = None
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """``(y, se, labels)`` from arrays or a TaskSet (raw rows -> per-task estimates)."""
-    from bayesmeta.tasks import TaskSet
 
     if isinstance(y, TaskSet):
         if se is not None:
@@ -250,7 +105,7 @@ def _estimates(
         raise ValueError(
             "se: standard errors are required with array estimates (or pass a TaskSet)"
         )
-    est, s = _check_estimates(y, se)
+    est, s = check_estimates(y, se)
     if labels is None:
         labels = [str(i) for i in range(est.size)]
     if len(labels) != est.size:
@@ -428,17 +283,17 @@ def _re_batch(y, v, method, knapp_hartung, level, prediction="t", tau2=None):
         qkh = np.sum(w * (y - mu[..., None]) ** 2, axis=-1) / (k - 1)
         se = np.sqrt(qkh / sw)
         df = k - 1
-        crit = _t_ppf(1 - alpha / 2, df)
+        crit = t_ppf(1 - alpha / 2, df)
     else:
         se = np.sqrt(1.0 / sw)
         df = math.inf
-        crit = float(_ndtri(1 - alpha / 2))
+        crit = float(ndtri(1 - alpha / 2))
     if prediction == "t":
         pi_df = k - 2
-        pi_crit = _t_ppf(1 - alpha / 2, pi_df) if pi_df >= 1 else math.nan
+        pi_crit = t_ppf(1 - alpha / 2, pi_df) if pi_df >= 1 else math.nan
     else:
         pi_df = math.inf
-        pi_crit = float(_ndtri(1 - alpha / 2))
+        pi_crit = float(ndtri(1 - alpha / 2))
     half_pi = pi_crit * np.sqrt(se**2 + tau2)
     lam = tau2[..., None] / (tau2[..., None] + v)
     blups = lam * y + (1 - lam) * mu[..., None]
@@ -473,7 +328,7 @@ def _q_profile(y, v, level):
     ss = float(np.sum((y - y.mean()) ** 2))
     q0 = float(_cochran_q(y, v))
     out = []
-    for target in (_chi2_ppf(1 - alpha / 2, k - 1), _chi2_ppf(alpha / 2, k - 1)):
+    for target in (chi2_ppf(1 - alpha / 2, k - 1), chi2_ppf(alpha / 2, k - 1)):
         if q0 <= target:
             out.append(0.0)
             continue
@@ -663,10 +518,9 @@ def complete_pooling(y: Any, se: Any = None, level: float = 0.95) -> PooledEstim
     (inverse-variance over rows). Heterogeneity between tasks is ignored, so the interval is
     too narrow when tasks differ; a large task dominates.
     """
-    from bayesmeta.tasks import TaskSet
 
     level = _check_level(level)
-    z = float(_ndtri(0.5 + level / 2))
+    z = float(ndtri(0.5 + level / 2))
     if isinstance(y, TaskSet) and not y.is_estimates:
         if se is not None:
             raise ValueError("se: give either a TaskSet or y with se, not both")
@@ -707,7 +561,7 @@ def no_pooling(y: Any, se: Any = None, level: float = 0.95, labels: Any = None) 
     """Each task on its own: ``y_i`` with normal interval ``y_i +- z s_i``."""
     level = _check_level(level)
     est, s, labels = _estimates(y, se, labels)
-    z = float(_ndtri(0.5 + level / 2))
+    z = float(ndtri(0.5 + level / 2))
     return PerTaskEstimates("no pooling", labels, est, s, est - z * s, est + z * s, level, 0.0)
 
 
@@ -726,7 +580,7 @@ def mean_of_estimates(y: Any, se: Any = None, level: float = 0.95) -> PooledEsti
         raise ValueError("y: the mean of estimates needs at least 2 tasks")
     mu = float(est.mean())
     s = float(est.std(ddof=1) / math.sqrt(k))
-    t = _t_ppf(0.5 + level / 2, k - 1)
+    t = t_ppf(0.5 + level / 2, k - 1)
     return PooledEstimate(
         "mean of estimates",
         mu,
@@ -761,7 +615,7 @@ def fixed_effect(y: Any, se: Any = None, level: float = 0.95, labels: Any = None
         mu=float(fit["mu"]),
         se=float(fit["se"]),
         z=zval,
-        p=float(2 * _ndtr(-abs(zval))),
+        p=float(2 * ndtr(-abs(zval))),
         ci_low=float(fit["ci_low"]),
         ci_high=float(fit["ci_high"]),
         df=math.inf,
@@ -772,7 +626,7 @@ def fixed_effect(y: Any, se: Any = None, level: float = 0.95, labels: Any = None
         h2=q / (k - 1),
         q=q,
         q_df=k - 1,
-        q_p=_chi2_sf(q, k - 1),
+        q_p=chi2_sf(q, k - 1),
         pi_low=float(fit["ci_low"]),
         pi_high=float(fit["ci_high"]),
         pi_df=math.inf,
@@ -835,7 +689,7 @@ def random_effects(
     q = float(_cochran_q(est, v))
     s2 = float(_typical_variance(v))
     zval = float(fit["mu"] / fit["se"]) if fit["se"] > 0 else math.nan
-    pval = _t_sf2(zval, fit["df"]) if math.isfinite(zval) else math.nan
+    pval = t_sf2(zval, fit["df"]) if math.isfinite(zval) else math.nan
     res = MetaAnalysis(
         method=method,
         k=k,
@@ -853,7 +707,7 @@ def random_effects(
         h2=(tau2 + s2) / s2,
         q=q,
         q_df=k - 1,
-        q_p=_chi2_sf(q, k - 1),
+        q_p=chi2_sf(q, k - 1),
         pi_low=float(fit["pi_low"]),
         pi_high=float(fit["pi_high"]),
         pi_df=float(fit["pi_df"]),
@@ -900,10 +754,3 @@ def _james_stein_batch(y, v):
     q = np.sum(w * (y - m[..., None]) ** 2, axis=-1)
     shrink = np.minimum(1.0, (k - 3) / np.maximum(q, 1e-300))
     return shrink, m[..., None] + (1.0 - shrink[..., None]) * (y - m[..., None])
-
-
-def study(*args, **kwargs):
-    """Simulation study of every estimator; see :func:`bayesmeta.study.study`."""
-    from bayesmeta.study import study as _study
-
-    return _study(*args, **kwargs)

@@ -21,6 +21,7 @@ likelihood              per-task parameter            data
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -57,14 +58,59 @@ def _segment_sum(values: np.ndarray, tasks: TaskSet) -> np.ndarray:
     return out
 
 
-class Likelihood:
-    """Abstract base of per-task likelihoods (see the module table)."""
+class Likelihood(abc.ABC):
+    """Abstract base of per-task likelihoods (see the module table).
 
-    #: True when y given theta is Gaussian and linear in theta (exact marginals exist)
+    A new likelihood must write :meth:`row_dist` (the distribution of each row's ``y``
+    given that row's task parameters). It may override, with these defaults:
+
+    - :meth:`validate` (accept any data), :meth:`param_shape` (``()``, a scalar per task),
+      :meth:`param_dim` (None), :meth:`data_arrays` (``y``, ``task_index``, ``x``,
+      ``noise_scale`` from the TaskSet);
+    - :meth:`global_priors` / :meth:`task_priors` (no nuisance parameters);
+    - :meth:`information` and :meth:`rough_estimates` (None: ``parameterization="auto"``
+      cannot judge and keeps the tasks non-centred), or :meth:`parameterization_evidence`
+      directly (both at once);
+    - :attr:`per_task_density` (False) with :meth:`task_log_density`, for likelihoods
+      whose rows are not independent given ``theta`` (one log-density per task);
+    - :meth:`simulate_rows` (sample ``row_dist``) for posterior predictive draws;
+    - :attr:`conjugate` (False): True only when ``y`` given ``theta`` is Gaussian and linear
+      in ``theta``, which lets ``exact``, ``collapsed`` and conjugate ``adapt`` integrate
+      ``theta`` out;
+    - :attr:`needs_noise_scale` (False): new rows need a known noise scale to be predicted.
+    """
+
+    #: True when y given theta is Gaussian and linear in theta (exact marginals exist);
+    #: read it through :attr:`conjugate`
     linear_gaussian = False
 
+    @property
+    def conjugate(self) -> bool:
+        """Whether ``theta_t`` integrates out in closed form (Gaussian, linear in theta)."""
+        return bool(self.linear_gaussian)
+
+    @property
+    def per_task_density(self) -> bool:
+        """True when the model evaluates :meth:`task_log_density` (one value per task)
+        instead of summing :meth:`row_dist` over rows."""
+        return False
+
+    @property
+    def needs_noise_scale(self) -> bool:
+        """True when predicting new rows needs their known noise scale."""
+        return False
+
+    def task_log_density(self, theta: jnp.ndarray, data: dict) -> jnp.ndarray:
+        """Per-task log-likelihood ``(T,)`` for :attr:`per_task_density` likelihoods."""
+        raise NotImplementedError(f"{type(self).__name__} has a row-wise likelihood")
+
+    def simulate_rows(self, key, theta_rows: jnp.ndarray, data: dict, extras_rows: dict):
+        """One draw of every row's ``y`` given the rows' parameters (predictive checks)."""
+        return self.row_dist(theta_rows, data, extras_rows).sample(key)
+
     def validate(self, tasks: TaskSet) -> None:
-        """Raise ValueError naming the field, task and row of bad data."""
+        """Raise ValueError naming the field, task and row of bad data (default: accept)."""
+        return None
 
     def param_shape(self, tasks: TaskSet) -> tuple[int, ...]:
         return ()
@@ -81,9 +127,9 @@ class Likelihood:
         """Nuisance parameters with one value per task, sampled inside the task plate."""
         return {}
 
+    @abc.abstractmethod
     def row_dist(self, theta_rows: jnp.ndarray, data: dict, extras_rows: dict):
         """Distribution of ``y`` row by row, batch shape ``(N,)``."""
-        raise NotImplementedError
 
     def information(self, tasks: TaskSet) -> np.ndarray | None:
         """Approximate Fisher information about each task's parameters, shape
@@ -342,6 +388,10 @@ class NormalKnownNoise(_GLM):
     def validate(self, tasks):
         self._row_scale(tasks)
 
+    @property
+    def needs_noise_scale(self):
+        return True
+
     def data_arrays(self, tasks):
         out = super().data_arrays(tasks)
         out["noise_scale"] = self._row_scale(tasks)
@@ -449,6 +499,10 @@ class LinearRegression(_NoiseMixin, _GLM):
         if resolved == "known" and tasks.noise_scale is None:
             raise ValueError("noise_scale: noise='known' needs the TaskSet's noise_scale")
         self._resolved = resolved
+
+    @property
+    def needs_noise_scale(self):
+        return self._resolved == "known"
 
     def _dist_eta(self, eta, data, extras_rows):
         return dist.Normal(eta, self._sigma_rows(data, extras_rows))
@@ -744,6 +798,19 @@ class Custom(Likelihood):
             raise ValueError(f"loglik_fn: failed on task {tasks.labels[0]!r}: {err}") from err
         if val.shape != ():
             raise ValueError(f"loglik_fn: must return a scalar, got shape {val.shape}")
+
+    @property
+    def per_task_density(self):
+        return not self.rowwise
+
+    def simulate_rows(self, key, theta_rows, data, extras_rows):
+        if self.sample_fn is None:
+            raise ValueError("predict: a Custom likelihood needs sample_fn= to simulate data")
+        xs = data.get("x")
+        keys = jax.random.split(key, theta_rows.shape[0])
+        return jax.vmap(self.sample_fn, in_axes=(0, 0, None if xs is None else 0))(
+            keys, theta_rows, xs
+        )
 
     def row_dist(self, theta_rows, data, extras_rows):
         if self.rowwise:

@@ -111,7 +111,7 @@ class _TaskModel:
         param_dim = None if pd is None else pd[0]
         centered, information = self._centered(tasks, param_shape)
         num_tasks, num_obs = tasks.num_tasks, tasks.num_obs
-        per_task = isinstance(likelihood, lk.Custom) and not likelihood.rowwise
+        per_task = likelihood.per_task_density
         obs_dim = "task" if (tasks.is_estimates or per_task) else "obs"
         # the centring is a model input where it is mixed, so a refit with another mask
         # reuses the compiled program; all-centred and all-non-centred are structural
@@ -274,21 +274,24 @@ def _centering_mode(centered) -> Any:
 
 def _spread_estimate(rough, tasks, param_shape) -> np.ndarray | None:
     """DerSimonian-Laird estimate of the between-task sd of each parameter from the
-    likelihood's rough per-task estimates (None when it has none or fewer than three tasks
-    have finite estimates: then the rule cannot judge and stays non-centred)."""
-    from bayesmeta.estimators import tau2_estimate
+    likelihood's rough per-task estimates (None when it has none or fewer than two tasks
+    have finite estimates: then the rule cannot judge and stays non-centred).
 
+    DL (the method-of-moments estimator of ``bm.estimators.tau2_estimate(method="DL")``,
+    written out here so the model layer needs nothing above it):
+    ``tau^2 = max(0, (Q - (k - 1)) / (sum w - sum w^2 / sum w))`` with ``w = 1 / v`` and
+    Cochran's ``Q = sum w (y - ybar_w)^2``."""
     if rough is None or tasks.num_tasks < 2:
         return None
     est, var = (np.asarray(a, float).reshape(tasks.num_tasks, -1) for a in rough)
     ok = np.all(np.isfinite(est), axis=1) & np.all(np.isfinite(var) & (var > 0), axis=1)
     if ok.sum() < 2:
         return None
-    tau2 = [
-        float(tau2_estimate(est[ok, d], np.sqrt(var[ok, d]), method="DL"))
-        for d in range(est.shape[1])
-    ]
-    return np.sqrt(np.asarray(tau2)).reshape(param_shape)
+    y, w = est[ok], 1.0 / var[ok]
+    sw = w.sum(axis=0)
+    q = np.sum(w * (y - np.sum(w * y, axis=0) / sw) ** 2, axis=0)
+    tau2 = np.maximum(0.0, (q - (y.shape[0] - 1)) / (sw - np.sum(w**2, axis=0) / sw))
+    return np.sqrt(tau2).reshape(param_shape)
 
 
 def _check_prior(prior: Any) -> dist.Distribution:

@@ -20,17 +20,28 @@ prefixes them (``b_mu``, ``b_tau``, ``b_theta``).
 
 **Parameterisation.** ``"centered"`` samples ``theta_t ~ N(mu, tau)`` directly;
 ``"noncentered"`` samples ``z_t ~ N(0, 1)`` and sets ``theta_t = mu + tau z_t``;
-``"auto"`` (the default) decides *per task and per dimension*: a task is centred when its
-data pin ``theta_t`` down more tightly than the population does, i.e. when
+``"auto"`` (the default) decides *per task and per dimension* from each task's own data:
+a task is centred when its data pin ``theta_t`` down well inside the population's spread,
 
-    information_t * tau_ref**2 > 1,
+    information_t * spread**2 > 4   (CENTRING_THRESHOLD),
 
-where ``information_t`` is the likelihood's Fisher information about ``theta_t`` (for
-known noise ``sum_r 1/s_r**2``; see each likelihood's ``information``) and ``tau_ref`` is
-the spread between tasks: the DerSimonian-Laird estimate from the likelihood's rough
-per-task estimates where it has them (the Gaussian likelihoods), else the median of the
-scale hyperprior (or the fixed scale). The eight schools (estimates spread less than
-their standard errors, so ``tau_ref = 0``) come out non-centred; data-rich tasks centred.
+and non-centred otherwise. ``information_t`` is what task t's rows say about
+``theta_t`` (the likelihood's ``parameterization_evidence``): ``sum_r 1/s_r**2`` for
+known noise, rows over the pooled within-task variance for learned noise, the weighted
+least-squares precision for linear regression, and for the logistic, Poisson and binomial
+likelihoods the observed Fisher information at the task's own penalised estimate
+(vectorised Newton solves with a ``N(pooled estimate, 2.5**2)`` ridge; each coefficient's
+information given the others, ridge removed; see ``glm_estimates``). ``spread`` is the
+DerSimonian-Laird estimate of the between-task sd from those per-task estimates and their
+variances, never a prior median. The break-even of the two forms is 1; the factor 4 keeps
+doubtful tasks on the safe side, because a wrongly centred task makes a funnel and a
+wrongly non-centred one only costs efficiency. Where the rule cannot judge, the task is
+non-centred: no information, no spread estimate (fewer than two tasks with finite
+estimates; the population's scale, if fixed, then serves as the spread), or a Newton solve
+that did not converge. The eight schools (estimates spread less than their standard
+errors, so the spread estimate is 0) and few-row GLM tasks come out non-centred; data-rich
+tasks centred. A boolean array (True = centred, shape ``(tasks,)`` or ``(tasks, dim)``)
+fixes the choice by hand, e.g. the ``suggested_parameterization`` a diverging fit reports.
 Mixed choices use a per-task partially centred variable ``z_t ~ N(c_t mu, tau**c_t)``,
 ``theta_t = mu + tau**(1-c_t) (z_t - c_t mu)`` with ``c_t`` in {0, 1}; the latent site is
 ``theta_raw`` and ``theta`` is deterministic.
@@ -323,7 +334,8 @@ class Normal(Population):
       dim: number of parameters per task (None: taken from the likelihood).
       loc: hyperprior on ``mu`` (NumPyro distribution) or a fixed number/array.
       scale: hyperprior on ``tau`` (positive support) or a fixed positive number/array.
-      parameterization: ``"auto"`` (default), ``"centered"`` or ``"noncentered"``.
+      parameterization: ``"auto"`` (default), ``"centered"``, ``"noncentered"`` or a
+        boolean mask over tasks (True = centred); see the module docstring.
       name: optional prefix for the site names.
 
     >>> import numpyro.distributions as dist, bayesmeta as bm

@@ -22,15 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
+from bayesmeta import arviz as bm_arviz
+from bayesmeta.info import FitInfo, info_from
+from bayesmeta.model import Hierarchical
 from bayesmeta.tasks import TaskSet
 
 __all__ = ["Posterior"]
-
-
-def _as_key(key_or_seed: Any):
-    if isinstance(key_or_seed, int | np.integer):
-        return jax.random.PRNGKey(int(key_or_seed))
-    return key_or_seed
 
 
 class Posterior:
@@ -49,7 +46,9 @@ class Posterior:
         ``post.log_likelihood`` (or by ``to_arviz``/LOO), so a fit pays for the pointwise
         values only when they are used.
       observed_data: the observed values by site name.
-      info: method-specific extras (the ELBO trace of VI, the exact results, diagnostics).
+      info: what the engine reports besides the draws: a typed record of
+        :mod:`bayesmeta.info` (a plain mapping becomes a :class:`~bayesmeta.info.FitInfo`,
+        its unknown keys in ``extra``); read as ``post.info.timing`` or ``post.info["timing"]``.
     """
 
     def __init__(
@@ -89,7 +88,8 @@ class Posterior:
         else:
             self.log_likelihood = log_likelihood
         self.observed_data = {k: np.asarray(v) for k, v in (observed_data or {}).items()}
-        self.info = dict(info or {})
+        # a typed record per engine (bayesmeta.info), read as fields or as a mapping
+        self.info = info if isinstance(info, FitInfo) else info_from(info)
         self.param_shape = param_shape
 
     # ------------------------------------------------------------------ basics
@@ -146,7 +146,6 @@ class Posterior:
         ``DataTree`` on ArviZ 1.x. Groups: posterior, sample_stats (when the sampler has
         them), observed_data, log_likelihood (pointwise) and, with ``prior=True``, prior
         draws of every parameter (and the prior predictive of ``y``)."""
-        from bayesmeta import arviz as bm_arviz
 
         prior_draws, prior_pred = None, None
         if prior:
@@ -183,7 +182,6 @@ class Posterior:
 
     def summary(self, var_names: list[str] | None = None, **kwargs):
         """ArviZ's summary table (a pandas DataFrame) of the posterior group."""
-        from bayesmeta import arviz as bm_arviz
 
         return bm_arviz.summary(self.to_arviz(), var_names=var_names, **kwargs)
 
@@ -204,7 +202,6 @@ class Posterior:
         return out
 
     def _require_hierarchical(self):
-        from bayesmeta.model import Hierarchical
 
         if not isinstance(self.model, Hierarchical) or self.param_shape is None:
             raise ValueError(
@@ -235,7 +232,7 @@ class Posterior:
 
     def predict(
         self,
-        key: Any = 0,
+        seed: int = 0,
         x: Any = None,
         task: Any = None,
         noise_scale: Any = None,
@@ -249,7 +246,10 @@ class Posterior:
           brand-new task whose parameters are drawn from :meth:`population`.
 
         ``noise_scale`` gives the known noise sd of new rows for ``NormalKnownNoise``.
+        ``seed`` is an integer (a ValueError for a JAX key: the low-level
+        :func:`bayesmeta.inference.adapt.predict` takes the key).
         """
-        from bayesmeta.inference.adapt import predict
+        from bayesmeta.inference.adapt import check_seed, predict
 
-        return predict(self, _as_key(key), x=x, task=task, noise_scale=noise_scale, num_obs=num_obs)
+        key = jax.random.PRNGKey(check_seed(seed, "Posterior.predict"))
+        return predict(self, key, x=x, task=task, noise_scale=noise_scale, num_obs=num_obs)

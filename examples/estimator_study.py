@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from bayesmeta import estimators
+from bayesmeta.study import study
 
 
 def main(argv=None) -> int:
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     reps = args.num_reps or (100 if args.quick else 1000)
-    table = estimators.study(
+    table = study(
         num_tasks=8, tau=0.5, noise=1.0, num_obs=5, imbalance=20.0, num_reps=reps, seed=args.seed
     )
     print(table)

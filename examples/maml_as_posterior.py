@@ -234,7 +234,6 @@ def main(argv=None):
         num_mc_samples=4,
         init_scale=0.5,
         preconditioned=False,
-        seed=args.seed,
     )
     abml_state, _ = train_pool(abml, theta_init, pool, args.meta_iters, meta_batch, args.seed)
     posts[f"ABML (k={k})"] = abml.posterior(

@@ -301,7 +301,6 @@ def main(argv=None):
         inner_lr_log_scale=0.2 * rate / init_scale,
         num_inner_steps=args.abml_inner_steps,
         init_scale=init_scale,
-        seed=args.seed,
     )
     abml_state, abml_hist = meta.train(
         abml, maml_state.params, sampler, args.abml_iters, seed=args.seed + 2, progress_bar=progress

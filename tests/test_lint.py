@@ -1,4 +1,5 @@
-"""ruff (configured in pyproject.toml) is part of the test suite."""
+"""ruff and the import-linter layers contract (both configured in pyproject.toml) are part
+of the test suite."""
 
 import pathlib
 import shutil
@@ -18,3 +19,13 @@ def test_ruff(args):
         pytest.skip("ruff is not installed (it comes with the dev extra)")
     result = subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_import_layers():
+    beside = pathlib.Path(sys.executable).parent / "lint-imports"
+    tool = str(beside) if beside.exists() else shutil.which("lint-imports")
+    if tool is None:
+        pytest.skip("import-linter is not installed (it comes with the dev extra)")
+    result = subprocess.run([tool], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 kept, 0 broken" in result.stdout

@@ -161,3 +161,20 @@ def test_funnel_warning_names_the_tasks_to_flip():
     diag = post.info["diagnostics"]
     assert diag["divergences"] > 0
     assert not diag["suggested_parameterization"].any()
+
+
+def test_spread_estimate_is_dersimonian_laird():
+    """The model layer's spread estimate equals the estimators module's DL, per dimension."""
+    from bayesmeta.model import _spread_estimate
+
+    rng = np.random.default_rng(0)
+    y, v = rng.normal(size=(30, 3)), rng.uniform(0.1, 2.0, size=(30, 3))
+    y[:, 0] *= 3.0  # one dimension with a clear spread
+    tasks = bm.TaskSet.from_estimates(y=y[:, 0], se=np.sqrt(v[:, 0]))
+    got = _spread_estimate((y, v), tasks, (3,))
+    ref = [
+        np.sqrt(bm.estimators.tau2_estimate(y[:, d], np.sqrt(v[:, d]), method="DL"))
+        for d in range(3)
+    ]
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    assert got[0] > 0

@@ -23,19 +23,18 @@ from bayesmeta.exact.linear import (
     linear_task_posterior,
 )
 from bayesmeta.exact.normal import (
-    EXACT_OPTIONS,
     NormalMixture,
     NormalNormalResult,
-    fit_exact,
     log_marginal_normal_normal,
     log_marginal_tau,
     mu_conditional,
-    normal_normal,
     solve_normal_normal,
     theta_conditional,
-    why_not_exact,
 )
 
+# normal_normal, fit_exact, why_not_exact and EXACT_OPTIONS return or describe a Posterior,
+# so they live with the engine (bayesmeta.inference.exact); the top-level package sets
+# them here as bm.exact.* after importing both, and this package imports no layer above it
 __all__ = [
     "EXACT_OPTIONS",
     "NormalMixture",

@@ -45,6 +45,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.scipy.linalg import solve_triangular
 
+from bayesmeta.tasks import TaskSet
+
 __all__ = [
     "LinearStats",
     "LinearHyper",
@@ -506,7 +508,6 @@ def linear_gaussian(
     Returns:
       :class:`LinearGaussianResult`.
     """
-    from bayesmeta.tasks import TaskSet
 
     if not isinstance(tasks, TaskSet):
         raise ValueError(f"tasks: expected a bm.TaskSet, got {type(tasks).__name__}")

@@ -58,14 +58,18 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.polynomial import legendre as _leg
 
+from bayesmeta._checks import check_estimates as _check_estimates
+
+# Special functions in float64 numpy (the library keeps JAX's dtype choice alone, and the
+# quadrature needs double precision whatever JAX is configured to do).
+from bayesmeta._special import logsumexp as _logsumexp
+from bayesmeta._special import ndtr as _ndtr
+from bayesmeta._special import ndtri as _ndtri
+
 __all__ = [
-    "EXACT_OPTIONS",
-    "why_not_exact",
     "NormalMixture",
     "NormalNormalResult",
     "solve_normal_normal",
-    "normal_normal",
-    "fit_exact",
     "log_marginal_normal_normal",
     "log_marginal_tau",
     "mu_conditional",
@@ -74,59 +78,6 @@ __all__ = [
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _DEFAULT_QUANTILES = (0.025, 0.05, 0.25, 0.5, 0.75, 0.95, 0.975)
-
-# --------------------------------------------------------------------------- special functions
-# Normal CDF and its inverse in float64 numpy (the library keeps JAX's dtype choice alone, and
-# the quadrature needs double precision whatever JAX is configured to do).
-_erfc_ufunc = np.frompyfunc(math.erfc, 1, 1)
-
-
-def _ndtr(x: Any) -> np.ndarray:
-    """Standard normal CDF in float64 (relative error about 1e-16 * (1 + x**2), the
-    conditioning of the scaled argument ``-x / sqrt(2)``)."""
-    x = np.asarray(x, dtype=float)
-    return 0.5 * np.asarray(_erfc_ufunc(-x / math.sqrt(2.0)), dtype=float)
-
-
-def _norm_pdf(x: Any) -> np.ndarray:
-    x = np.asarray(x, dtype=float)
-    return np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
-
-
-def _ndtri(p: Any) -> np.ndarray:
-    """Inverse standard normal CDF for p in (0, 1) (0 -> -inf, 1 -> inf).
-
-    Start from Abramowitz & Stegun 26.2.23 (|error| < 4.5e-4), then three Halley steps on the
-    lower-tail probability ``min(p, 1 - p)`` with the accurate :func:`_ndtr`.
-    """
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    lower = np.minimum(p, 1.0 - p)
-    ok = (lower > 0) & np.isfinite(p)
-    q = np.where(ok, lower, 0.5)
-    t = np.sqrt(-2.0 * np.log(q))
-    x = -(
-        t
-        - (2.515517 + 0.802853 * t + 0.010328 * t**2)
-        / (1.0 + 1.432788 * t + 0.189269 * t**2 + 0.001308 * t**3)
-    )
-    for _ in range(3):
-        err = _ndtr(x) - q
-        pdf = _norm_pdf(x)
-        step = err / pdf
-        x = x - step / (1.0 + 0.5 * x * step)
-    x = np.where(p > 0.5, -x, x)
-    out[ok] = x[ok]
-    out[p == 0.0] = -np.inf
-    out[p == 1.0] = np.inf
-    out[p == 0.5] = 0.0
-    return out
-
-
-def _logsumexp(a: np.ndarray, axis: int = -1) -> np.ndarray:
-    m = np.max(a, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    return np.squeeze(m, axis=axis) + np.log(np.sum(np.exp(a - m), axis=axis))
 
 
 def _numpy_rng(seed: Any) -> np.random.Generator:
@@ -1188,30 +1139,6 @@ def _theta_given_mu_tau(y, se, mu, tau):
     return mean, sd
 
 
-def _check_estimates(y: Any, se: Any) -> tuple[np.ndarray, np.ndarray]:
-    """One estimate and a finite positive standard error per task (se may be a scalar);
-    the one check of (y, se) arrays, shared with :mod:`bayesmeta.estimators`."""
-    try:
-        y = np.asarray(y, dtype=float)
-        se = np.asarray(se, dtype=float)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"y/se: could not convert to float arrays ({err})") from None
-    if y.ndim != 1 or y.size == 0:
-        raise ValueError(f"y: expected a non-empty 1-d array of estimates, got shape {y.shape}")
-    if se.ndim == 0:
-        se = np.full(y.shape, float(se))
-    if se.shape != y.shape:
-        raise ValueError(f"se: shape {se.shape} does not match y's {y.shape}")
-    bad = ~np.isfinite(y)
-    if bad.any():
-        raise ValueError(f"y: non-finite value at task {int(np.flatnonzero(bad)[0])}")
-    bad = ~(np.isfinite(se) & (se > 0))
-    if bad.any():
-        t = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"se: must be finite and positive, got {se[t]} at task {t}")
-    return y, se
-
-
 def solve_normal_normal(
     y: Any,
     se: Any,
@@ -1324,228 +1251,3 @@ def solve_normal_normal(
     )
     object.__setattr__(result, "tau_quantiles", result.tau_quantile(levels))
     return result
-
-
-# --------------------------------------------------------------------------- Posterior
-EXACT_OPTIONS = {
-    "num_chains": 4,
-    "num_samples": 1000,
-    "quantiles": _DEFAULT_QUANTILES,
-    "rtol": 1e-11,
-    "max_panels": 5000,
-}
-
-
-def _reduce_rows(tasks: Any, row_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-task inverse-variance mean and its se: the sufficient statistic of theta_t."""
-    t = tasks.task_index
-    w = 1.0 / row_scale**2
-    sw = np.bincount(t, weights=w, minlength=tasks.num_tasks)
-    est = np.bincount(t, weights=w * tasks.y, minlength=tasks.num_tasks) / sw
-    return est, 1.0 / np.sqrt(sw)
-
-
-def _posterior(
-    result: NormalNormalResult,
-    tasks: Any,
-    row_scale: np.ndarray,
-    seed: Any,
-    num_chains: int,
-    num_samples: int,
-    model: Any = None,
-    sites: tuple[str, str, str] = ("mu", "tau", "theta"),
-    info: dict | None = None,
-):
-    from bayesmeta.posterior import Posterior
-
-    num_chains, num_samples = int(num_chains), int(num_samples)
-    if num_chains < 1 or num_samples < 1:
-        raise ValueError(f"num_chains/num_samples: must be >= 1, got {num_chains}, {num_samples}")
-    draws = result.sample(seed, num_chains * num_samples)
-    mu_site, tau_site, theta_site = sites
-    samples = {}
-    if result._loc.kind != "fixed":
-        samples[mu_site] = draws["mu"].reshape(num_chains, num_samples)
-    if not result.tau_fixed:
-        samples[tau_site] = draws["tau"].reshape(num_chains, num_samples)
-    theta = draws["theta"].reshape(num_chains, num_samples, -1)
-    samples[theta_site] = theta
-    obs_dim = "task" if tasks.is_estimates else "obs"
-    theta_rows = theta[..., tasks.task_index]
-    ll = -0.5 * (((tasks.y - theta_rows) / row_scale) ** 2 + _LOG_2PI) - np.log(row_scale)
-    dims = {mu_site: [], tau_site: [], theta_site: ["task"], "y": [obs_dim]}
-    coords = {"task": list(tasks.labels)}
-    if obs_dim == "obs":
-        coords["obs"] = list(range(tasks.num_obs))
-    return Posterior(
-        samples,
-        method="exact",
-        dims=dims,
-        coords=coords,
-        tasks=tasks,
-        model=model,
-        log_likelihood={"y": ll},
-        observed_data={"y": tasks.y.copy()},
-        info=dict(info or {}, exact=result),
-        param_shape=(),
-    )
-
-
-def _task_arrays(tasks: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from bayesmeta.tasks import TaskSet
-
-    if not isinstance(tasks, TaskSet):
-        raise ValueError(f"tasks: expected a bm.TaskSet, got {type(tasks).__name__}")
-    if tasks.noise_scale is None:
-        raise ValueError(
-            "noise_scale: the normal-normal model needs known noise scales (build "
-            "the TaskSet with from_estimates, or with noise_scale=)"
-        )
-    est, se = _reduce_rows(tasks, tasks.noise_scale)
-    return est, se, tasks.noise_scale
-
-
-def normal_normal(
-    tasks: Any,
-    loc_prior: Any = None,
-    scale_prior: Any = None,
-    *,
-    num_samples: int = 1000,
-    num_chains: int = 4,
-    seed: Any = 0,
-    quantiles: Sequence[float] = _DEFAULT_QUANTILES,
-    tau_range: tuple[float, float] | None = None,
-    rtol: float = 1e-11,
-    max_panels: int = 5000,
-):
-    """Exact posterior of ``y_t ~ N(theta_t, s_t)``, ``theta_t ~ N(mu, tau)`` as a Posterior.
-
-    Args:
-      tasks: a ``bm.TaskSet`` with known noise: ``from_estimates`` (one estimate and se per
-        task) or raw rows with ``noise_scale``, which are reduced to each task's
-        inverse-variance mean and its standard error (a sufficient statistic for
-        ``theta_t``). Inputs ``x`` are ignored.
-      loc_prior, scale_prior, quantiles, tau_range, rtol, max_panels: as in
-        :func:`solve_normal_normal` (defaults ``mu ~ N(0, 5)``, ``tau ~ HalfCauchy(5)``, the
-        defaults of ``bm.populations.Normal``).
-      num_samples, num_chains: exact i.i.d. draws, arranged ``(chain, draw)``.
-      seed: an int or a JAX PRNG key for the draws.
-
-    Returns:
-      a ``bm.posterior.Posterior`` (``method="exact"``) with draws of ``mu`` ``[]``, ``tau``
-      ``[]`` and ``theta`` ``["task"]``, the pointwise log-likelihood of every row of ``y``,
-      the observed ``y``, and the :class:`NormalNormalResult` in ``info["exact"]`` (exact
-      moments, quantiles, the tau rule and density, predictive distributions, log p(y)).
-      A fixed ``mu`` or ``tau`` is not a sampled site, as in the NUTS output.
-
-    >>> import bayesmeta as bm, numpyro.distributions as dist
-    >>> post = normal_normal(bm.datasets.eight_schools(), scale_prior=dist.HalfCauchy(5))
-    >>> post.samples["theta"].shape
-    (4, 1000, 8)
-    """
-    est, se, row_scale = _task_arrays(tasks)
-    result = solve_normal_normal(
-        est,
-        se,
-        loc_prior=loc_prior,
-        scale_prior=scale_prior,
-        labels=tasks.labels,
-        quantiles=quantiles,
-        tau_range=tau_range,
-        rtol=rtol,
-        max_panels=max_panels,
-    )
-    return _posterior(result, tasks, row_scale, seed, num_chains, num_samples)
-
-
-def why_not_exact(model: Any) -> str | None:
-    """``None`` when ``model`` is a normal-normal hierarchical model that
-    :func:`fit_exact` can solve, else the reason it cannot."""
-    if type(model).__name__ != "Hierarchical" or not hasattr(model, "population"):
-        return f"the model is a {type(model).__name__}, not a bm.Hierarchical"
-    lik = type(model.likelihood).__name__
-    if lik != "NormalKnownNoise":
-        return f"the likelihood is {lik}, not NormalKnownNoise (known-noise Gaussian)"
-    pop = model.population
-    if type(pop).__name__ != "Normal":
-        return f"the population is {type(pop).__name__}, not Normal"
-    if getattr(pop, "dim", None) not in (None, 1):
-        return f"the population has dim={pop.dim}; exact needs one scalar parameter per task"
-    loc = pop.loc
-    if hasattr(loc, "log_prob") and type(loc).__name__ not in ("Normal", "ImproperUniform"):
-        return (
-            f"the prior on mu is {type(loc).__name__}; exact integrates mu analytically and "
-            "needs a Normal prior, a flat (ImproperUniform) prior or a fixed value"
-        )
-    if type(loc).__name__ == "ImproperUniform" and (
-        loc.support is not _real_constraint() or tuple(loc.batch_shape) or tuple(loc.event_shape)
-    ):
-        return "the flat prior on mu must be a scalar ImproperUniform over the real line"
-    try:
-        _loc_prior("flat" if type(loc).__name__ == "ImproperUniform" else loc)
-        _tau_prior(pop.scale, None)
-    except ValueError as err:
-        return str(err)
-    return None
-
-
-def _real_constraint():
-    import numpyro.distributions as dist
-
-    return dist.constraints.real
-
-
-def fit_exact(model: Any, tasks: Any, seed: Any = 0, **options):
-    """``bm.fit(model, tasks, method="exact")``: the exact normal-normal posterior.
-
-    Eligible models (see :func:`why_not_exact`): ``bm.Hierarchical`` with a
-    ``NormalKnownNoise`` likelihood and a ``bm.populations.Normal`` population of dimension
-    1 whose ``loc`` is a ``Normal``, ``ImproperUniform`` or fixed number and whose ``scale``
-    is any proper prior with non-negative support or a fixed number. Options
-    (``EXACT_OPTIONS``): ``num_chains`` (4), ``num_samples`` (1000 per chain), ``quantiles``,
-    ``rtol``, ``max_panels``. Site names follow the population (``mu``, ``tau``, ``theta``,
-    or their prefixed names).
-
-    Raises:
-      ValueError: naming why the model is not eligible, or an unknown option.
-    """
-    why = why_not_exact(model)
-    if why is not None:
-        raise ValueError(
-            f"method: 'exact' needs a normal-normal model (NormalKnownNoise "
-            f"likelihood, Normal population); {why}"
-        )
-    unknown = sorted(set(options) - set(EXACT_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"options: unknown option(s) {unknown} for method 'exact'; known: "
-            f"{sorted(EXACT_OPTIONS)}"
-        )
-    opts = dict(EXACT_OPTIONS, **options)
-    model.likelihood.validate(tasks)
-    row_scale = np.asarray(model.likelihood.data_arrays(tasks)["noise_scale"], dtype=float)
-    est, se = _reduce_rows(tasks, row_scale)
-    pop = model.population
-    loc = "flat" if type(pop.loc).__name__ == "ImproperUniform" else pop.loc
-    result = solve_normal_normal(
-        est,
-        se,
-        loc_prior=loc,
-        scale_prior=pop.scale,
-        labels=tasks.labels,
-        quantiles=opts["quantiles"],
-        rtol=opts["rtol"],
-        max_panels=opts["max_panels"],
-    )
-    sites = (pop.site("mu"), pop.site("tau"), pop.theta_site)
-    return _posterior(
-        result,
-        tasks,
-        row_scale,
-        seed,
-        opts["num_chains"],
-        opts["num_samples"],
-        model=model,
-        sites=sites,
-        info={"options": opts},
-    )

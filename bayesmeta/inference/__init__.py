@@ -3,12 +3,15 @@
 ========================  ===================================================================
 method                    what runs
 ========================  ===================================================================
-``"nuts"``                NumPyro NUTS on the full model (chains vectorised on one device)
+``"nuts"``                NumPyro NUTS on the full model, one compiled program per structure
 ``"vi"``                  NumPyro SVI with an automatic guide and an optax optimizer
 ``"exact"``               closed-form normal-normal posterior (known-noise Gaussian tasks)
 ``"collapsed"``           NUTS on the hyperparameters with Gaussian ``theta_t`` integrated out
 ``"auto"``                ``"collapsed"`` when eligible, else ``"nuts"``
 ========================  ===================================================================
+
+The engines are records in :data:`ENGINES` (see :mod:`bayesmeta.inference.registry`): a new
+method is one module defining its ``ENGINE`` plus one line below.
 """
 
 from __future__ import annotations
@@ -16,38 +19,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bayesmeta.inference.nuts import NUTS_OPTIONS, fit_nuts
-from bayesmeta.inference.vi import VI_OPTIONS, fit_vi
-from bayesmeta.model import _TaskModel, build_callable
+from bayesmeta.inference import collapsed, exact, nuts, vi
+from bayesmeta.inference.registry import Engine
+from bayesmeta.model import _TaskModel
 from bayesmeta.tasks import TaskSet
 
-__all__ = ["fit", "METHODS"]
+__all__ = ["fit", "METHODS", "ENGINES", "Engine"]
 
-METHODS = ("nuts", "vi", "exact", "collapsed", "auto")
-
-
-def _options_for(method: str) -> dict:
-    if method == "nuts":
-        return NUTS_OPTIONS
-    if method == "vi":
-        return VI_OPTIONS
-    if method == "collapsed":
-        from bayesmeta.inference.collapsed import COLLAPSED_OPTIONS
-
-        return COLLAPSED_OPTIONS
-    if method == "exact":
-        from bayesmeta.exact.normal import EXACT_OPTIONS
-
-        return EXACT_OPTIONS
-    raise AssertionError(method)
+#: the registry: method name -> Engine
+ENGINES: dict[str, Engine] = {
+    e.name: e for e in (nuts.ENGINE, vi.ENGINE, exact.ENGINE, collapsed.ENGINE)
+}
+METHODS = (*ENGINES, "auto")
 
 
-def _eligible_collapsed(model: Any) -> str | None:
-    try:
-        from bayesmeta.inference.collapsed import why_not_collapsible
-    except ImportError:
-        return "collapsed inference is not available"
-    return why_not_collapsible(model)
+def resolve_method(method: str, model: Any, tasks: TaskSet) -> str:
+    """The engine ``method`` stands for: ``"auto"`` is collapsed NUTS where the model's
+    per-task parameters integrate out exactly, else full NUTS."""
+    if method != "auto":
+        return method
+    return "collapsed" if ENGINES["collapsed"].why_not(model, tasks) is None else "nuts"
 
 
 def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **options):
@@ -57,7 +48,8 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
       model: a ``bm.Hierarchical`` (or ``bm.pooled`` / ``bm.unpooled``) model, or a plain
         NumPyro model called as ``model(y=, task_index=, num_tasks=, x=, noise_scale=)``.
       tasks: a ``bm.TaskSet``.
-      method: one of ``"nuts"``, ``"vi"``, ``"exact"``, ``"collapsed"``, ``"auto"``.
+      method: one of ``"nuts"``, ``"vi"``, ``"exact"``, ``"collapsed"``, ``"auto"``
+        (any name in :data:`ENGINES`).
       seed: integer seed of the run.
       **options: the engine's options (unknown names are rejected); see ``fit_nuts``,
         ``fit_vi``, ``fit_collapsed``, ``fit_exact``.
@@ -73,31 +65,18 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
             f"model: expected a bm.Hierarchical or a NumPyro model function, got "
             f"{type(model).__name__}"
         )
-    if method == "auto":
-        method = "collapsed" if _eligible_collapsed(model) is None else "nuts"
-    allowed = _options_for(method)
-    unknown = sorted(set(options) - set(allowed))
+    engine = ENGINES[resolve_method(method, model, tasks)]
+    unknown = sorted(set(options) - set(engine.options))
     if unknown:
         raise ValueError(
-            f"options: unknown option(s) {unknown} for method {method!r}; known: {sorted(allowed)}"
+            f"options: unknown option(s) {unknown} for method {engine.name!r}; known: "
+            f"{sorted(engine.options)}"
         )
-    if method == "exact":
-        from bayesmeta.exact.normal import fit_exact
-
-        return fit_exact(model, tasks, seed=seed, **options)
-    if method == "collapsed":
-        from bayesmeta.inference.collapsed import fit_collapsed
-
-        why = _eligible_collapsed(model)
+    if engine.name == "collapsed":
+        why = engine.why_not(model, tasks)
         if why is not None:
             raise ValueError(
                 f"method: 'collapsed' needs a Gaussian likelihood with a Normal or "
                 f"MvNormal population; {why}"
             )
-        return fit_collapsed(model, tasks, seed=seed, **options)
-    if isinstance(model, _TaskModel):
-        built, owner = model.build(tasks), model
-    else:
-        built, owner = build_callable(model, tasks), None
-    engine = fit_nuts if method == "nuts" else fit_vi
-    return engine(built, tasks, seed, model=owner, **options)
+    return engine.fit(model, tasks, seed, **options)

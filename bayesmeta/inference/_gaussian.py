@@ -17,6 +17,7 @@ from bayesmeta.exact.linear import (
     linear_sufficient_stats,
     linear_task_posterior,
 )
+from bayesmeta.model import Hierarchical
 
 
 def conjugate_noise(likelihood) -> str | None:
@@ -32,13 +33,12 @@ def conjugate_noise(likelihood) -> str | None:
 
 def why_not_gaussian(model) -> str | None:
     """None when ``theta_t`` can be integrated out exactly, else the reason."""
-    from bayesmeta.model import Hierarchical
 
     if not isinstance(model, Hierarchical):
         return f"the model is a {type(model).__name__}, not a bm.Hierarchical"
     if not isinstance(model.population, pops.Normal | pops.MvNormal):
         return f"the population is {type(model.population).__name__}, not Normal or MvNormal"
-    if not model.likelihood.linear_gaussian:
+    if not model.likelihood.conjugate:
         return f"the likelihood {type(model.likelihood).__name__} is not Gaussian"
     if conjugate_noise(model.likelihood) is None:
         return "a per-task learned noise scale cannot be integrated out"

@@ -34,14 +34,22 @@ new task with much data (or one far from the population) gets NUTS.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from bayesmeta import likelihoods as lk
 from bayesmeta.inference import _gaussian as gauss
+from bayesmeta.inference.nuts import (
+    NUTS_OPTIONS,
+    CompiledNUTS,
+    resolve_chain_method,
+    show_progress,
+    start_target,
+)
+from bayesmeta.posterior import Posterior
 from bayesmeta.tasks import TaskSet
 
 __all__ = ["adapt", "predict", "ADAPT_METHODS"]
@@ -49,43 +57,121 @@ __all__ = ["adapt", "predict", "ADAPT_METHODS"]
 ADAPT_METHODS = ("auto", "conjugate", "importance", "nuts")
 
 
+# ---------------------------------------------------------------------- seeds and keys
+# Low-level functions take a JAX PRNG key, the friendly top level (``bm.fit``,
+# ``Posterior.adapt``, ``Posterior.predict``) an integer seed; never both in one argument.
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def check_seed(seed, where: str) -> int:
+    """``seed`` as a Python int, or a ValueError naming ``where`` (e.g. a key passed)."""
+    if _is_int(seed):
+        return int(seed)
+    raise ValueError(
+        f"seed: {where} takes an integer seed, got {type(seed).__name__}"
+        + (" (a JAX PRNG key: pass an integer)" if hasattr(seed, "dtype") else "")
+    )
+
+
+def check_key(key, where: str):
+    """``key`` if it looks like a JAX PRNG key, else a ValueError naming ``where``."""
+    if _is_int(key):
+        raise ValueError(
+            f"key: {where} takes a JAX PRNG key (jax.random.key(seed) or "
+            f"jax.random.PRNGKey(seed)), got the integer {key!r}; Posterior.predict takes an "
+            "integer seed="
+        )
+    if not hasattr(key, "dtype") or not (
+        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        or (key.dtype == jnp.uint32 and jnp.shape(key)[-1:] == (2,))
+    ):
+        raise ValueError(f"key: {where} takes a JAX PRNG key, got {type(key).__name__}")
+    return key
+
+
+# ---------------------------------------------------------------------- compiled functions
+# The functions adapt compiles are kept on the model object (like full NUTS's
+# ``_nuts_programs``), keyed by what they depend on besides their inputs; the data and the
+# hyperparameter draws are inputs, so a second ``adapt`` on tasks of the same shapes
+# compiles nothing. The last few are kept; they go when the model goes.
+_PROGRAMS_ATTR = "_adapt_programs"
+_PROGRAMS_PER_MODEL = 8
+
+
+def _kept(model, key, build):
+    """The function kept on ``model`` under ``key``, built by ``build()`` on first use."""
+    store = model.__dict__.setdefault(_PROGRAMS_ATTR, OrderedDict())
+    fn = store.get(key)
+    if fn is None:
+        fn = store[key] = build()
+        while len(store) > _PROGRAMS_PER_MODEL:
+            store.popitem(last=False)
+    else:
+        store.move_to_end(key)
+    return fn
+
+
 # ---------------------------------------------------------------------- conjugate path
 def conjugate_eligible(model) -> bool:
     return gauss.why_not_gaussian(model) is None
+
+
+def _conjugate_fn(pop, param_shape, shared):
+    """Jitted ``(stats, hyper) -> (log marginals (S, T), means (S, T, p), covs (S, T, p, p))``."""
+
+    def terms(stats, hyper):
+        lh = gauss.population_hyper(pop, hyper, param_shape, hyper["sigma"] if shared else None)
+
+        def one(h):
+            post_h = gauss.task_posterior(stats, h)
+            return gauss.log_marginal(stats, h), post_h.mean, post_h.cov
+
+        return jax.vmap(one)(lh)
+
+    return jax.jit(terms)
 
 
 def _conjugate_terms(post, tasks):
     """Log marginal likelihoods ``(S, T)`` and the exact conditional posteriors of every
     new task under every hyperparameter draw (means ``(S, T, p)``, covs ``(S, T, p, p)``)."""
     model = post.model
-    hyper = post._hyper_draws()
-    stats = gauss.task_stats(model.likelihood, tasks)
-    shared = gauss.conjugate_noise(model.likelihood) == "shared"
-    lh = gauss.population_hyper(
-        model.population, hyper, post.param_shape, hyper["sigma"] if shared else None
+    pop, lik = model.population, model.likelihood
+    shared = gauss.conjugate_noise(lik) == "shared"
+    param_shape = tuple(post.param_shape)
+    fn = _kept(
+        model,
+        ("conjugate", id(pop), id(lik), param_shape, shared),
+        lambda: _conjugate_fn(pop, param_shape, shared),
     )
-
-    def one(h):
-        post_h = gauss.task_posterior(stats, h)
-        return gauss.log_marginal(stats, h), post_h.mean, post_h.cov
-
-    return jax.jit(jax.vmap(one))(lh)
+    return fn(gauss.task_stats(lik, tasks), post._hyper_draws())
 
 
 # ---------------------------------------------------------------------- importance weights
+def _rowwise_fn(lik):
+    """Jitted ``(data, theta (S, T, ...), extras, num_tasks) -> (S, T)`` log-likelihoods."""
+
+    def loglik(data, theta, extras, num_tasks):
+        idx = data["task_index"]
+
+        def one(theta_s, extras_s):
+            if lik.per_task_density:
+                return lik.task_log_density(theta_s, data)
+            rows = lik.row_dist(theta_s[idx], data, lik.extras_rows(extras_s, idx))
+            return jax.ops.segment_sum(rows.log_prob(data["y"]), idx, num_tasks)
+
+        return jax.vmap(one)(theta, extras)
+
+    return jax.jit(loglik, static_argnames="num_tasks")
+
+
 def _rowwise_loglik(post, tasks, theta, extras):
     """``(S, T)`` log-likelihood of each new task under one theta per draw ``(S, T, ...)``."""
-    lik = post.model.likelihood
+    model = post.model
+    lik = model.likelihood
+    fn = _kept(model, ("rowwise", id(lik)), lambda: _rowwise_fn(lik))
     data = {k: jnp.asarray(v) for k, v in lik.data_arrays(tasks).items()}
-    idx = data["task_index"]
-
-    def one(theta_s, extras_s):
-        if isinstance(lik, lk.Custom) and not lik.rowwise:
-            return lik.task_log_density(theta_s, data)
-        rows = lik.row_dist(theta_s[idx], data, lik.extras_rows(extras_s, idx))
-        return jax.ops.segment_sum(rows.log_prob(data["y"]), idx, tasks.num_tasks)
-
-    return jax.jit(jax.vmap(one))(theta, extras)
+    return fn(data, theta, extras, num_tasks=int(tasks.num_tasks))
 
 
 def _ess(logw):
@@ -103,37 +189,26 @@ def _systematic_resample(key, logw, num):
 
 
 # ---------------------------------------------------------------------- NUTS fallback
-def _nuts_one_task(post, tasks, t, hyper, seed, opts):
-    """NUTS on one new task's parameters under the mixture over hyperparameter draws."""
+def _fallback_target(lik, pop, param_shape):
+    """The NumPyro model of one new task's parameters under the mixture over the
+    hyperparameter draws; the task's data and the draws are its inputs (``data``,
+    ``hyper``), so one compiled program serves every task of the same shape."""
     import numpyro
     import numpyro.distributions as dist
 
-    from bayesmeta.inference.nuts import run_nuts
+    support = dist.constraints.real_vector if param_shape else dist.constraints.real
 
-    model = post.model
-    lik, pop = model.likelihood, model.population
-    sub = tasks.subset([t])
-    data = {k: jnp.asarray(v) for k, v in lik.data_arrays(sub).items()}
-    idx = data["task_index"]
-    param_shape = post.param_shape
-    comp = pop.dist(hyper, param_shape)  # batch (S,)
-    global_extras = {k: hyper[k] for k in lik.global_priors()}
-    log_num = math.log(comp.batch_shape[0])
-
-    def target():
-        theta = numpyro.sample(
-            "theta",
-            dist.ImproperUniform(
-                dist.constraints.real_vector if param_shape else dist.constraints.real,
-                (),
-                param_shape,
-            ),
-        )
+    def target(data, hyper):
+        idx = data["task_index"]
+        comp = pop.dist(hyper, param_shape)  # batch (S,)
+        global_extras = {k: hyper[k] for k in lik.global_priors()}
+        log_num = math.log(comp.batch_shape[0])
+        theta = numpyro.sample("theta", dist.ImproperUniform(support, (), param_shape))
         local = {k: numpyro.sample(k, d) for k, d in lik.task_priors().items()}
 
         def loglik(extras_s):
             ex = dict(extras_s, **{k: v[None] for k, v in local.items()})
-            if isinstance(lik, lk.Custom) and not lik.rowwise:
+            if lik.per_task_density:
                 return lik.task_log_density(theta[None], data)[0]
             rows = lik.row_dist(theta[None][idx], data, lik.extras_rows(ex, idx))
             return jnp.sum(rows.log_prob(data["y"]))
@@ -142,7 +217,33 @@ def _nuts_one_task(post, tasks, t, hyper, seed, opts):
         ll = jax.vmap(loglik)(global_extras) if global_extras else loglik({})
         numpyro.factor("mixture", logsumexp(lp_theta + ll) - log_num)
 
-    samples, extras, _ = run_nuts(target, {}, seed, opts)
+    return target
+
+
+def _fallback_program(post, opts) -> CompiledNUTS:
+    """The compiled NUTS program of the fallback, kept on the model: compiled once per
+    task shape (rows, draws) and reused for every task and every later ``adapt``."""
+    model = post.model
+    lik, pop = model.likelihood, model.population
+    param_shape = tuple(post.param_shape)
+    layout = resolve_chain_method(opts["chain_method"])
+    static = tuple(
+        (k, opts[k]) for k in ("num_chains", "num_warmup", "num_samples", "max_tree_depth")
+    )
+    key = ("nuts", id(lik), id(pop), param_shape, static, show_progress(opts), layout)
+    return _kept(
+        model,
+        key,
+        lambda: CompiledNUTS(_fallback_target(lik, pop, param_shape), opts, layout),
+    )
+
+
+def _nuts_one_task(program, post, tasks, t, hyper, seed, opts):
+    """NUTS on one new task's parameters under the mixture over hyperparameter draws."""
+    sub = tasks.subset([t])
+    lik = post.model.likelihood
+    data = {k: jnp.asarray(v) for k, v in lik.data_arrays(sub).items()}
+    samples, extras, _ = program.run(seed, {"data": data, "hyper": hyper}, start_target(opts))
     divergences = int(np.sum(np.asarray(extras["diverging"])))
     return {k: np.asarray(v) for k, v in samples.items()}, divergences
 
@@ -171,11 +272,10 @@ def adapt(
     ``(chain, draw)`` shaped like ``post``; ``info["adapt"]`` holds, per task, the method
     used and the importance ESS.
     """
-    from bayesmeta.inference.nuts import NUTS_OPTIONS
-    from bayesmeta.posterior import Posterior
 
     if method not in ADAPT_METHODS:
         raise ValueError(f"method: must be one of {ADAPT_METHODS}, got {method!r}")
+    seed = check_seed(seed, "adapt")
     if not isinstance(new_tasks, TaskSet):
         raise ValueError(f"new_tasks: expected a bm.TaskSet, got {type(new_tasks).__name__}")
     model = post._require_hierarchical()
@@ -258,8 +358,9 @@ def adapt(
             num_warmup=num_warmup,
             progress_bar=progress_bar,
         )
+        program = _fallback_program(post, opts)
         for t in nuts_tasks:
-            samples, div = _nuts_one_task(post, new_tasks, t, hyper, seed + 1 + t, opts)
+            samples, div = _nuts_one_task(program, post, new_tasks, t, hyper, seed + 1 + t, opts)
             theta_out[:, t] = samples["theta"].reshape(num, *post.param_shape)
             for name in local_out:
                 local_out[name][:, t] = samples[name].reshape(num)
@@ -295,12 +396,14 @@ def adapt(
 
 
 def predict(post, key, x=None, task=None, noise_scale=None, num_obs=None) -> np.ndarray:
-    """Posterior predictive draws ``(chain, draw, n)`` (see :meth:`Posterior.predict`)."""
+    """Posterior predictive draws ``(chain, draw, n)`` (see :meth:`Posterior.predict`,
+    which takes an integer seed); ``key`` is a JAX PRNG key."""
+    key = check_key(key, "bayesmeta.inference.adapt.predict")
     model = post.model
     if model is None or not hasattr(model, "likelihood"):
         raise ValueError("predict: needs a posterior of a bayesmeta model")
     lik = model.likelihood
-    if isinstance(lik, lk.Custom) and lik.sample_fn is None:
+    if getattr(lik, "sample_fn", True) is None:  # fail before any compiling
         raise ValueError("predict: a Custom likelihood needs sample_fn= to simulate data")
     num = post.num_chains * post.num_draws
     theta_site = getattr(model, "theta_site", "theta")
@@ -330,7 +433,7 @@ def predict(post, key, x=None, task=None, noise_scale=None, num_obs=None) -> np.
             data["x"] = jnp.asarray(x)
         if noise_scale is not None:
             data["noise_scale"] = jnp.broadcast_to(jnp.asarray(noise_scale, float), (n,))
-        elif isinstance(lik, lk.NormalKnownNoise) or getattr(lik, "_resolved", "") == "known":
+        elif lik.needs_noise_scale:
             raise ValueError(
                 "noise_scale: predicting new rows of a known-noise likelihood "
                 "needs their noise_scale"
@@ -351,11 +454,7 @@ def predict(post, key, x=None, task=None, noise_scale=None, num_obs=None) -> np.
     keys = jax.random.split(k_y, num)
 
     def one(k, th, ex):
-        if isinstance(lik, lk.Custom):
-            xs = data.get("x")
-            ks = jax.random.split(k, th.shape[0])
-            return jax.vmap(lik.sample_fn, in_axes=(0, 0, None if xs is None else 0))(ks, th, xs)
-        return lik.row_dist(th, data, lik.extras_rows(ex, idx)).sample(k)
+        return lik.simulate_rows(k, th, data, lik.extras_rows(ex, idx))
 
     out = jax.vmap(one)(keys, theta_rows, extras)
     return np.asarray(out).reshape(post.num_chains, post.num_draws, -1)

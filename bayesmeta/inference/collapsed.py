@@ -16,6 +16,7 @@ given ``theta``), so the two can be compared or overlaid directly.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from functools import partial
 from operator import attrgetter
@@ -31,6 +32,7 @@ from bayesmeta.inference._scalar_marginal import (
     scalar_log_marginal_sum,
     scalar_marginal,
 )
+from bayesmeta.inference.diagnostics import check_fit
 from bayesmeta.inference.nuts import (
     NUTS_OPTIONS,
     SAMPLE_FIELDS,
@@ -40,6 +42,8 @@ from bayesmeta.inference.nuts import (
     sample_stats_from,
     show_progress,
 )
+from bayesmeta.inference.registry import Engine, sampler_cli_options
+from bayesmeta.posterior import Posterior
 
 __all__ = ["fit_collapsed", "why_not_collapsible", "COLLAPSED_OPTIONS", "clear_compiled"]
 
@@ -48,15 +52,25 @@ _MARGINALS = ("auto", "direct", "chebyshev")
 # below this many tasks a direct sum is as cheap as the Chebyshev form
 _CHEBYSHEV_MIN_TASKS = 256
 
-# Compiled collapsed samplers, most recently used last: (model, param_shape, data shapes,
-# NUTS options) -> (model, _CompiledNUTS). The model object is held so that its id stays unique.
-_COMPILED: OrderedDict = OrderedDict()
-_COMPILED_SIZE = 8
+# Compiled collapsed samplers are kept on the model object itself (like full NUTS's
+# ``_nuts_programs``), most recently used last: (param_shape, data shapes, NUTS options)
+# -> _CompiledNUTS, the last few per model. They go when the model goes: the only
+# module-level record is a weak set of the models holding some, for clear_compiled().
+_PROGRAMS_ATTR = "_collapsed_programs"
+_PROGRAMS_PER_MODEL = 8
+_HOLDERS: weakref.WeakSet = weakref.WeakSet()
 
 
-def clear_compiled() -> None:
-    """Forget the compiled collapsed samplers kept for refits of the same model."""
-    _COMPILED.clear()
+def clear_compiled(model=None) -> None:
+    """Forget the compiled collapsed samplers kept on ``model`` for its refits, or, with
+    no ``model``, those of every model object still alive.
+
+    The samplers live on the model object (``model._collapsed_programs``), so they are
+    freed with it; clearing is needed only to force a fresh compile."""
+    models = list(_HOLDERS) if model is None else [model]
+    for m in models:
+        m.__dict__.pop(_PROGRAMS_ATTR, None)
+        _HOLDERS.discard(m)
 
 
 def why_not_collapsible(model) -> str | None:
@@ -157,9 +171,10 @@ def _marginal_form(stats, param_shape, choice: str):
 
 
 def _sampler(model, param_shape, stats, nuts_opts):
-    """The compiled collapsed sampler for ``model``, kept per model object, data shapes and
-    options; ``(sampler, reused)``, or ``(None, False)`` where the NUTS options ask for
-    what the compiled loop does not do (a progress bar, thinning, parallel chains)."""
+    """The compiled collapsed sampler for ``model``, kept on the model object per data
+    shapes and options (the last few); ``(sampler, reused)``, or ``(None, False)`` where
+    the NUTS options ask for what the compiled loop does not do (a progress bar, thinning,
+    parallel chains)."""
     if (
         show_progress(nuts_opts)
         or nuts_opts["thinning"] != 1
@@ -167,18 +182,23 @@ def _sampler(model, param_shape, stats, nuts_opts):
     ):
         return None, False
     shapes = tuple((tuple(x.shape), str(x.dtype)) for x in stats)
-    key = (id(model), param_shape, shapes, tuple(sorted(nuts_opts.items())))
+    key = (param_shape, shapes, tuple(sorted(nuts_opts.items())))
+    store = model.__dict__.setdefault(_PROGRAMS_ATTR, OrderedDict())
     try:
-        hit = _COMPILED.get(key)
+        _HOLDERS.add(model)
+    except TypeError:  # not weakly referenceable: clear_compiled(model) still works
+        pass
+    try:
+        hit = store.get(key)
     except TypeError:  # an unhashable option (e.g. a custom init strategy): no reuse
         return _CompiledNUTS(_hyper_model(model, param_shape), nuts_opts), False
-    if hit is not None and hit[0] is model:
-        _COMPILED.move_to_end(key)
-        return hit[1], True
+    if hit is not None:
+        store.move_to_end(key)
+        return hit, True
     sampler = _CompiledNUTS(_hyper_model(model, param_shape), nuts_opts)
-    _COMPILED[key] = (model, sampler)
-    while len(_COMPILED) > _COMPILED_SIZE:
-        _COMPILED.popitem(last=False)
+    store[key] = sampler
+    while len(store) > _PROGRAMS_PER_MODEL:
+        store.popitem(last=False)
     return sampler, False
 
 
@@ -222,14 +242,13 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
 
     ``info["marginal"]`` says which form ran (with the degree and the checked error).
 
-    The compiled sampler is kept (for the last few model objects) and reused when the
-    same model object is fitted again to data of the same shapes with the same options:
-    the data are inputs of the compiled program, never constants in it, so a refit — a
-    simulation study, calibration runs — skips compilation. ``info["compiled"]`` says
-    whether this fit compiled (``"new"``) or reused (``"reused"``) the sampler.
+    The compiled sampler is kept on the model object (for its last few data shapes and
+    options; :func:`clear_compiled` forgets them) and reused when the same model object is
+    fitted again to data of the same shapes with the same options: the data are inputs of
+    the compiled program, never constants in it, so a refit — a simulation study,
+    calibration runs — skips compilation. ``info["compiled"]`` says whether this fit
+    compiled (``"new"``) or reused (``"reused"``) the sampler.
     """
-    from bayesmeta.inference.diagnostics import check_fit
-    from bayesmeta.posterior import Posterior
 
     why = why_not_collapsible(model)
     if why is not None:
@@ -315,3 +334,13 @@ def _pointwise(lik, data, theta, hyper_flat, batch: int = 256) -> dict:
     flat = jnp.asarray(theta.reshape(chains * draws, *theta.shape[2:]))
     ll = jax.lax.map(one, (flat, extras_flat), batch_size=batch)
     return {"y": np.asarray(ll).reshape(chains, draws, -1)}
+
+
+ENGINE = Engine(
+    name="collapsed",
+    summary="NUTS on the hyperparameters with Gaussian theta_t integrated out exactly",
+    options=COLLAPSED_OPTIONS,
+    fit=fit_collapsed,
+    why_not=lambda model, tasks: why_not_collapsible(model),
+    cli_options=sampler_cli_options,
+)

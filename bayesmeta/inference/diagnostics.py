@@ -3,18 +3,34 @@ and bulk ESS (Vehtari et al. 2021), and the one plain warning a fit emits."""
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import numpy as np
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
-from bayesmeta.exact.normal import _ndtri
+from bayesmeta._special import ndtri as _ndtri
 
 __all__ = ["rhat", "ess_bulk", "e_bfmi", "check_fit", "FitWarning"]
 
 
 class FitWarning(UserWarning):
     """A fit's diagnostics failed (divergences, R-hat, ESS)."""
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside bayesmeta
+    (engines sit at different depths below ``bm.fit``)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        _PACKAGE_DIR + os.sep
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _rank_normalize(x: np.ndarray) -> np.ndarray:
@@ -141,6 +157,6 @@ def check_fit(
         warnings.warn(
             "bayesmeta fit diagnostics: " + "; ".join(out["problems"]) + "." + tail,
             FitWarning,
-            stacklevel=5,
+            stacklevel=user_stacklevel(),
         )
     return out

@@ -32,7 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC, NUTS, log_likelihood
 
+from bayesmeta.inference.assemble import arviz_stats, assemble
 from bayesmeta.inference.diagnostics import check_fit
+from bayesmeta.inference.registry import Engine, sampler_cli_options
+from bayesmeta.info import FitInfo, NUTSInfo
+from bayesmeta.model import _TaskModel, build_callable
 
 __all__ = ["fit_nuts", "NUTS_OPTIONS", "CompiledNUTS"]
 
@@ -138,14 +142,6 @@ def run_nuts(fn, data: dict, seed: int, opts: dict, extra_fields=()):
     samples = mcmc.get_samples(group_by_chain=True)
     extras = mcmc.get_extra_fields(group_by_chain=True)
     return samples, extras, mcmc
-
-
-def sample_stats_from(extras: dict) -> dict:
-    """NumPyro's extra fields under ArviZ's names (the one renaming lives in
-    ``bayesmeta.arviz``), each ``(chain, draw)``."""
-    from bayesmeta.arviz import _rename_sample_stats
-
-    return _rename_sample_stats({k: np.asarray(v) for k, v in extras.items()})
 
 
 class CompiledNUTS:
@@ -323,7 +319,6 @@ def fit_nuts(built, tasks, seed: int, model=None, **options):
     ``first_posterior_s`` (wall time from the call to the returned posterior) and
     ``compiled`` (whether this fit compiled).
     """
-    from bayesmeta.posterior import Posterior
 
     t_start = time.perf_counter()
     opts = dict(NUTS_OPTIONS, **options)
@@ -345,7 +340,6 @@ def fit_nuts(built, tasks, seed: int, model=None, **options):
             samples, extras, again = program.run(seed, built.data, target)
             timing["sampling_s"] += again["sampling_s"]
             info["target_accept"] = target
-    stats = sample_stats_from(extras)
     timing["first_posterior_s"] = time.perf_counter() - t_start
     info["timing"] = timing
     post = posterior_from_draws(
@@ -353,11 +347,11 @@ def fit_nuts(built, tasks, seed: int, model=None, **options):
         tasks,
         model,
         samples,
-        stats,
+        extras,
         method="nuts",
         warn=opts["warn"],
         info=info,
-        posterior_cls=Posterior,
+        info_type=NUTSInfo,
     )
     post.info["timing"]["first_posterior_s"] = time.perf_counter() - t_start
     return post
@@ -407,25 +401,29 @@ def parameterization_advice(built, tasks, model, samples):
     return advice, mask
 
 
+def sample_stats_from(extras: dict) -> dict:
+    """NumPyro's extra fields under ArviZ's names (see :func:`assemble.arviz_stats`)."""
+    return arviz_stats(extras)
+
+
 def posterior_from_draws(
-    built, tasks, model, samples, sample_stats, method, warn, info, posterior_cls
+    built, tasks, model, samples, extras, method, warn, info, info_type=FitInfo
 ):
-    """Drop helper sites, add the pointwise log-likelihood, check convergence."""
+    """Check convergence on the draws of a full-model sampler (NUTS, VI), defer the
+    pointwise log-likelihood, and assemble the Posterior (``extras``: NumPyro's names)."""
     samples = {k: np.asarray(v) for k, v in samples.items()}
     chains, draws = next(iter(samples.values())).shape[:2]
     flat = {k: v.reshape(chains * draws, *v.shape[2:]) for k, v in samples.items()}
-    samples = {k: v for k, v in samples.items() if k not in built.hidden}
+    shown = {k: v for k, v in samples.items() if k not in built.hidden}
 
     def pointwise():  # deferred: computed when post.log_likelihood is first used
         ll = log_likelihood(built.fn, flat, batch_ndims=1, **built.data)
         return {k: np.asarray(v).reshape(chains, draws, *np.shape(v)[1:]) for k, v in ll.items()}
 
-    divergences = None
-    if sample_stats and "diverging" in sample_stats:
-        divergences = int(np.sum(sample_stats["diverging"]))
-    energy = sample_stats.get("energy") if sample_stats else None
-    advice, suggested = parameterization_advice(built, tasks, model, samples)
-    diag = check_fit(samples, divergences, warn=warn, energy=energy, advice=advice)
+    extras = {k: np.asarray(v) for k, v in (extras or {}).items()}
+    divergences = int(np.sum(extras["diverging"])) if "diverging" in extras else None
+    advice, suggested = parameterization_advice(built, tasks, model, shown)
+    diag = check_fit(shown, divergences, warn=warn, energy=extras.get("energy"), advice=advice)
     if "advice" in diag:
         diag["suggested_parameterization"] = suggested
     observed = {"y": np.asarray(built.data["y"])} if "y" in built.data else {}
@@ -437,16 +435,31 @@ def posterior_from_draws(
         }
         if "y" in ll_shape and observed["y"].shape != ll_shape["y"]:
             observed = {}
-    return posterior_cls(
+    return assemble(
         samples,
         method=method,
-        dims=built.dims,
-        coords=built.coords,
         tasks=tasks,
         model=model,
-        sample_stats=sample_stats,
+        built=built,
+        sampler_stats=extras,
         log_likelihood=pointwise,
         observed_data=observed,
         info=dict(info, diagnostics=diag),
-        param_shape=built.param_shape,
+        info_type=info_type,
     )
+
+
+def _fit_engine(model, tasks, seed: int, **options):
+
+    if isinstance(model, _TaskModel):
+        return fit_nuts(model.build(tasks), tasks, seed, model=model, **options)
+    return fit_nuts(build_callable(model, tasks), tasks, seed, model=None, **options)
+
+
+ENGINE = Engine(
+    name="nuts",
+    summary="NUTS on the full model, one compiled program per model structure",
+    options=NUTS_OPTIONS,
+    fit=_fit_engine,
+    cli_options=sampler_cli_options,
+)

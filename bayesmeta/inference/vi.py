@@ -22,7 +22,11 @@ from numpyro.infer.autoguide import (
     AutoNormal,
 )
 
-from bayesmeta.inference.diagnostics import FitWarning
+from bayesmeta.inference.diagnostics import FitWarning, user_stacklevel
+from bayesmeta.inference.nuts import posterior_from_draws
+from bayesmeta.inference.registry import Engine
+from bayesmeta.info import VIInfo
+from bayesmeta.model import _TaskModel, build_callable
 
 __all__ = ["fit_vi", "VI_OPTIONS", "GUIDES"]
 
@@ -83,8 +87,6 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
     (guide draws), ``num_particles`` (ELBO Monte-Carlo particles), ``progress_bar``,
     ``convergence_tol``, ``warn``.
     """
-    from bayesmeta.inference.nuts import posterior_from_draws
-    from bayesmeta.posterior import Posterior
 
     opts = dict(VI_OPTIONS, **options)
     _check_options(opts)
@@ -108,7 +110,7 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
             f"{change:.3g} over the last tenth of {opts['num_steps']} steps); raise "
             "num_steps or adjust learning_rate.",
             FitWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
     draws = Predictive(guide, params=result.params, num_samples=int(opts["num_samples"]))(
         key_draw, **built.data
@@ -137,5 +139,29 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
         method="vi",
         warn=False,
         info=info,
-        posterior_cls=Posterior,
+        info_type=VIInfo,
     )
+
+
+def _fit_engine(model, tasks, seed: int, **options):
+
+    if isinstance(model, _TaskModel):
+        return fit_vi(model.build(tasks), tasks, seed, model=model, **options)
+    return fit_vi(build_callable(model, tasks), tasks, seed, model=None, **options)
+
+
+def _cli_options(chains: int, warmup: int, draws: int, progress: bool) -> dict:
+    # draws for every chain the command asked for; --warmup, when given, is the step count
+    opts = dict(num_samples=draws * chains, progress_bar=progress)
+    if warmup != 1000:
+        opts["num_steps"] = warmup
+    return opts
+
+
+ENGINE = Engine(
+    name="vi",
+    summary="SVI with an automatic guide and an optax optimizer",
+    options=VI_OPTIONS,
+    fit=_fit_engine,
+    cli_options=_cli_options,
+)

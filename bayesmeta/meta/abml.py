@@ -15,14 +15,17 @@ meta-trained through those steps (second order) on
 ``nll_fn(params, batch)`` is one task's negative log-likelihood. The learner has the usual
 ``init``/``step``/``adapt`` (so :func:`bayesmeta.meta.train` runs it) plus ``gaussians`` and
 ``posterior`` giving each task's ``q`` as :class:`~bayesmeta.meta.TaskGaussians` or as a
-``Posterior`` (method ``"abml"``).
+``Posterior`` (method ``"abml"``). Its Monte Carlo noise comes from the keys it is given:
+``step(state, task_batch, key)``, ``adapt(..., key=)`` and ``gaussians(..., key=)`` take a
+JAX PRNG key (:func:`~bayesmeta.meta.train` passes one per step, from its ``seed``), and
+``posterior(..., seed=)`` an integer seed.
 
->>> import jax.numpy as jnp, optax, bayesmeta as bm
+>>> import jax, jax.numpy as jnp, optax, bayesmeta as bm
 >>> nll = lambda p, b: 0.5 * jnp.sum((b - p) ** 2)
 >>> learner = bm.meta.abml(nll, optax.adam(1e-2), inner_lr=0.1, num_inner_steps=3)
 >>> state = learner.init(jnp.zeros(2))
 >>> data = jnp.ones((4, 5, 2))
->>> state, info = learner.step(state, {"support": data, "query": data})
+>>> state, info = learner.step(state, {"support": data, "query": data}, jax.random.key(0))
 >>> info.kl.shape
 ()
 """
@@ -93,10 +96,13 @@ class ABML(NamedTuple):
     """ABML learner: ``init``, ``step``, ``adapt`` plus ``gaussians`` and ``posterior``.
 
     init(params_or_prior) -> MetaState             (a GaussianPrior in ``state.params``)
-    step(state, task_batch) -> (MetaState, ABMLInfo)
-    adapt(prior_or_state, support, num_steps=None, key=None) -> GaussianPrior (one task's q)
-    gaussians(prior_or_state, support_batch, num_steps=None, key=None) -> TaskGaussians
+    step(state, task_batch, key) -> (MetaState, ABMLInfo)
+    adapt(prior_or_state, support, num_steps=None, key=...) -> GaussianPrior (one task's q)
+    gaussians(prior_or_state, support_batch, num_steps=None, key=...) -> TaskGaussians
     posterior(prior_or_state, support_batch, *, num_draws, seed, ...) -> Posterior
+
+    ``key`` is a JAX PRNG key (required: the adaptation is stochastic); ``posterior``
+    takes an integer ``seed``.
     """
 
     init: Callable
@@ -106,7 +112,19 @@ class ABML(NamedTuple):
     posterior: Callable
 
 
-_ADAPT_STREAM = 2**31 - 1  # key stream of adapt/gaussians when no key is given
+def _check_key(key):
+    """``key`` unless it is missing or an integer (ABML takes JAX PRNG keys, not seeds)."""
+    if key is None:
+        raise ValueError(
+            "key: ABML's adaptation draws Monte Carlo noise; pass a JAX PRNG key "
+            "(jax.random.key(seed)); bayesmeta.meta.train passes one per step"
+        )
+    if isinstance(key, int | np.integer) or not hasattr(key, "dtype"):
+        raise ValueError(
+            f"key: expected a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__} "
+            f"{key!r}; only ABML's posterior(..., seed=) takes an integer seed"
+        )
+    return key
 
 
 def _kl_diag(qm, qls, pm, pls):
@@ -127,7 +145,6 @@ def abml(
     init_scale: float = 0.1,
     kl_weight: float = 1.0,
     preconditioned: bool = True,
-    seed: int = 0,
 ) -> ABML:
     """Build an ABML meta-learner.
 
@@ -145,7 +162,9 @@ def abml(
         ``sigma^2`` (a natural-gradient step for the KL term, whose curvature
         ``1/sigma^2`` otherwise forces ``inner_lr < 2 sigma^2``); ``False`` gives the plain
         gradient steps of the paper. Either way the fixed point is the ELBO optimum.
-      seed: seed of the Monte Carlo noise (step ``n`` uses ``fold_in(seed, n)``).
+
+    The learner holds no random state: every draw of Monte Carlo noise comes from the
+    ``key`` passed to ``step``, ``adapt`` and ``gaussians``.
     """
     _check_loss_fn(nll_fn)
     optimizer = _check_optimizer(optimizer)
@@ -156,7 +175,6 @@ def abml(
     _check_int("num_mc_samples", num_mc_samples, 1)
     _check_positive("init_scale", init_scale)
     _check_positive("kl_weight", kl_weight)
-    base_key = jax.random.PRNGKey(seed)
     base_init = _init_fn(optimizer)
 
     def flat(prior: GaussianPrior):
@@ -196,11 +214,11 @@ def abml(
             prior = GaussianPrior(mean, log_scale)
         return base_init(prior)
 
-    def step(state: MetaState, task_batch: Mapping):
+    def step(state: MetaState, task_batch: Mapping, key: jax.Array):
         size = _check_task_batch(task_batch)
         if not isinstance(state.params, GaussianPrior):
             raise ValueError("state: ABML's state.params must be a GaussianPrior (use init)")
-        keys = jax.random.split(jax.random.fold_in(base_key, state.count), size)
+        keys = jax.random.split(_check_key(key), size)
 
         def objective(prior):
             pm, pls, unravel = flat(prior)
@@ -237,7 +255,7 @@ def abml(
     def adapt(prior_or_state, support_batch, num_steps=None, key=None):
         prior = _prior_of(prior_or_state)
         steps = num_inner_steps if num_steps is None else _check_int("num_steps", num_steps, 0)
-        key = jax.random.fold_in(base_key, _ADAPT_STREAM) if key is None else key
+        key = _check_key(key)
         pm, pls, unravel = flat(prior)
 
         def flat_nll(f, b):
@@ -256,7 +274,7 @@ def abml(
         if not leaves or any(jnp.ndim(x) < 1 for x in leaves):
             raise ValueError("support_batch: expected arrays with a leading task axis")
         num_tasks = jnp.shape(leaves[0])[0]
-        key = jax.random.fold_in(base_key, _ADAPT_STREAM) if key is None else key
+        key = _check_key(key)
         steps = num_inner_steps if num_steps is None else _check_int("num_steps", num_steps, 0)
         qs = _adapt_many(prior, support_batch, jax.random.split(key, num_tasks), steps)
         qm = jax.vmap(lambda t: ravel_pytree(t)[0])(qs.mean)

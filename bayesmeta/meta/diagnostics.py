@@ -22,7 +22,6 @@ Both have a ``plot_*`` companion (matplotlib is imported only there).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -30,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayesmeta.meta._compiled import compiled
 from bayesmeta.meta._inner import _check_inner_lr, inner_loop
 from bayesmeta.meta.learners import (
     MetaState,
@@ -38,6 +38,7 @@ from bayesmeta.meta.learners import (
     _check_task_batch,
     _params_of,
 )
+from bayesmeta.meta.train import train
 
 __all__ = [
     "InnerLoopCurve",
@@ -78,9 +79,12 @@ def _paired_se(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.std(diff, ddof=1) / np.sqrt(diff.shape[0]))
 
 
-@functools.lru_cache(maxsize=32)
-def _curve_fn(loss_fn: Callable, max_steps: int, with_prox: bool) -> Callable:
+def _curve_fn(loss_ref: Callable, max_steps: int, with_prox: bool) -> Callable:
+    """The jitted curve of ``loss_ref()`` (a weak reference when kept: see ``_compiled``)."""
+
     def one(params, task, inner_lr, prox_weight):
+        loss_fn = loss_ref()
+
         def track(p):
             return loss_fn(p, task["query"]), loss_fn(p, task["support"])
 
@@ -116,7 +120,11 @@ def inner_loop_curve(
     _check_task_batch(task_batch)
     params = jax.tree.map(jnp.asarray, _params_of(params))
     _check_inner_lr(inner_lr, params)
-    fn = _curve_fn(loss_fn, max_steps, prox_weight is not None)
+    with_prox = prox_weight is not None
+    # kept while loss_fn lives (held weakly): repeated curves of one loss compile once
+    fn = compiled(
+        (loss_fn,), (max_steps, with_prox), lambda ref: _curve_fn(ref, max_steps, with_prox)
+    )
     query, support = fn(params, task_batch, inner_lr, prox_weight)
     query = np.asarray(query)  # (B, S+1)
     support = np.asarray(support)
@@ -210,7 +218,6 @@ def meta_overfitting_gap(
     ``train_tasks``/``test_tasks`` are task batches (``{"support", "query"}``, leading task
     axis). ``learner.adapt`` must return parameters (MAML, Reptile, iMAML, Meta-SGD).
     """
-    from bayesmeta.meta.train import train
 
     _check_loss_fn(loss_fn)
     num_train = _check_task_batch(train_tasks, "train_tasks")

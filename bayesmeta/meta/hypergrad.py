@@ -41,6 +41,7 @@ from bayesmeta.meta.learners import (
     _query_losses,
     build_maml_loss,
 )
+from bayesmeta.meta.train import train
 
 __all__ = [
     "post_adaptation_loss",
@@ -151,7 +152,6 @@ def learn_inner_lr(
     Returns:
       ``(inner_lr, history)``.
     """
-    from bayesmeta.meta.train import train
 
     if isinstance(tasks, Mapping):
         _check_task_batch(tasks, "tasks")

@@ -41,7 +41,6 @@ array([[1. , 0. ],
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -50,8 +49,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from bayesmeta.meta._compiled import compiled
 from bayesmeta.meta._inner import _check_inner_lr, inner_loop
 from bayesmeta.meta.learners import _check_int, _check_loss_fn, _check_positive
+from bayesmeta.posterior import Posterior
 
 __all__ = [
     "TaskGaussians",
@@ -348,20 +349,22 @@ def _check_output(support: Any, labels: Sequence[str] | None, num_draws: Any) ->
     _check_int("num_draws", num_draws, 1)
 
 
-@functools.lru_cache(maxsize=32)
 def _task_numerics(
-    loss_fn: Callable,
+    loss_ref: Callable,
     num_steps: int,
     with_prox: bool,
     hessian: str,
     expand_at: str,
-    predict_fn: Callable | None,
-    output_loss_fn: Callable | None,
+    predict_ref: Callable,
+    output_loss_ref: Callable,
 ) -> Callable:
     """Jitted per-task numerics (adapted point, curvature eigen-pairs, gradient at the
-    initialisation), vmapped over tasks; cached so repeated calls compile once."""
+    initialisation), vmapped over tasks. The user's functions are reached through the
+    ``*_ref()`` references (weak when kept: see ``_compiled``), so that the kept program
+    does not keep them alive."""
 
     def one_task(init, batch, rates, s, lam_prox):
+        loss_fn, predict_fn, output_loss_fn = loss_ref(), predict_ref(), output_loss_ref()
         flat_init, unravel, flat_loss = _flat_fns(loss_fn, init)
         adapted, _ = inner_loop(
             flat_loss,
@@ -419,8 +422,12 @@ def _gaussians(
         lam_prox = float(prior_precision)
         s = jnp.full((d,), 1.0 / np.sqrt(lam_prox), flat_init.dtype)
 
-    fn = _task_numerics(
-        loss_fn, k, lam_prox is not None, hessian, expand_at, predict_fn, output_loss_fn
+    with_prox = lam_prox is not None
+    # kept while the user's functions live (held weakly): repeated calls compile once
+    fn = compiled(
+        (loss_fn, predict_fn, output_loss_fn),
+        (k, with_prox, hessian, expand_at),
+        lambda *refs: _task_numerics(refs[0], k, with_prox, hessian, expand_at, *refs[1:]),
     )
     adapted, lam, v, grad_init = fn(
         init,
@@ -688,7 +695,6 @@ def to_posterior(
     ``"layer_0_b"``) with dims ``["task", "<name>_dim"]`` (1-D) or
     ``["task", "<name>_dim_0", ...]``. Draws have shape ``(1, num_draws, T, *leaf)``.
     """
-    from bayesmeta.posterior import Posterior
 
     _check_int("num_draws", num_draws, 1)
     num_tasks = gaussians.num_tasks

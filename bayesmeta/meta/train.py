@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from bayesmeta.meta._compiled import compiled
 from bayesmeta.meta.learners import MetaState
 
 __all__ = ["train"]
@@ -33,17 +34,35 @@ def _default_chunk(num_steps: int) -> int:
     return max(1, min(1000, math.ceil(num_steps / 100)))
 
 
-@functools.lru_cache(maxsize=16)
-def _chunk_runner(learner: Any, task_sampler: Callable, chunk_size: int) -> Callable:
-    """A jitted ``lax.scan`` over ``chunk_size`` outer steps, cached so that repeated calls
-    of :func:`train` with the same learner and sampler compile once."""
+# the key stream of learners whose step is stochastic (ABML): step ``s`` gets
+# ``fold_in(fold_in(PRNGKey(seed), _STEP_STREAM), s)``, apart from the task stream
+_STEP_STREAM = 2**31 - 1
+
+
+def _step_takes_key(step: Callable) -> bool:
+    """Whether ``step`` is ``step(state, task_batch, key)`` (a parameter named ``key``)."""
+    try:
+        return "key" in inspect.signature(step).parameters
+    except (TypeError, ValueError):  # no signature to read: the deterministic form
+        return False
+
+
+def _chunk_runner(step_ref: Callable, sampler_ref: Callable, chunk_size: int, with_key: bool):
+    """A jitted ``lax.scan`` over ``chunk_size`` outer steps. The step and the sampler are
+    reached through ``step_ref()``/``sampler_ref()`` (weak references when kept), so the
+    runner does not keep them alive."""
 
     def one_step(carry, index):
         state, base_key, first, stop = carry
 
         def run(state):
-            batch = task_sampler(jax.random.fold_in(base_key, first + index))
-            new_state, info = learner.step(state, batch)
+            count = first + index
+            batch = sampler_ref()(jax.random.fold_in(base_key, count))
+            if with_key:
+                key = jax.random.fold_in(jax.random.fold_in(base_key, _STEP_STREAM), count)
+                new_state, info = step_ref()(state, batch, key)
+            else:
+                new_state, info = step_ref()(state, batch)
             metrics = {k: v for k, v in info._asdict().items() if jnp.ndim(v) == 0}
             return new_state, metrics
 
@@ -83,12 +102,16 @@ def train(
       params: initial meta-parameters, or a ``MetaState`` to continue training from.
       task_sampler: ``task_sampler(key) -> task_batch``; a JAX-traceable function (it is
         compiled together with the step). Outer step ``s`` (counted by ``state.count``,
-        so a resumed run continues the stream) uses ``fold_in(PRNGKey(seed), s)``.
+        so a resumed run continues the stream) uses ``fold_in(PRNGKey(seed), s)``. A
+        learner whose step is stochastic, ``step(state, task_batch, key)`` (ABML), gets
+        its keys from a separate stream of the same seed.
       num_steps: number of outer steps.
       seed: integer seed of the task stream.
       progress_bar: show a tqdm progress bar with the running meta-loss.
       chunk_size: steps per compiled ``lax.scan`` call (default ~1% of ``num_steps``); the
-        progress bar advances once per chunk. Everything compiles once.
+        progress bar advances once per chunk. Everything compiles once: the compiled loop
+        is kept while ``learner.step`` and ``task_sampler`` are alive (it holds neither),
+        so a second call with the same learner and sampler does not compile.
 
     Returns:
       ``(state, history)``: the final ``MetaState`` and a dict of per-step numpy arrays of
@@ -109,7 +132,13 @@ def train(
     chunk_size = min(chunk_size, num_steps)
 
     state = params if isinstance(params, MetaState) else learner.init(params)
-    run_chunk = _chunk_runner(learner, task_sampler, chunk_size)
+    with_key = _step_takes_key(learner.step)
+    # kept per (step, sampler), both held weakly: repeated calls compile once
+    run_chunk = compiled(
+        (learner.step, task_sampler),
+        (chunk_size, with_key),
+        lambda step_ref, sampler_ref: _chunk_runner(step_ref, sampler_ref, chunk_size, with_key),
+    )
     base_key = jax.random.PRNGKey(seed)
     # a resumed state continues the task stream where it stopped
     first = jnp.asarray(state.count, jnp.int32)

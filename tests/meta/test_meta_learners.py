@@ -228,16 +228,17 @@ def test_jitted_step_traces_once(name):
 
     learner = _learners_for_trace(loss)[name]
 
-    def counted_step(state, batch):
+    def counted_step(state, batch, key):
         calls["step"] += 1
-        return learner.step(state, batch)
+        # ABML's step is stochastic and takes its key; the others are deterministic
+        return learner.step(state, batch, key) if name == "abml" else learner.step(state, batch)
 
     step = jax.jit(counted_step)
     state = learner.init(_tiny_params())
-    state, _ = step(state, _tiny_tasks(0))
+    state, _ = step(state, _tiny_tasks(0), jax.random.PRNGKey(0))
     after_first = dict(calls)
     for seed in range(1, 4):
-        state, info = step(state, _tiny_tasks(seed))
+        state, info = step(state, _tiny_tasks(seed), jax.random.PRNGKey(seed))
     assert calls == after_first
     assert after_first["step"] == 1
     assert int(state.count) == 4

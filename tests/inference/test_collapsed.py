@@ -63,7 +63,10 @@ def test_collapsed_agrees_with_full_nuts_on_linear_regression():
 
 
 def test_auto_picks_collapsed_when_eligible():
-    from bayesmeta.inference import _eligible_collapsed
+    from bayesmeta.inference import ENGINES
+
+    def _eligible_collapsed(model):  # the registry's eligibility of the collapsed engine
+        return ENGINES["collapsed"].why_not(model, None)
 
     assert _eligible_collapsed(bm.Hierarchical(bm.likelihoods.NormalKnownNoise())) is None
     assert _eligible_collapsed(bm.Hierarchical(bm.likelihoods.LogisticRegression())) is not None
@@ -177,6 +180,42 @@ def test_refit_reuses_the_compiled_sampler_with_the_new_data():
     assert not np.allclose(a.samples["mu"], b.samples["mu"])
     # another model object (even an equal one) compiles its own
     assert bm.fit(eight_schools_model(), second, **kw).info["compiled"] == "new"
+
+
+def test_compiled_samplers_live_on_the_model_and_go_with_it():
+    """The compiled samplers are kept on the model object (the last few per model), not in
+    a module-level cache: a model that is no longer used is freed with its samplers, and
+    clear_compiled(model) forgets one model's samplers only."""
+    import gc
+    import weakref
+
+    from conftest import eight_schools_model
+
+    from bayesmeta.inference import collapsed as col
+
+    kw = dict(
+        method="collapsed", seed=1, num_warmup=20, num_samples=20, progress_bar=False, warn=False
+    )
+    data = bm.datasets.eight_schools()
+    model, other = eight_schools_model(), eight_schools_model()
+    bm.fit(model, data, **kw)
+    assert bm.fit(other, data, **kw).info["compiled"] == "new"
+    assert len(model._collapsed_programs) == len(other._collapsed_programs) == 1
+    col.clear_compiled(other)
+    assert "_collapsed_programs" not in other.__dict__
+    assert bm.fit(model, data, **kw).info["compiled"] == "reused"
+    # bounded: at most 8 (shapes, options) per model, the most recently used kept
+    stats = gauss.task_stats(model.likelihood, data)
+    opts = dict(_short_opts(), chain_method="vectorized")
+    for draws in range(4, 14):
+        col._sampler(model, (), stats, dict(opts, num_samples=draws))
+    assert len(model._collapsed_programs) == 8
+    assert col._sampler(model, (), stats, dict(opts, num_samples=13))[1] is True
+    assert col._sampler(model, (), stats, dict(opts, num_samples=4))[1] is False
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None  # nothing but the caller held the model (and its samplers)
 
 
 def test_log_likelihood_is_computed_on_first_use(schools_collapsed):

@@ -246,8 +246,8 @@ def test_meta_posterior_exports_to_arviz():
 
 
 def test_abml_meta_gradient_matches_finite_differences():
-    """ABML's objective is a deterministic function of the prior for a fixed step (the
-    Monte Carlo noise comes from fold_in(seed, count)); its autodiff meta-gradient through
+    """ABML's objective is a deterministic function of the prior for a fixed step key (the
+    Monte Carlo noise comes from the key passed to step); its autodiff meta-gradient through
     the stochastic inner loop must match central differences of that function."""
     x, y = _linear_tasks(4)
     batch = _batch(x, y)
@@ -258,11 +258,12 @@ def test_abml_meta_gradient_matches_finite_differences():
     prior = meta.GaussianPrior(jnp.array([0.1, -0.2, 0.3]), jnp.array([-1.0, -0.5, -0.8]))
     state = learner.init(prior)
     step = jax.jit(learner.step)
-    new_state, _ = step(state, tasks)
+    key = jax.random.PRNGKey(0)
+    new_state, _ = step(state, tasks, key)
     grad = jax.tree.map(lambda a, b: a - b, state.params, new_state.params)
 
     def objective(p):
-        return float(step(state._replace(params=p), tasks)[1].loss)
+        return float(step(state._replace(params=p), tasks, key)[1].loss)
 
     h = 1e-6
     for field in ("mean", "log_scale"):

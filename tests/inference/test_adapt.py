@@ -1,5 +1,6 @@
 """New-task posteriors (adapt), the population predictive, and predict."""
 
+import jax
 import numpy as np
 import pytest
 from test_fit import SCHOOL_SE, SCHOOL_Y, _log_normal
@@ -112,3 +113,70 @@ def test_adapt_rejects_bad_input(eight_schools_post):
         eight_schools_post.adapt(bm.datasets.eight_schools(), method="magic")
     with pytest.raises(ValueError, match="new_tasks: expected a bm.TaskSet"):
         eight_schools_post.adapt([1.0, 2.0])
+
+
+class _CompileCounter:
+    """Counts XLA compilations (JAX's backend-compile event) while active."""
+
+    def __init__(self):
+        self.count, self.active = 0, False
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event, duration, **kwargs):
+        if self.active and event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+
+COUNTER = _CompileCounter()
+
+
+def _compiles(fn):
+    """``(result, number of XLA compilations while running fn())``."""
+    COUNTER.count, COUNTER.active = 0, True
+    try:
+        out = fn()
+    finally:
+        COUNTER.active = False
+    return out, COUNTER.count
+
+
+def test_second_adapt_of_the_same_shapes_compiles_nothing(eight_schools_post):
+    """adapt compiles its per-task functions once per model (kept on the model object, the
+    data inputs of them), and the NUTS fallback once for all tasks of one shape, so a
+    second adapt on new tasks of the same shapes runs without compiling."""
+    from bayesmeta.inference.nuts import CompiledNUTS
+
+    post = eight_schools_post
+    labels = ["near", "far", "farther"]
+    first = bm.TaskSet.from_estimates(y=[5.0, 40.0, -35.0], se=[10.0, 2.0, 2.0], labels=labels)
+    second = bm.TaskSet.from_estimates(y=[2.0, 45.0, -40.0], se=[9.0, 2.0, 2.5], labels=labels)
+    a = post.adapt(first, seed=0)
+    expected = {"near": "conjugate", "far": "nuts", "farther": "nuts"}
+    assert a.info["adapt"]["method"] == expected
+    programs = [p for p in post.model._adapt_programs.values() if isinstance(p, CompiledNUTS)]
+    assert len(programs) == 1 and programs[0].compiles == 1  # one compile for both tasks
+    b, count = _compiles(lambda: post.adapt(second, seed=1))
+    assert count == 0
+    assert b.info["adapt"]["method"] == expected
+    assert programs[0].compiles == 1
+    # the compiled functions ran on the second tasks' data
+    assert abs(b.samples["theta"][..., 2].mean() - a.samples["theta"][..., 2].mean()) > 2.0
+    post.adapt(first, method="importance", seed=0)
+    imp, count = _compiles(lambda: post.adapt(second, method="importance", seed=1))
+    assert count == 0 and imp.info["adapt"]["method"]["near"] == "importance"
+
+
+def test_predict_takes_a_seed_and_the_low_level_predict_a_key(eight_schools_post):
+    from bayesmeta.inference.adapt import predict
+
+    post = eight_schools_post
+    by_seed = post.predict(seed=3, num_obs=2, noise_scale=1.0)
+    np.testing.assert_array_equal(by_seed, post.predict(3, num_obs=2, noise_scale=1.0))
+    by_key = predict(post, jax.random.PRNGKey(3), num_obs=2, noise_scale=1.0)
+    np.testing.assert_array_equal(by_seed, by_key)
+    with pytest.raises(ValueError, match="seed: Posterior.predict takes an integer seed"):
+        post.predict(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="key: .* takes a JAX PRNG key"):
+        predict(post, 0)
+    with pytest.raises(ValueError, match="seed: adapt takes an integer seed"):
+        post.adapt(bm.TaskSet.from_estimates(y=[1.0], se=[1.0]), seed=jax.random.PRNGKey(0))
