@@ -92,7 +92,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -270,7 +270,7 @@ def _split_timing(info: dict, wall: float, compile_s: float) -> tuple[float, flo
     The set-up is ``trace_s + compile_s`` when the fit reports those; otherwise its
     ``first_posterior_s``, less ``sampling_s`` when the two together exceed the call's wall
     time (then ``first_posterior_s`` is the whole call, not the set-up)."""
-    timing = info.get("timing") if isinstance(info, dict) else None
+    timing = info.get("timing") if isinstance(info, Mapping) else None
     if isinstance(timing, dict) and "sampling_s" in timing:
         sampling = float(timing["sampling_s"])
         if "trace_s" in timing and "compile_s" in timing:
@@ -621,6 +621,32 @@ def _finite(obj):
     return obj
 
 
+MAIN_JOB = "main_job"
+
+
+def measure_main_job(repeats: int = 3) -> dict:
+    """Wall time of the README's main job, ``bayesmeta fit`` (eight schools, defaults), in
+    a fresh process: once with an empty compilation cache (cold), then again with the
+    cache that run filled (warm); ``repeats`` pairs, each with its own cache directory."""
+    import subprocess
+    import tempfile
+
+    exe = os.path.join(os.path.dirname(sys.executable), "bayesmeta")
+    cmd = [exe, "fit"] if os.path.exists(exe) else [sys.executable, "-m", "bayesmeta.cli", "fit"]
+    cold, warm = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as cache:
+            env = {k: v for k, v in os.environ.items() if k != "BAYESMETA_NO_CACHE"}
+            env["BAYESMETA_CACHE_DIR"] = cache
+            for out in (cold, warm):
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                out.append(time.perf_counter() - t0)
+                if proc.returncode != 0:
+                    return {"error": _short(proc.stderr.strip().splitlines()[-1])}
+    return {"command": " ".join(["bayesmeta", "fit"]), "cold_s": cold, "warm_s": warm}
+
+
 def run_benchmark(
     cases: list[str],
     settings: dict,
@@ -638,7 +664,12 @@ def run_benchmark(
     machine = _machine(no_peers)  # imports the peers, so that no row pays for it
     bandwidth = measure_bandwidth(_BANDWIDTH_MIB[quick])
     rows, limits, descriptions = [], [], {}
+    main_job = None
     for name in cases:
+        if name == MAIN_JOB:
+            main_job = measure_main_job()
+            print(f"[benchmark] {name} done", file=sys.stderr, flush=True)
+            continue
         try:
             case = build_case(name, quick=quick)
         except Exception as err:
@@ -670,6 +701,7 @@ def run_benchmark(
         "bandwidth": bandwidth,
         "rows": rows,
         "limits": limits,
+        "main_job": main_job,
         "total_s": time.perf_counter() - t_start,
     }
     return _finite(result)
@@ -805,6 +837,21 @@ def _report(result: dict) -> list[str]:
     if result["limits"]:
         lines += ["", "Physical limit (memory bandwidth / bytes one gradient must read):"]
         lines += [_limit_line(lim) for lim in result["limits"]]
+    job = result.get("main_job")
+    if job:
+        if "error" in job:
+            lines += ["", f"Main job (`bayesmeta fit`): failed: {job['error']}"]
+        else:
+
+            def span(xs):
+                return f"{min(xs):.2f}–{max(xs):.2f} s"
+
+            lines += [
+                "",
+                f"Main job (`{job['command']}`, eight schools, a fresh process each, "
+                f"{len(job['cold_s'])} runs): {span(job['cold_s'])} with an empty compilation "
+                f"cache, {span(job['warm_s'])} with the cache the first run filled.",
+            ]
     return lines
 
 
@@ -851,7 +898,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASE_NAMES)}")
+    p.add_argument(
+        "cases", nargs="*", metavar="CASE", help=f"any of {', '.join((*CASE_NAMES, MAIN_JOB))}"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON (last line)")
     p.add_argument("--quick", action="store_true", help="small sizes and few draws")
     p.add_argument("--chains", type=int)
@@ -883,7 +932,7 @@ def main(argv: list[str] | None = None) -> dict:
             result = json.load(f)
         print(render_section(result), end="")
         return result
-    unknown = [c for c in args.cases if c not in CASE_NAMES]
+    unknown = [c for c in args.cases if c not in (*CASE_NAMES, MAIN_JOB)]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {', '.join(CASE_NAMES)}")
     settings = dict(QUICK_SETTINGS if args.quick else FULL_SETTINGS)
@@ -891,7 +940,7 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     no_peers = args.no_peers or os.environ.get("BENCH_NO_PEERS", "") not in ("", "0")
-    cases = list(dict.fromkeys(args.cases)) or list(CASE_NAMES)
+    cases = list(dict.fromkeys(args.cases)) or [*CASE_NAMES, MAIN_JOB]
     result = run_benchmark(
         cases,
         settings,

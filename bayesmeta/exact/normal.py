@@ -62,9 +62,19 @@ from bayesmeta._checks import check_estimates as _check_estimates
 
 # Special functions in float64 numpy (the library keeps JAX's dtype choice alone, and the
 # quadrature needs double precision whatever JAX is configured to do).
-from bayesmeta._special import logsumexp as _logsumexp
-from bayesmeta._special import ndtr as _ndtr
-from bayesmeta._special import ndtri as _ndtri
+from bayesmeta._special import logsumexp as _logsumexp  # noqa: F401  (old private name)
+from bayesmeta._special import ndtr as _ndtr  # noqa: F401  (old private name)
+from bayesmeta._special import ndtri as _ndtri  # noqa: F401  (old private name)
+from bayesmeta.exact.mixture import NormalMixture, _numpy_rng
+from bayesmeta.exact.quadrature import (
+    _GAUSS_W,  # noqa: F401  (read by the tests through this module)
+    _KRONROD_W,
+    _KRONROD_X,
+    _adaptive,
+    _Map,
+    _panel_integrals,  # noqa: F401
+    _panel_nodes,
+)
 
 __all__ = [
     "NormalMixture",
@@ -78,164 +88,6 @@ __all__ = [
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _DEFAULT_QUANTILES = (0.025, 0.05, 0.25, 0.5, 0.75, 0.95, 0.975)
-
-
-def _numpy_rng(seed: Any) -> np.random.Generator:
-    """A numpy Generator from an int seed or a JAX PRNG key (deterministic in both)."""
-    if isinstance(seed, int | np.integer):
-        return np.random.default_rng(int(seed))
-    try:
-        import jax
-
-        data = (
-            np.asarray(jax.random.key_data(seed))
-            if jnp.issubdtype(jnp.asarray(seed).dtype, jax.dtypes.prng_key)
-            else np.asarray(seed)
-        )
-    except (TypeError, AttributeError):
-        data = np.asarray(seed)
-    return np.random.default_rng([int(v) for v in np.ravel(data).astype(np.uint64)])
-
-
-# --------------------------------------------------------------------------- mixtures
-class NormalMixture:
-    """A finite mixture of normals, ``sum_j w_j N(m_j, s_j**2)``, batched.
-
-    ``weights``, ``means``, ``scales`` broadcast to a common shape ``(*batch_shape, J)``: the
-    last axis indexes components; weights are renormalised to sum to one over it. All
-    methods are float64 numpy.
-
-    >>> mix = NormalMixture([0.5, 0.5], [-1.0, 1.0], [1.0, 1.0])
-    >>> float(mix.mean), round(float(mix.cdf(0.0)), 12)
-    (0.0, 0.5)
-    """
-
-    def __init__(self, weights: Any, means: Any, scales: Any):
-        w, m, s = np.broadcast_arrays(
-            np.asarray(weights, float), np.asarray(means, float), np.asarray(scales, float)
-        )
-        if w.ndim == 0:
-            raise ValueError("weights: need a component axis (last axis)")
-        if np.any(w < 0) or np.any(s < 0):
-            raise ValueError("weights/scales: must be non-negative")
-        total = w.sum(axis=-1, keepdims=True)
-        if np.any(total <= 0):
-            raise ValueError("weights: every mixture needs positive total weight")
-        self.weights = w / total
-        self.means = m
-        self.scales = s
-
-    @property
-    def batch_shape(self) -> tuple[int, ...]:
-        return self.weights.shape[:-1]
-
-    @property
-    def mean(self) -> np.ndarray:
-        """Mixture mean, shape ``batch_shape``."""
-        return np.sum(self.weights * self.means, axis=-1)
-
-    @property
-    def variance(self) -> np.ndarray:
-        """Mixture variance (law of total variance), shape ``batch_shape``."""
-        mu = self.mean[..., None]
-        return np.sum(self.weights * (self.scales**2 + (self.means - mu) ** 2), axis=-1)
-
-    @property
-    def stddev(self) -> np.ndarray:
-        return np.sqrt(self.variance)
-
-    def _z(self, x: Any) -> np.ndarray:
-        x = np.asarray(x, dtype=float)[..., None]
-        return (x - self.means) / np.maximum(self.scales, 1e-300)
-
-    def log_prob(self, x: Any) -> np.ndarray:
-        """Log density at ``x`` (broadcast against ``batch_shape``)."""
-        z = self._z(x)
-        s = np.maximum(self.scales, 1e-300)
-        with np.errstate(divide="ignore", over="ignore"):
-            lw = np.log(self.weights)
-            return _logsumexp(lw - 0.5 * z * z - np.log(s) - 0.5 * _LOG_2PI, axis=-1)
-
-    def cdf(self, x: Any) -> np.ndarray:
-        """Cumulative distribution at ``x`` (broadcast against ``batch_shape``)."""
-        return np.sum(self.weights * _ndtr(self._z(x)), axis=-1)
-
-    def quantile(self, q: Any, tol: float = 1e-13, max_iter: int = 200) -> np.ndarray:
-        """Inverse CDF at probability ``q`` in (0, 1) (broadcast against ``batch_shape``).
-
-        Safeguarded Newton inside the bracket ``[min_j Q_j(q), max_j Q_j(q)]`` of component
-        quantiles (the mixture quantile always lies in it).
-        """
-        q = np.asarray(q, dtype=float)
-        if np.any((q <= 0) | (q >= 1)):
-            raise ValueError("q: probabilities must lie strictly between 0 and 1")
-        shape = np.broadcast_shapes(q.shape, self.batch_shape)
-        if shape == ():
-            return self.quantile(q.reshape(1), tol, max_iter)[0]
-        qq = np.broadcast_to(q, shape)
-        zq = _ndtri(qq)[..., None]
-        comp = self.means + self.scales * zq
-        live = self.weights > 0
-        lo = np.min(np.where(live, comp, np.inf), axis=-1)
-        hi = np.max(np.where(live, comp, -np.inf), axis=-1)
-        x = np.clip(self.mean + self.stddev * zq[..., 0], lo, hi)
-        todo = hi - lo > tol * np.maximum(np.abs(lo) + np.abs(hi), 1e-300)
-        x = np.where(todo, x, 0.5 * (lo + hi))
-        for _ in range(max_iter):
-            if not todo.any():
-                break
-            idx = np.nonzero(todo)
-            sub = self._take(shape, idx)
-            xs, qs, los, his = x[idx], qq[idx], lo[idx], hi[idx]
-            f = sub.cdf(xs) - qs
-            los = np.where(f < 0, xs, los)
-            his = np.where(f >= 0, xs, his)
-            dens = np.exp(sub.log_prob(xs))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                newton = xs - f / dens
-            bad = ~np.isfinite(newton) | (newton < los) | (newton > his)
-            hit = np.abs(f) <= 4e-16 * np.minimum(qs, 1 - qs)  # already at the root
-            x_new = np.where(hit, xs, np.where(bad, 0.5 * (los + his), newton))
-            step = np.abs(x_new - xs)
-            x[idx], lo[idx], hi[idx] = x_new, los, his
-            small = tol * np.maximum(np.abs(x_new), 1e-300)
-            todo[idx] = ~(hit | (~bad & (step <= small)) | (his - los <= small))
-        return x
-
-    def _take(self, shape: tuple, idx: tuple) -> NormalMixture:
-        """The sub-mixtures at positions ``idx`` (index arrays) of the batch broadcast to
-        ``shape``."""
-        w = np.broadcast_to(self.weights, shape + self.weights.shape[-1:])
-        m = np.broadcast_to(self.means, w.shape)
-        s = np.broadcast_to(self.scales, w.shape)
-        out = NormalMixture.__new__(NormalMixture)
-        out.weights, out.means, out.scales = w[idx], m[idx], s[idx]
-        return out
-
-    def interval(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-        """Central interval ``(quantile((1-level)/2), quantile((1+level)/2))``."""
-        a = (1.0 - float(level)) / 2.0
-        return self.quantile(a), self.quantile(1.0 - a)
-
-    def sample(self, seed: Any, num: int) -> np.ndarray:
-        """``num`` i.i.d. draws, shape ``(num, *batch_shape)``; ``seed`` an int or a JAX key."""
-        rng = _numpy_rng(seed)
-        cw = np.cumsum(self.weights, axis=-1)
-        u = rng.uniform(size=(int(num), *self.batch_shape, 1))
-        idx = np.minimum(np.sum(u > cw, axis=-1), self.weights.shape[-1] - 1)
-        m = np.take_along_axis(
-            np.broadcast_to(self.means, (int(num), *self.means.shape)), idx[..., None], axis=-1
-        )[..., 0]
-        s = np.take_along_axis(
-            np.broadcast_to(self.scales, (int(num), *self.scales.shape)), idx[..., None], axis=-1
-        )[..., 0]
-        return m + s * rng.standard_normal(m.shape)
-
-    def __repr__(self) -> str:
-        return (
-            f"NormalMixture(batch_shape={self.batch_shape}, "
-            f"num_components={self.weights.shape[-1]})"
-        )
 
 
 # --------------------------------------------------------------------------- JAX pieces
@@ -572,78 +424,6 @@ def _theta_moments_given_tau(y, se, tau, mhat, vmu):
     return mean, var
 
 
-# --------------------------------------------------------------------------- quadrature
-# Gauss-Kronrod 7-15 on [-1, 1] (QUADPACK's qk15 abscissae and weights); the 7-point Gauss
-# weights come from numpy's Gauss-Legendre rule. Exactness of the Kronrod rule up to degree 22
-# is checked in the tests.
-_XK = np.array(
-    [
-        0.991455371120812639206854697526329,
-        0.949107912342758524526189684047851,
-        0.864864423359769072789712788640926,
-        0.741531185599394439863864773280788,
-        0.586087235467691130294144845693013,
-        0.405845151377397166906606412076961,
-        0.207784955007898467600689403773245,
-        0.0,
-    ]
-)
-_WK = np.array(
-    [
-        0.022935322010529224963732008058970,
-        0.063092092629978553290700663189204,
-        0.104790010322250183839876322541518,
-        0.140653259715525918745189590510238,
-        0.169004726639267902826583426598550,
-        0.190350578064785409913256402421014,
-        0.204432940075298892414161999234649,
-        0.209482141084727828012999174891714,
-    ]
-)
-_KRONROD_X = np.concatenate([-_XK[:-1], [0.0], _XK[:-1][::-1]])
-_KRONROD_W = np.concatenate([_WK[:-1], [_WK[-1]], _WK[:-1][::-1]])
-_GAUSS_W = np.zeros(15)
-_GAUSS_W[1::2] = np.polynomial.legendre.leggauss(7)[1]
-
-
-@dataclass(frozen=True)
-class _Map:
-    """``tau = lower + c u / (1 - u)`` (unbounded) or ``lower + (upper - lower) u``."""
-
-    lower: float
-    upper: float
-    scale: float
-
-    @property
-    def bounded(self) -> bool:
-        return math.isfinite(self.upper)
-
-    def tau(self, u: np.ndarray) -> np.ndarray:
-        if self.bounded:
-            return self.lower + (self.upper - self.lower) * u
-        return self.lower + self.scale * u / (1.0 - u)
-
-    def jac(self, u: np.ndarray) -> np.ndarray:
-        if self.bounded:
-            return np.full(np.shape(u), self.upper - self.lower)
-        return self.scale / (1.0 - u) ** 2
-
-    def u(self, tau: np.ndarray) -> np.ndarray:
-        tau = np.asarray(tau, dtype=float)
-        if self.bounded:
-            return np.clip((tau - self.lower) / (self.upper - self.lower), 0.0, 1.0)
-        d = np.maximum(tau - self.lower, 0.0)
-        with np.errstate(invalid="ignore"):
-            out = d / (d + self.scale)
-        return np.where(np.isinf(d), 1.0, out)
-
-
-def _panel_nodes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    half = 0.5 * (b - a)
-    mid = 0.5 * (a + b)
-    return mid[:, None] + half[:, None] * _KRONROD_X, half
-
-
 @dataclass
 class _Rule:
     """A posterior quadrature rule for tau, shared across ``R`` data sets."""
@@ -728,63 +508,6 @@ def _integrand(y, se, loc, prior, mp, offset, u, with_theta):
         tm, tv = _theta_moments_given_tau(y, se, tau_b, mhat, vmu)  # (R, n, T)
         out = np.concatenate([out, dens[..., None] * tm, dens[..., None] * (tm**2 + tv)], axis=-1)
     return np.moveaxis(out, 1, 0)  # (n, R, K)
-
-
-def _panel_integrals(fn, a, b, width):
-    """Kronrod integral, error estimate and Kronrod integral of ``|f|`` per panel.
-
-    ``width`` is the number of integrand components per node; panels are processed in chunks
-    so a temporary never holds much more than ``4e6`` doubles."""
-    nodes, half = _panel_nodes(a, b)
-    chunk = max(1, int(4_000_000 // (15 * max(1, width))))
-    kron, err, absk = [], [], []
-    for start in range(0, len(a), chunk):
-        sl = slice(start, start + chunk)
-        vals = fn(nodes[sl].reshape(-1))  # (p*15, *M)
-        vals = vals.reshape(-1, 15, *vals.shape[1:])
-        h = half[sl].reshape(-1, *([1] * (vals.ndim - 2)))
-        k = h * np.einsum("k,pk...->p...", _KRONROD_W, vals)
-        g = h * np.einsum("k,pk...->p...", _GAUSS_W, vals)
-        kron.append(k)
-        err.append(np.abs(k - g))
-        absk.append(h * np.einsum("k,pk...->p...", _KRONROD_W, np.abs(vals)))
-    return np.concatenate(kron), np.concatenate(err), np.concatenate(absk)
-
-
-def _adaptive(fn, edges: np.ndarray, rtol: float, max_panels: int, width: int):
-    """Globally adaptive Gauss-Kronrod 7-15 for a vector integrand on [0, 1].
-
-    ``fn(u: (n,)) -> (n, *M)``. A panel's error is ``|K15 - G7|`` (conservative); panels are
-    bisected while some component's summed error exceeds ``rtol`` times the integral of its
-    absolute value. Returns the final (sorted) edges and whether it converged.
-    """
-    a, b = edges[:-1], edges[1:]
-    kron, err, absk = _panel_integrals(fn, a, b, width)
-    converged = False
-    for _ in range(200):
-        total_err = err.sum(axis=0)
-        tol = rtol * absk.sum(axis=0) + 1e-300
-        if np.all(total_err <= tol):
-            converged = True
-            break
-        num = len(a)
-        score = (err / tol).reshape(num, -1).max(axis=1)
-        split = score > 0.5 / num
-        split[np.argmax(score)] = True
-        if num + split.sum() > max_panels:
-            break
-        mid = 0.5 * (a[split] + b[split])
-        na = np.concatenate([a[split], mid])
-        nb = np.concatenate([mid, b[split]])
-        k2, e2, ab2 = _panel_integrals(fn, na, nb, width)
-        keep = ~split
-        a = np.concatenate([a[keep], na])
-        b = np.concatenate([b[keep], nb])
-        kron = np.concatenate([kron[keep], k2])
-        err = np.concatenate([err[keep], e2])
-        absk = np.concatenate([absk[keep], ab2])
-    order = np.argsort(a)
-    return np.concatenate([a[order], [b[order][-1]]]), converged
 
 
 def _default_scale(y: np.ndarray, se: np.ndarray) -> float:

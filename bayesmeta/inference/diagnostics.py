@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
@@ -53,6 +54,11 @@ def _split(x: np.ndarray) -> np.ndarray:
     return np.concatenate([x[:, :d], x[:, x.shape[1] - d :]], axis=0)
 
 
+# components per block when many parameters are diagnosed at once: the blocks run on
+# threads (numpy's sort and the FFTs release the GIL), so every core works on them
+_BLOCK = 512
+
+
 def _rhat_ess(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rank-normalised split R-hat (max of bulk and tail) and bulk ESS, sharing the
     rank normalisation of the draws."""
@@ -60,6 +66,15 @@ def _rhat_ess(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if x.shape[1] < 4:
         nan = np.full(x.shape[2:], np.nan)
         return nan, nan
+    if x.ndim == 3 and x.shape[2] > _BLOCK and (os.cpu_count() or 1) > 1:
+        blocks = [x[..., i : i + _BLOCK] for i in range(0, x.shape[2], _BLOCK)]
+        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+            parts = list(pool.map(_rhat_ess_block, blocks))
+        return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
+    return _rhat_ess_block(x)
+
+
+def _rhat_ess_block(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     z = _rank_normalize(x)
     bulk = split_gelman_rubin(z)
     folded = np.abs(x - np.median(x.reshape(-1, *x.shape[2:]), axis=0))

@@ -58,3 +58,16 @@ def test_check_fit_warns_once_naming_parameters():
     assert len(msgs) == 1
     assert "3 divergent transitions" in msgs[0] and "tau" in msgs[0] and "mu (" not in msgs[0]
     assert out["rhat"]["tau"] > 1.1
+
+
+def test_blocked_diagnostics_equal_the_single_pass():
+    """Many components are diagnosed in blocks on threads; the numbers are those of one
+    pass over all of them."""
+    from bayesmeta.inference import diagnostics as d
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 200, 1300)).cumsum(axis=1) * 0.1
+    x += rng.standard_normal(x.shape)
+    blocked, single = d._rhat_ess(x), d._rhat_ess_block(x)
+    np.testing.assert_array_equal(blocked[0], single[0])
+    np.testing.assert_array_equal(blocked[1], single[1])
