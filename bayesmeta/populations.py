@@ -49,6 +49,7 @@ Mixed choices use a per-task partially centred variable ``z_t ~ N(c_t mu, tau**c
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import jax.numpy as jnp
@@ -129,10 +130,18 @@ def _fixed_shape(arr: np.ndarray, shape: tuple[int, ...], field: str) -> jnp.nda
         ) from None
 
 
-class Population:
+class Population(abc.ABC):
     """Abstract base: a family of priors ``p(theta | phi)`` over one task's parameters.
 
-    Subclasses define ``_hyper_sites``, ``sample_hyper``, ``dist`` and ``_sample_theta``.
+    A new population must write :meth:`dist` (``p(theta | phi)`` as a NumPyro
+    distribution) and :meth:`_sample_theta_reparam` (the per-task partially centred draw,
+    ``centered`` a 0/1 array over tasks and dims). It may override, with these defaults:
+    :meth:`_hyper_priors` (``mu`` from ``loc``, ``tau`` from ``scale``), :meth:`_hyper_shape`
+    (each hyperparameter has the parameter's shape), :meth:`hyper_dims`,
+    :meth:`sample_hyper` / :meth:`fixed_values` (sample the distributions, fix the
+    numbers), :meth:`check_shape` (vector parameters of any length),
+    :meth:`_sample_theta_noncentered` (the mixed draw with every task non-centred) and
+    :meth:`centered_mask` (the ``parameterization="auto"`` rule of the module docstring).
     """
 
     family = "population"
@@ -222,13 +231,13 @@ class Population:
                 out[self.site(base)] = numpyro.sample(self.site(base), d)
         return out
 
+    @abc.abstractmethod
     def dist(self, hyper: dict[str, jnp.ndarray], param_shape: tuple[int, ...]):
         """``p(theta | phi)`` as a NumPyro distribution with event shape ``param_shape``.
 
         Hyperparameter arrays may carry leading batch dims (e.g. posterior draws); they
         become the distribution's batch shape.
         """
-        raise NotImplementedError
 
     def sample_theta(self, hyper, param_shape, centered) -> jnp.ndarray:
         """Sample ``theta`` inside the ``task`` plate.
@@ -253,8 +262,9 @@ class Population:
         """All tasks non-centred: the mixed form at c = 0, without its arithmetic."""
         return self._sample_theta_reparam(hyper, param_shape, np.zeros((1, *param_shape), bool))
 
+    @abc.abstractmethod
     def _sample_theta_reparam(self, hyper, param_shape, centered):
-        raise NotImplementedError
+        """Sample ``theta`` with task t, dim d centred where ``centered[t, d]`` is 1."""
 
     def centered_mask(
         self,

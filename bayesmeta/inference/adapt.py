@@ -42,6 +42,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 from bayesmeta.inference import _gaussian as gauss
+from bayesmeta.inference.assemble import assemble
 from bayesmeta.inference.nuts import (
     NUTS_OPTIONS,
     CompiledNUTS,
@@ -49,7 +50,7 @@ from bayesmeta.inference.nuts import (
     show_progress,
     start_target,
 )
-from bayesmeta.posterior import Posterior
+from bayesmeta.info import AdaptInfo
 from bayesmeta.tasks import TaskSet
 
 __all__ = ["adapt", "predict", "ADAPT_METHODS"]
@@ -383,7 +384,7 @@ def adapt(
             "nuts_divergences": divergences,
         }
     }
-    return Posterior(
+    return assemble(
         samples,
         method=f"adapt[{post.method}]",
         dims=dims,
@@ -391,6 +392,7 @@ def adapt(
         tasks=new_tasks,
         model=model,
         info=info,
+        info_type=AdaptInfo,
         param_shape=post.param_shape,
     )
 

@@ -32,6 +32,7 @@ from bayesmeta.inference._scalar_marginal import (
     scalar_log_marginal_sum,
     scalar_marginal,
 )
+from bayesmeta.inference.assemble import assemble
 from bayesmeta.inference.diagnostics import check_fit
 from bayesmeta.inference.nuts import (
     NUTS_OPTIONS,
@@ -39,11 +40,10 @@ from bayesmeta.inference.nuts import (
     _check_options,
     make_mcmc,
     run_nuts,
-    sample_stats_from,
     show_progress,
 )
 from bayesmeta.inference.registry import Engine, sampler_cli_options
-from bayesmeta.posterior import Posterior
+from bayesmeta.info import CollapsedInfo
 
 __all__ = ["fit_collapsed", "why_not_collapsible", "COLLAPSED_OPTIONS", "clear_compiled"]
 
@@ -272,10 +272,12 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     else:
         samples, extras = sampler.run(seed, marginal)
     samples = {k: np.asarray(v) for k, v in samples.items()}
-    stats_out = sample_stats_from(extras)
+    extras = {k: np.asarray(v) for k, v in extras.items()}
     # convergence is judged on what NUTS sampled: every theta draw below is exact given
     # its hyperparameter draw, so theta mixes at least as well as the hyperparameters
-    diag = check_fit(samples, int(np.sum(stats_out["diverging"])), warn=opts["warn"])
+    diag = check_fit(
+        samples, int(np.sum(extras["diverging"])), warn=opts["warn"], energy=extras["energy"]
+    )
     chains, draws = next(iter(samples.values())).shape[:2]
     hyper_flat = {
         k: jnp.asarray(v.reshape(chains * draws, *v.shape[2:])) for k, v in samples.items()
@@ -301,14 +303,13 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     if opts["log_likelihood"]:
         log_lik = partial(_pointwise, model.likelihood, built.data, samples[site], hyper_flat)
     observed = {"y": np.asarray(built.data["y"])}
-    return Posterior(
+    return assemble(
         samples,
         method="collapsed",
-        dims=built.dims,
-        coords=built.coords,
         tasks=tasks,
         model=model,
-        sample_stats=stats_out,
+        built=built,
+        sampler_stats=extras,
         log_likelihood=log_lik,
         observed_data=observed,
         info={
@@ -317,7 +318,7 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
             "compiled": "reused" if reused else "new",
             "marginal": marginal_info,
         },
-        param_shape=param_shape,
+        info_type=CollapsedInfo,
     )
 
 

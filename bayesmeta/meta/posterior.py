@@ -49,10 +49,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from bayesmeta.inference.assemble import assemble
+from bayesmeta.info import MetaInfo
 from bayesmeta.meta._compiled import compiled
 from bayesmeta.meta._inner import _check_inner_lr, inner_loop
 from bayesmeta.meta.learners import _check_int, _check_loss_fn, _check_positive
-from bayesmeta.posterior import Posterior
 
 __all__ = [
     "TaskGaussians",
@@ -723,7 +724,7 @@ def to_posterior(
             dims[name] = ["task", dim]
         else:
             dims[name] = ["task"] + [f"{name}_dim_{i}" for i in range(len(shape))]
-    return Posterior(samples, method=method, dims=dims, coords=coords, info=dict(info or {}))
+    return assemble(samples, method=method, dims=dims, coords=coords, info=info, info_type=MetaInfo)
 
 
 def linear_gaussian_nll(params: Any, batch: dict) -> Any:
