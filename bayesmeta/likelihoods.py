@@ -77,7 +77,8 @@ class Likelihood(abc.ABC):
     - :attr:`conjugate` (False): True only when ``y`` given ``theta`` is Gaussian and linear
       in ``theta``, which lets ``exact``, ``collapsed`` and conjugate ``adapt`` integrate
       ``theta`` out;
-    - :attr:`needs_noise_scale` (False): new rows need a known noise scale to be predicted.
+    - :attr:`noise_mode` (None): ``"known"``, ``"shared"`` or ``"task"`` for Gaussian noise;
+      :attr:`needs_noise_scale` follows from it (new rows need a known noise scale).
     """
 
     #: True when y given theta is Gaussian and linear in theta (exact marginals exist);
@@ -98,7 +99,14 @@ class Likelihood(abc.ABC):
     @property
     def needs_noise_scale(self) -> bool:
         """True when predicting new rows needs their known noise scale."""
-        return False
+        return self.noise_mode == "known"
+
+    @property
+    def noise_mode(self) -> str | None:
+        """How a Gaussian likelihood's noise scale is had: ``"known"`` (from the data),
+        ``"shared"`` (one learned ``sigma``), ``"task"`` (one per task), or None (no noise
+        scale). Settled by :meth:`validate` where it depends on the data."""
+        return None
 
     def task_log_density(self, theta: jnp.ndarray, data: dict) -> jnp.ndarray:
         """Per-task log-likelihood ``(T,)`` for :attr:`per_task_density` likelihoods."""
@@ -389,8 +397,8 @@ class NormalKnownNoise(_GLM):
         self._row_scale(tasks)
 
     @property
-    def needs_noise_scale(self):
-        return True
+    def noise_mode(self):
+        return "known"
 
     def data_arrays(self, tasks):
         out = super().data_arrays(tasks)
@@ -410,6 +418,10 @@ class NormalKnownNoise(_GLM):
 
 
 class _NoiseMixin:
+    @property
+    def noise_mode(self):
+        return self._resolved
+
     def _init_noise(self, noise, noise_prior, allow_known):
         modes = _NOISE_MODES + (("known",) if allow_known else ())
         if noise is not None and noise not in modes:
@@ -499,10 +511,6 @@ class LinearRegression(_NoiseMixin, _GLM):
         if resolved == "known" and tasks.noise_scale is None:
             raise ValueError("noise_scale: noise='known' needs the TaskSet's noise_scale")
         self._resolved = resolved
-
-    @property
-    def needs_noise_scale(self):
-        return self._resolved == "known"
 
     def _dist_eta(self, eta, data, extras_rows):
         return dist.Normal(eta, self._sigma_rows(data, extras_rows))

@@ -181,7 +181,7 @@ class _TaskModel:
             obs_dim,
             mode,
             rows_per_task,
-            getattr(likelihood, "_resolved", None),
+            likelihood.noise_mode,
         )
         return BuiltModel(
             model,

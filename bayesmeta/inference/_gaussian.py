@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from bayesmeta import likelihoods as lk
 from bayesmeta import populations as pops
 from bayesmeta.exact.linear import (
     GaussianPosterior,
@@ -23,12 +22,10 @@ from bayesmeta.model import Hierarchical
 def conjugate_noise(likelihood) -> str | None:
     """How a linear-Gaussian likelihood's noise is known: ``"known"``, ``"shared"``
     (one learned ``sigma``) or None (not linear-Gaussian, or a per-task noise)."""
-    if isinstance(likelihood, lk.NormalKnownNoise):
-        return "known"
-    if isinstance(likelihood, lk.Normal | lk.LinearRegression):
-        mode = likelihood._resolved
-        return mode if mode in ("known", "shared") else None
-    return None
+    if not likelihood.conjugate:
+        return None
+    mode = likelihood.noise_mode
+    return mode if mode in ("known", "shared") else None
 
 
 def why_not_gaussian(model) -> str | None:
