@@ -4,6 +4,7 @@ devices are not needed (chains are vectorised on one device)."""
 import os
 
 import jax
+import jax.monitoring
 
 jax.config.update("jax_enable_x64", True)
 # in-process CLI calls must not switch on JAX's persistent compilation cache for the
@@ -38,3 +39,19 @@ def eight_schools_post():
         num_samples=1000,
         progress_bar=False,
     )
+
+
+class CompileCounter:
+    """Counts XLA compilations (JAX's backend-compile event) while ``active``."""
+
+    def __init__(self):
+        self.count, self.active = 0, False
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event, duration, **kwargs):
+        if self.active and event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+
+#: the one listener of the test session (registered once; tests switch it on and off)
+COMPILES = CompileCounter()

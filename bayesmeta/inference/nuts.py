@@ -449,11 +449,17 @@ def posterior_from_draws(
     )
 
 
-def _fit_engine(model, tasks, seed: int, **options):
-
+def bind(model, tasks):
+    """``(built model, owner)`` for the full-model engines: a bayesmeta model builds
+    itself (and owns the compiled programs); a NumPyro callable is wrapped, owned by none."""
     if isinstance(model, _TaskModel):
-        return fit_nuts(model.build(tasks), tasks, seed, model=model, **options)
-    return fit_nuts(build_callable(model, tasks), tasks, seed, model=None, **options)
+        return model.build(tasks), model
+    return build_callable(model, tasks), None
+
+
+def _fit_engine(model, tasks, seed: int, **options):
+    built, owner = bind(model, tasks)
+    return fit_nuts(built, tasks, seed, model=owner, **options)
 
 
 ENGINE = Engine(

@@ -23,10 +23,9 @@ from numpyro.infer.autoguide import (
 )
 
 from bayesmeta.inference.diagnostics import FitWarning, user_stacklevel
-from bayesmeta.inference.nuts import posterior_from_draws
+from bayesmeta.inference.nuts import bind, posterior_from_draws
 from bayesmeta.inference.registry import Engine
 from bayesmeta.info import VIInfo
-from bayesmeta.model import _TaskModel, build_callable
 
 __all__ = ["fit_vi", "VI_OPTIONS", "GUIDES"]
 
@@ -144,10 +143,8 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
 
 
 def _fit_engine(model, tasks, seed: int, **options):
-
-    if isinstance(model, _TaskModel):
-        return fit_vi(model.build(tasks), tasks, seed, model=model, **options)
-    return fit_vi(build_callable(model, tasks), tasks, seed, model=None, **options)
+    built, owner = bind(model, tasks)
+    return fit_vi(built, tasks, seed, model=owner, **options)
 
 
 def _cli_options(chains: int, warmup: int, draws: int, progress: bool) -> dict:

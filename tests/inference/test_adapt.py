@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from conftest import COMPILES
 from test_fit import SCHOOL_SE, SCHOOL_Y, _log_normal
 
 import bayesmeta as bm
@@ -115,19 +116,7 @@ def test_adapt_rejects_bad_input(eight_schools_post):
         eight_schools_post.adapt([1.0, 2.0])
 
 
-class _CompileCounter:
-    """Counts XLA compilations (JAX's backend-compile event) while active."""
-
-    def __init__(self):
-        self.count, self.active = 0, False
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event, duration, **kwargs):
-        if self.active and event == "/jax/core/compile/backend_compile_duration":
-            self.count += 1
-
-
-COUNTER = _CompileCounter()
+COUNTER = COMPILES  # conftest's one listener
 
 
 def _compiles(fn):

@@ -1,11 +1,10 @@
 """Full NUTS as one compiled program: reused by refits (no retrace, no compile), a refit
 equal bit for bit to a fresh compile, timing in ``post.info``, and the ``auto`` target."""
 
-import jax
-import jax.monitoring
 import numpy as np
 import numpyro.distributions as dist
 import pytest
+from conftest import COMPILES
 
 import bayesmeta as bm
 from bayesmeta.inference.nuts import TARGET_ACCEPT, TARGET_ACCEPT_RETRY, CompiledNUTS
@@ -31,19 +30,7 @@ def _model():
     )
 
 
-class _CompileCounter:
-    """Counts XLA compilations (JAX's backend-compile event) while active."""
-
-    def __init__(self):
-        self.count, self.active = 0, False
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event, duration, **kwargs):
-        if self.active and event == "/jax/core/compile/backend_compile_duration":
-            self.count += 1
-
-
-COUNTER = _CompileCounter()
+COUNTER = COMPILES  # conftest's one listener
 
 
 def test_second_fit_neither_retraces_nor_compiles():
