@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC, NUTS, log_likelihood
 
-from bayesmeta.inference.assemble import arviz_stats, assemble
+from bayesmeta.inference.assemble import assemble
 from bayesmeta.inference.diagnostics import check_fit
 from bayesmeta.inference.registry import Engine, sampler_cli_options
 from bayesmeta.info import FitInfo, NUTSInfo
@@ -340,7 +340,6 @@ def fit_nuts(built, tasks, seed: int, model=None, **options):
             samples, extras, again = program.run(seed, built.data, target)
             timing["sampling_s"] += again["sampling_s"]
             info["target_accept"] = target
-    timing["first_posterior_s"] = time.perf_counter() - t_start
     info["timing"] = timing
     post = posterior_from_draws(
         built,
@@ -399,11 +398,6 @@ def parameterization_advice(built, tasks, model, samples):
         "(a per-task boolean mask, True = centred)."
     )
     return advice, mask
-
-
-def sample_stats_from(extras: dict) -> dict:
-    """NumPyro's extra fields under ArviZ's names (see :func:`assemble.arviz_stats`)."""
-    return arviz_stats(extras)
 
 
 def posterior_from_draws(
