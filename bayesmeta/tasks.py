@@ -64,10 +64,13 @@ class TaskSet:
       noise_scale  # shape=(N,) or None: known observation noise sd per row
       labels       # tuple of str, one per task
       is_estimates # True when built by from_estimates (one estimate + se per task)
+      task_x       # shape=(T, q) or None: task-level covariates (one row per task)
+      task_x_names # tuple of q str, or None: their names (``z0``.. when not given)
+      feature_names # tuple of str or None: names of the columns of x (``x0``.. when None)
 
     Use the constructors (``from_arrays``, ``from_tasks``, ``from_estimates``,
-    ``from_csv``) rather than ``__init__``; they validate their input and name the field,
-    task and row of the first problem.
+    ``from_csv``, ``from_dataframe``) rather than ``__init__``; they validate their input
+    and name the field, task and row of the first problem.
     """
 
     def __init__(
@@ -79,6 +82,9 @@ class TaskSet:
         noise_scale: np.ndarray | None = None,
         is_estimates: bool = False,
         row_ids: np.ndarray | None = None,
+        task_x: np.ndarray | None = None,
+        task_x_names: Sequence[str] | None = None,
+        feature_names: Sequence[str] | None = None,
     ):
         self.y = np.asarray(y, dtype=float)
         self.task_index = np.asarray(task_index, dtype=np.int32)
@@ -88,11 +94,23 @@ class TaskSet:
         self.is_estimates = bool(is_estimates)
         # the caller's row number of each stored row, for error messages
         self.row_ids = np.arange(self.y.shape[0]) if row_ids is None else np.asarray(row_ids)
+        self.task_x = None if task_x is None else np.asarray(task_x, dtype=float)
+        self.task_x_names = None
+        if self.task_x is not None:
+            if self.task_x.ndim == 1:
+                self.task_x = self.task_x[:, None]
+            names = task_x_names or [f"z{i}" for i in range(self.task_x.shape[-1])]
+            self.task_x_names = tuple(str(n) for n in names)
+        elif task_x_names is not None:
+            raise ValueError("task_x_names: given without task_x")
+        self.feature_names = None if feature_names is None else tuple(map(str, feature_names))
         self._validate()
 
     # ------------------------------------------------------------------ validation
     def _where(self, row: int) -> str:
-        return f"task {self.labels[self.task_index[row]]!r}, row {int(self.row_ids[row])}"
+        label = self.row_ids[row]
+        shown = int(label) if isinstance(label, int | np.integer) else repr(label)
+        return f"task {self.labels[self.task_index[row]]!r}, row {shown}"
 
     def _validate(self) -> None:
         n = self.y.shape[0]
@@ -147,6 +165,29 @@ class TaskSet:
                     f"{field}: must be positive, got {self.noise_scale[row]} at {self._where(row)}"
                 )
 
+        if self.task_x is not None:
+            t, q = self.task_x.shape if self.task_x.ndim == 2 else (None, None)
+            if t != self.num_tasks:
+                raise ValueError(
+                    f"task_x: expected shape ({self.num_tasks}, q) (one row per task), "
+                    f"got {self.task_x.shape}"
+                )
+            if len(self.task_x_names) != q:
+                raise ValueError(f"task_x_names: {len(self.task_x_names)} names for {q} columns")
+            if len(set(self.task_x_names)) != q:
+                raise ValueError(f"task_x_names: names must be unique, got {self.task_x_names}")
+            bad = ~np.isfinite(self.task_x)
+            if bad.any():
+                t, j = (int(i[0]) for i in np.nonzero(bad))
+                raise ValueError(
+                    f"task_x: column {self.task_x_names[j]!r} has non-finite value "
+                    f"{self.task_x[t, j]} at task {self.labels[t]!r}"
+                )
+        if self.feature_names is not None:
+            k = int(np.prod(self.feature_shape)) if self.x is not None else 0
+            if len(self.feature_names) != k:
+                raise ValueError(f"x_names: {len(self.feature_names)} names for {k} columns of x")
+
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_arrays(
@@ -156,6 +197,9 @@ class TaskSet:
         x: Any = None,
         noise_scale: Any = None,
         labels: Sequence[str] | None = None,
+        task_x: Any = None,
+        task_x_names: Sequence[str] | None = None,
+        x_names: Sequence[str] | None = None,
     ) -> TaskSet:
         """Build from flat rows with a task id per row.
 
@@ -168,6 +212,12 @@ class TaskSet:
           noise_scale: optional known noise sd, a scalar, shape ``(N,)`` (per row).
           labels: optional explicit task labels; then ``task`` must hold integer indices
             into ``labels``.
+          task_x: optional task-level covariates given per row, shape ``(N,)`` or
+            ``(N, q)``, or a dict ``name -> (N,)``; each must be constant within every task
+            (a ValueError names the column, the task and the two rows that differ).
+          task_x_names: names of the ``task_x`` columns (default ``z0``.., or the dict keys).
+          x_names: names of the ``x`` columns (the coefficient coordinates of the
+            regressions; default ``x0``..).
         """
         y_arr = _as_float_array("y", y)
         if y_arr.ndim != 1:
@@ -227,6 +277,9 @@ class TaskSet:
                     f"got shape {ns_arr.shape}"
                 )
         order = np.argsort(index, kind="stable")
+        tx, tx_names = None, task_x_names
+        if task_x is not None:
+            tx, tx_names = _task_x_from_rows(task_x, task_x_names, index, n, labels)
         return cls(
             y=y_arr[order],
             task_index=index[order],
@@ -234,6 +287,9 @@ class TaskSet:
             x=None if x_arr is None else x_arr[order],
             noise_scale=None if ns_arr is None else ns_arr[order],
             row_ids=order,
+            task_x=tx,
+            task_x_names=tx_names,
+            feature_names=x_names,
         )
 
     @classmethod
@@ -242,11 +298,15 @@ class TaskSet:
         tasks: Sequence[Any],
         labels: Sequence[str] | None = None,
         noise_scale: Any = None,
+        task_x: Any = None,
+        task_x_names: Sequence[str] | None = None,
     ) -> TaskSet:
         """Build from a list of per-task data: each item a tuple ``(x, y)``, or ``y`` alone
         (a list or array; only a *tuple* of two is read as ``(x, y)``).
 
         ``noise_scale`` may be a scalar, one value per task, or a list of per-row arrays.
+        ``task_x`` gives task-level covariates, one row per task (``(T,)``, ``(T, q)`` or a
+        dict ``name -> (T,)``).
         """
         if len(tasks) == 0:
             raise ValueError("tasks: no tasks given")
@@ -300,6 +360,10 @@ class TaskSet:
                         )
                     scales.append(s_t)
         row_ids = np.concatenate([np.arange(len(y)) for y in ys])
+        tx, tx_names = None, task_x_names
+        if task_x is not None:
+            num = len(tasks)
+            tx, tx_names = _task_x_from_rows(task_x, task_x_names, np.arange(num), num, labels)
         return cls(
             y=np.concatenate(ys),
             task_index=np.concatenate(ids),
@@ -307,11 +371,23 @@ class TaskSet:
             x=np.concatenate(xs) if has_x else None,
             noise_scale=np.concatenate(scales) if scales else None,
             row_ids=row_ids,
+            task_x=tx,
+            task_x_names=tx_names,
         )
 
     @classmethod
-    def from_estimates(cls, y: Any, se: Any, labels: Sequence[str] | None = None) -> TaskSet:
-        """One estimate ``y[t]`` with standard error ``se[t]`` per task (meta-analysis)."""
+    def from_estimates(
+        cls,
+        y: Any,
+        se: Any,
+        labels: Sequence[str] | None = None,
+        task_x: Any = None,
+        task_x_names: Sequence[str] | None = None,
+    ) -> TaskSet:
+        """One estimate ``y[t]`` with standard error ``se[t]`` per task (meta-analysis).
+
+        ``task_x``: optional task covariates (moderators), shape ``(k,)`` or ``(k, q)`` or a
+        dict ``name -> (k,)``, named by ``task_x_names`` (default ``z0``.. or the keys)."""
         y_arr = _as_float_array("y", y).reshape(-1) if np.ndim(y) <= 1 else None
         if y_arr is None:
             raise ValueError(f"y: expected one estimate per task (1-d), got shape {np.shape(y)}")
@@ -329,12 +405,18 @@ class TaskSet:
         labels = [str(label) for label in labels]
         if len(labels) != y_arr.shape[0]:
             raise ValueError(f"labels: {len(labels)} labels for {y_arr.shape[0]} estimates")
+        tx, tx_names = None, task_x_names
+        if task_x is not None:
+            k = y_arr.shape[0]
+            tx, tx_names = _task_x_from_rows(task_x, task_x_names, np.arange(k), k, labels)
         return cls(
             y=y_arr,
             task_index=np.arange(y_arr.shape[0]),
             labels=labels,
             noise_scale=se_arr,
             is_estimates=True,
+            task_x=tx,
+            task_x_names=tx_names,
         )
 
     @classmethod
@@ -345,19 +427,24 @@ class TaskSet:
         y: str,
         x: Sequence[str] | str | None = None,
         noise_scale: str | None = None,
+        task_x: Sequence[str] | str | None = None,
     ) -> TaskSet:
         """Read a CSV file with a header: a task column, a response column, optional input
-        columns and an optional noise-scale column. Errors name the CSV line."""
+        columns, an optional noise-scale column and optional task-level covariate columns
+        (constant within each task). Errors name the CSV line. Column names are kept."""
         x_cols = [x] if isinstance(x, str) else list(x or [])
+        tx_cols = [task_x] if isinstance(task_x, str) else list(task_x or [])
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
-            for field, col in [("task", task), ("y", y), ("noise_scale", noise_scale)] + [
-                ("x", c) for c in x_cols
-            ]:
+            for field, col in (
+                [("task", task), ("y", y), ("noise_scale", noise_scale)]
+                + [("x", c) for c in x_cols]
+                + [("task_x", c) for c in tx_cols]
+            ):
                 if col is not None and col not in header:
                     raise ValueError(f"{field}: column {col!r} not in {path} (columns: {header})")
-            ids, ys, xs, ns = [], [], [], []
+            ids, ys, xs, ns, txs = [], [], [], [], []
             for line, row in enumerate(reader, start=2):
 
                 def num(col: str, field: str, _row=row, _line=line) -> float:
@@ -376,6 +463,8 @@ class TaskSet:
                     xs.append([num(c, "x") for c in x_cols])
                 if noise_scale is not None:
                     ns.append(num(noise_scale, "noise_scale"))
+                if tx_cols:
+                    txs.append([num(c, "task_x") for c in tx_cols])
         if not ys:
             raise ValueError(f"{path}: no data rows")
         return cls.from_arrays(
@@ -383,7 +472,106 @@ class TaskSet:
             task=np.array(ids, dtype=object),
             x=np.array(xs) if x_cols else None,
             noise_scale=np.array(ns) if noise_scale is not None else None,
+            task_x=np.array(txs) if tx_cols else None,
+            task_x_names=tx_cols or None,
+            x_names=x_cols or None,
         )
+
+    @classmethod
+    def from_dataframe(
+        cls,
+        df: Any,
+        task: str,
+        y: str,
+        x: Sequence[str] | str | None = None,
+        task_x: Sequence[str] | str | None = None,
+        noise_scale: str | None = None,
+        trials: str | None = None,
+    ) -> TaskSet:
+        """Build from a pandas DataFrame, keeping its column names.
+
+        Args:
+          df: the table, one row per observation.
+          task: the grouping column (task labels are ``str`` of its values, in order of
+            first appearance).
+          y: the response column.
+          x: input columns; they name the regression coefficients (``intercept``,
+            ``floor``, ...).
+          task_x: task-level covariate columns, constant within each task.
+          noise_scale: a column of known noise sds.
+          trials: the column of binomial trials; it becomes ``x[:, 0]`` (the layout of
+            ``bm.likelihoods.Binomial``), followed by the ``x`` columns.
+
+        A missing column, a non-numeric column, a missing value or a covariate that varies
+        within a task is a ValueError naming the column, the task and the row (the frame's
+        index label).
+
+        >>> import pandas as pd, bayesmeta as bm
+        >>> df = pd.DataFrame({"g": ["a", "a", "b"], "y": [1.0, 2.0, 3.0], "u": [1, 1, 2]})
+        >>> bm.TaskSet.from_dataframe(df, task="g", y="y", task_x="u").task_x_names
+        ('u',)
+        """
+        if not hasattr(df, "columns") or not hasattr(df, "index"):
+            raise ValueError(f"df: expected a pandas DataFrame, got {type(df).__name__}")
+        x_cols = [x] if isinstance(x, str) else list(x or [])
+        tx_cols = [task_x] if isinstance(task_x, str) else list(task_x or [])
+        fields = [("task", task), ("y", y), ("noise_scale", noise_scale), ("trials", trials)]
+        fields += [("x", c) for c in x_cols] + [("task_x", c) for c in tx_cols]
+        columns = list(df.columns)
+        for field, col in fields:
+            if col is not None and col not in columns:
+                raise ValueError(
+                    f"{field}: column {col!r} not in the data frame (columns: {columns})"
+                )
+        index = list(df.index)
+        task_ids = df[task].to_numpy(dtype=object)
+        for row, value in enumerate(task_ids):
+            if value is None or (isinstance(value, float) and not np.isfinite(value)):
+                raise ValueError(f"task: column {task!r} has a missing value at row {index[row]!r}")
+
+        def numeric(field: str, col: str) -> np.ndarray:
+            raw = df[col].to_numpy()
+            try:
+                arr = np.asarray(raw, dtype=float)
+            except (TypeError, ValueError):
+                for row, value in enumerate(raw):
+                    try:
+                        float(value)
+                    except (TypeError, ValueError):
+                        raise ValueError(
+                            f"{field}: column {col!r} has {value!r}, not a number, at task "
+                            f"{str(task_ids[row])!r}, row {index[row]!r}"
+                        ) from None
+                raise
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise ValueError(
+                    f"{field}: column {col!r} has a missing or non-finite value ({arr[row]}) "
+                    f"at task {str(task_ids[row])!r}, row {index[row]!r}"
+                )
+            return arr
+
+        y_arr = numeric("y", y)
+        x_names = ([trials] if trials is not None else []) + x_cols
+        xs = [numeric("trials" if c == trials else "x", c) for c in x_names]
+        tx = {c: numeric("task_x", c) for c in tx_cols}
+        try:
+            tasks = cls.from_arrays(
+                y=y_arr,
+                task=task_ids,
+                x=np.stack(xs, axis=1) if xs else None,
+                noise_scale=numeric("noise_scale", noise_scale) if noise_scale else None,
+                task_x=tx or None,
+                x_names=x_names or None,
+            )
+        except ValueError as err:
+            # row numbers of from_arrays are positions; name the frame's index labels
+            raise ValueError(_index_labels(str(err), index)) from None
+        # later messages (a likelihood's validate) and the ArviZ "row" coordinate name
+        # the frame's own index labels
+        tasks.row_ids = np.asarray(df.index)[tasks.row_ids]
+        return tasks
 
     # ------------------------------------------------------------------ properties
     @property
@@ -418,7 +606,9 @@ class TaskSet:
             f"TaskSet(num_tasks={self.num_tasks}, num_obs={self.num_obs} {kind}, "
             f"rows/task {c.min()}..{c.max()}, "
             f"x={self.feature_shape if self.x is not None else None}"
-            f", noise_scale={'known' if self.noise_scale is not None else None})"
+            f", noise_scale={'known' if self.noise_scale is not None else None}"
+            + (f", task_x={list(self.task_x_names)}" if self.task_x is not None else "")
+            + ")"
         )
 
     def task_rows(self, t: int) -> slice:
@@ -443,7 +633,18 @@ class TaskSet:
         return t
 
     # ------------------------------------------------------------------ operations
-    def _take_rows(self, rows: np.ndarray, new_index: np.ndarray, labels: Sequence[str]) -> TaskSet:
+    def _take_rows(
+        self,
+        rows: np.ndarray,
+        new_index: np.ndarray,
+        labels: Sequence[str],
+        task_ids: Sequence[int] | None = None,
+    ) -> TaskSet:
+        """Rows ``rows`` re-indexed as tasks ``new_index``; ``task_ids`` are the old
+        indices of the new tasks (for their covariates; None: the same tasks)."""
+        task_x = self.task_x
+        if task_x is not None and task_ids is not None:
+            task_x = task_x[np.asarray(task_ids, int)]
         return TaskSet(
             y=self.y[rows],
             task_index=new_index,
@@ -452,6 +653,9 @@ class TaskSet:
             noise_scale=None if self.noise_scale is None else self.noise_scale[rows],
             is_estimates=self.is_estimates,
             row_ids=self.row_ids[rows],
+            task_x=task_x,
+            task_x_names=self.task_x_names,
+            feature_names=self.feature_names,
         )
 
     def subset(self, tasks: Sequence[int | str]) -> TaskSet:
@@ -464,7 +668,7 @@ class TaskSet:
         off = self.offsets
         rows = np.concatenate([np.arange(off[t], off[t + 1]) for t in idx])
         new_index = np.concatenate([np.full(off[t + 1] - off[t], i) for i, t in enumerate(idx)])
-        return self._take_rows(rows, new_index, [self.labels[t] for t in idx])
+        return self._take_rows(rows, new_index, [self.labels[t] for t in idx], idx)
 
     def split_tasks(self, key: Any, test_fraction: float = 0.2) -> tuple[TaskSet, TaskSet]:
         """Random split of whole tasks into (train, test); labels are kept."""
@@ -566,8 +770,102 @@ class TaskSet:
         if ns.ndim == 0:
             ns = np.full(self.num_obs, float(ns))
         return TaskSet(
-            self.y, self.task_index, self.labels, self.x, ns, self.is_estimates, self.row_ids
+            self.y,
+            self.task_index,
+            self.labels,
+            self.x,
+            ns,
+            self.is_estimates,
+            self.row_ids,
+            self.task_x,
+            self.task_x_names,
+            self.feature_names,
         )
+
+    def with_task_x(self, task_x: Any, names: Sequence[str] | None = None) -> TaskSet:
+        """A copy with task-level covariates ``task_x`` ``(num_tasks, q)`` (or a dict
+        ``name -> (num_tasks,)``), one row per task in label order."""
+        tx, names = _task_x_from_rows(
+            task_x, names, np.arange(self.num_tasks), self.num_tasks, self.labels
+        )
+        return TaskSet(
+            self.y,
+            self.task_index,
+            self.labels,
+            self.x,
+            self.noise_scale,
+            self.is_estimates,
+            self.row_ids,
+            tx,
+            names,
+            self.feature_names,
+        )
+
+
+def _index_labels(message: str, index: list) -> str:
+    """Rewrite ``row N`` (a position) in ``message`` as the DataFrame's index label."""
+    import re
+
+    def label(match: re.Match) -> str:
+        pos = int(match.group(1))
+        return f"row {index[pos]!r}" if 0 <= pos < len(index) else match.group(0)
+
+    return re.sub(r"row (\d+)", label, message)
+
+
+def _task_x_from_rows(
+    task_x: Any,
+    names: Sequence[str] | None,
+    index: np.ndarray,
+    n: int,
+    labels: Sequence[str],
+) -> tuple[np.ndarray, list[str]]:
+    """Per-row task covariates (row ``r`` belongs to task ``index[r]``) to one row per
+    task; a column that is not constant within a task is an error naming it, the task and
+    the two rows."""
+    if isinstance(task_x, dict):
+        if names is not None:
+            raise ValueError("task_x_names: not with a dict task_x (its keys are the names)")
+        names = [str(k) for k in task_x]
+        cols = [_as_float_array(f"task_x[{k!r}]", v) for k, v in task_x.items()]
+        for k, c in zip(names, cols, strict=True):
+            if c.shape != (n,):
+                raise ValueError(f"task_x: column {k!r} has shape {c.shape}, expected ({n},)")
+        arr = np.stack(cols, axis=1) if cols else np.zeros((n, 0))
+    else:
+        arr = _as_float_array("task_x", task_x)
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise ValueError(f"task_x: expected {n} rows (one per row of y), got shape {arr.shape}")
+    q = arr.shape[1]
+    names = [f"z{i}" for i in range(q)] if names is None else [str(v) for v in names]
+    if len(names) != q:
+        raise ValueError(f"task_x_names: {len(names)} names for {q} columns")
+    if q == 0:
+        raise ValueError("task_x: no columns")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        row, j = (int(i[0]) for i in np.nonzero(bad))
+        raise ValueError(
+            f"task_x: column {names[j]!r} has non-finite value {arr[row, j]} at "
+            f"task {labels[index[row]]!r}, row {row}"
+        )
+    num_tasks = len(labels)
+    first = np.full(num_tasks, -1)
+    # the first row of every task (rows in the caller's order)
+    seen = np.unique(index, return_index=True)
+    first[seen[0]] = seen[1]
+    varies = arr != arr[first[index]]
+    if varies.any():
+        row, j = (int(i[0]) for i in np.nonzero(varies))
+        t = int(index[row])
+        raise ValueError(
+            f"task_x: column {names[j]!r} varies within task {labels[t]!r}: "
+            f"{arr[first[t], j]} at row {int(first[t])}, {arr[row, j]} at row {row} "
+            "(a task-level covariate must be constant within each task)"
+        )
+    return arr[first], names
 
 
 def _key_data(key: Any) -> np.ndarray:

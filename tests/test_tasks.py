@@ -104,3 +104,78 @@ def test_shuffling_rows_only_reorders_tasks(data):
     b = bm.TaskSet.from_arrays(y=y[rev], task=task[rev])
     for label in a.labels:
         assert np.array_equal(np.sort(a.task_data(label)[1]), np.sort(b.task_data(label)[1]))
+
+
+# ---------------------------------------------------------------------- task covariates
+def test_task_x_from_rows_is_one_row_per_task_in_label_order():
+    ts = bm.TaskSet.from_arrays(
+        y=[1.0, 2.0, 3.0, 4.0],
+        task=["b", "a", "b", "c"],
+        task_x={"u": [5.0, 6.0, 5.0, 7.0], "v": [0.0, 1.0, 0.0, 1.0]},
+    )
+    assert ts.task_x_names == ("u", "v")
+    assert ts.task_x.tolist() == [[5.0, 0.0], [6.0, 1.0], [7.0, 1.0]]
+    sub = ts.subset(["c", "b"])
+    assert sub.task_x.tolist() == [[7.0, 1.0], [5.0, 0.0]]
+    train, test = ts.split_tasks(0, test_fraction=0.34)
+    for part in (train, test):
+        for t, label in enumerate(part.labels):
+            assert part.task_x[t].tolist() == ts.task_x[ts.labels.index(label)].tolist()
+    two = bm.TaskSet.from_arrays(y=[1.0, 2.0, 3.0, 4.0], task=[0, 0, 1, 1], task_x=[3, 3, 4, 4])
+    support, query = two.split_shots(0, num_support=1)
+    assert support.task_x.tolist() == query.task_x.tolist() == [[3.0], [4.0]]
+
+
+def test_task_x_that_varies_within_a_task_names_column_task_and_rows():
+    with pytest.raises(ValueError, match=r"'u' varies within task 'b': 5.0 at row 0, 9.0 at row 2"):
+        bm.TaskSet.from_arrays(y=[1.0, 2.0, 3.0], task=["b", "a", "b"], task_x={"u": [5, 6, 9]})
+    with pytest.raises(
+        ValueError, match=r"column 'z0' has non-finite value nan at task 'a', row 1"
+    ):
+        bm.TaskSet.from_arrays(y=[1.0, 2.0, 3.0], task=["b", "a", "b"], task_x=[5, np.nan, 5])
+    with pytest.raises(ValueError, match="task_x: expected 3 rows"):
+        bm.TaskSet.from_arrays(y=[1.0, 2.0, 3.0], task=["b", "a", "b"], task_x=[5, 6])
+
+
+def test_from_estimates_carries_moderators():
+    ts = bm.TaskSet.from_estimates([0.1, 0.2], [1.0, 1.0], task_x={"lat": [40.0, 13.0]})
+    assert ts.task_x[:, 0].tolist() == [40.0, 13.0] and ts.task_x_names == ("lat",)
+    with pytest.raises(ValueError, match="'lat' has non-finite value inf at task '1'"):
+        bm.TaskSet.from_estimates([0.1, 0.2], [1.0, 1.0], task_x={"lat": [40.0, np.inf]})
+
+
+def test_from_dataframe_keeps_names_and_names_bad_cells():
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(
+        {
+            "g": ["a", "a", "b", "b", "c"],
+            "y": [1.0, 2.0, 3.0, 4.0, 5.0],
+            "floor": [0, 1, 0, 1, 1],
+            "u": [0.5, 0.5, -1.0, -1.0, 2.0],
+            "n": [3, 4, 5, 6, 7],
+        },
+        index=[10, 11, 12, 13, 14],
+    )
+    ts = bm.TaskSet.from_dataframe(df, task="g", y="y", x=["floor"], task_x=["u"], trials="n")
+    assert ts.feature_names == ("n", "floor")
+    assert ts.x[:, 0].tolist() == [3, 4, 5, 6, 7]
+    assert ts.task_x_names == ("u",) and ts.task_x[:, 0].tolist() == [0.5, -1.0, 2.0]
+    lik = bm.likelihoods.Binomial(varying=["intercept"])
+    lik.validate(ts)
+    assert lik.coef_names(ts) == ["intercept", "floor"] and lik.common_names == ["floor"]
+    bad = df.copy()
+    bad.loc[13, "floor"] = np.nan
+    with pytest.raises(ValueError, match="column 'floor' has a missing .* task 'b', row 13"):
+        bm.TaskSet.from_dataframe(bad, task="g", y="y", x=["floor"])
+    bad = df.copy()
+    bad.loc[13, "u"] = 7.0
+    with pytest.raises(
+        ValueError, match="'u' varies within task 'b': -1.0 at row 12, 7.0 at row 13"
+    ):
+        bm.TaskSet.from_dataframe(bad, task="g", y="y", task_x=["u"])
+    with pytest.raises(ValueError, match="x: column 'flor' not in the data frame"):
+        bm.TaskSet.from_dataframe(df, task="g", y="y", x=["flor"])
+    bad = df.astype({"floor": object})
+    bad.loc[11, "floor"] = "first"
+    with pytest.raises(ValueError, match="column 'floor' has 'first', not a number, at task 'a'"):
+        bm.TaskSet.from_dataframe(bad, task="g", y="y", x=["floor"])
