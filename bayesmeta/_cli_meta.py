@@ -1,9 +1,11 @@
 """The ``meta-analysis`` and ``study`` subcommands of the ``bayesmeta`` command.
 
 ``bayesmeta meta-analysis CSV --estimate COL (--se COL | --variance COL) [--label COL]
-[--method REML] [--knapp-hartung] [--level 0.95] [--prediction t|z] [--json]`` runs a
-random-effects meta-analysis of one estimate per row; ``--dataset bcg`` (or
-``eight_schools``) uses a built-in data set instead of a CSV.
+[--mods COL [COL ...]] [--method REML] [--knapp-hartung] [--level 0.95] [--prediction t|z]
+[--json]`` runs a random-effects meta-analysis of one estimate per row; ``--dataset bcg``
+(or ``eight_schools``) uses a built-in data set instead of a CSV. With ``--mods`` it is a
+mixed-effects meta-regression on those moderator columns (of the CSV, or of the BCG table:
+``--dataset bcg --mods ablat year``), printed like metafor's ``rma(..., mods = )``.
 
 ``bayesmeta study [--num-tasks 8] [--tau 0.5] [--noise 1] [--num-obs 5] [--imbalance 20]
 [--num-reps 400] [--seed 0] [--no-exact] [--quick] [--plot FILE.png] [--json]`` runs the
@@ -25,7 +27,12 @@ from bayesmeta._cli_args import int_at_least as _int_at_least
 from bayesmeta.estimators import TAU2_METHODS
 from bayesmeta.study import study
 
-__all__ = ["add_meta_analysis_parser", "add_study_parser", "read_estimates_csv"]
+__all__ = [
+    "add_meta_analysis_parser",
+    "add_study_parser",
+    "read_estimates_csv",
+    "read_moderators_csv",
+]
 
 
 def _float(text: str) -> float:
@@ -49,6 +56,18 @@ def _level(text: str) -> float:
     value = _float(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {value}")
+    return value
+
+
+def _number(raw: str, col: str, line: int, path: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"column {col!r}, line {line} of {path}: {raw!r} is not a number"
+        ) from None
+    if not math.isfinite(value):
+        raise ValueError(f"column {col!r}, line {line} of {path}: {raw!r} is not finite")
     return value
 
 
@@ -87,18 +106,7 @@ def read_estimates_csv(
         for line, row in enumerate(reader, start=2):
 
             def number(col: str, _row=row, _line=line) -> float:
-                raw = (_row.get(col) or "").strip()
-                try:
-                    value = float(raw)
-                except ValueError:
-                    raise ValueError(
-                        f"column {col!r}, line {_line} of {path}: {raw!r} is not a number"
-                    ) from None
-                if not math.isfinite(value):
-                    raise ValueError(
-                        f"column {col!r}, line {_line} of {path}: {raw!r} is not finite"
-                    )
-                return value
+                return _number((_row.get(col) or "").strip(), col, _line, path)
 
             y = number(estimate)
             if se is not None:
@@ -123,6 +131,49 @@ def read_estimates_csv(
     return ys, ses, labels
 
 
+def read_moderators_csv(path: str, columns: list[str]) -> dict[str, list[float]]:
+    """The moderator ``columns`` of a CSV with a header, as a dict name -> values (one per
+    data row, in the order of :func:`read_estimates_csv`). Raises ValueError naming the
+    column (and the line, the header being line 1) of the first problem."""
+    if len(set(columns)) != len(columns):
+        dup = next(c for c in columns if columns.count(c) > 1)
+        raise ValueError(f"--mods: column {dup!r} given twice")
+    try:
+        fh = open(path, newline="")
+    except OSError as err:
+        raise ValueError(f"{path}: cannot open ({err.strerror})") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        for col in columns:
+            if col not in header:
+                raise ValueError(
+                    f"--mods: column {col!r} not in {path} (columns: {', '.join(header) or 'none'})"
+                )
+        out: dict[str, list[float]] = {col: [] for col in columns}
+        for line, row in enumerate(reader, start=2):
+            for col in columns:
+                out[col].append(_number((row.get(col) or "").strip(), col, line, path))
+    return out
+
+
+def _dataset_moderators(name: str, columns: list[str]) -> dict[str, list[float]]:
+    """Moderator columns of a built-in data set, by column name (BCG: ``bcg_table()``)."""
+    if len(set(columns)) != len(columns):
+        dup = next(c for c in columns if columns.count(c) > 1)
+        raise ValueError(f"--mods: column {dup!r} given twice")
+    if name != "bcg":
+        raise ValueError(f"--mods: the {name} data set has no moderator columns")
+    table = datasets.bcg_table()
+    numeric = [col for col, values in table.items() if values.dtype.kind in "iuf"]
+    for col in columns:
+        if col not in numeric:
+            raise ValueError(
+                f"--mods: column {col!r} not in the bcg data set (columns: {', '.join(numeric)})"
+            )
+    return {col: table[col].astype(float).tolist() for col in columns}
+
+
 def _error(command: str, message: str) -> int:
     print(f"bayesmeta {command}: error: {message}", file=sys.stderr)
     return 2
@@ -138,12 +189,14 @@ def _cmd_meta_analysis(args) -> int:
             tasks = getattr(datasets, args.dataset)()
             y, se = tasks.per_task_estimates()
             labels = list(tasks.labels)
+            mods = None if args.mods is None else _dataset_moderators(args.dataset, args.mods)
         else:
             if args.csv is None or args.estimate is None:
                 raise ValueError("CSV and --estimate are required (or use --dataset)")
             y, se, labels = read_estimates_csv(
                 args.csv, args.estimate, args.se, args.variance, args.label
             )
+            mods = None if args.mods is None else read_moderators_csv(args.csv, args.mods)
         res = estimators.random_effects(
             y,
             se,
@@ -152,6 +205,7 @@ def _cmd_meta_analysis(args) -> int:
             level=args.level,
             prediction=args.prediction,
             labels=labels,
+            mods=mods,
         )
     except ValueError as err:
         return _error("meta-analysis", str(err))
@@ -170,7 +224,8 @@ def add_meta_analysis_parser(subparsers) -> argparse.ArgumentParser:
         help="random-effects meta-analysis of one estimate and standard error per CSV row",
         description="Random-effects meta-analysis (DerSimonian-Laird, REML, ML, Paule-Mandel,"
         " Hedges, Sidik-Jonkman, empirical Bayes) with Q, I^2, H^2, a Q-profile "
-        "interval for tau^2, a prediction interval and per-task BLUPs.",
+        "interval for tau^2, a prediction interval and per-task BLUPs; with --mods, a "
+        "mixed-effects meta-regression (QE, QM, residual I^2 and H^2, R^2).",
     )
     p.add_argument("csv", nargs="?", help="CSV file with a header row")
     p.add_argument("--estimate", help="column of the per-task estimates")
@@ -178,6 +233,13 @@ def add_meta_analysis_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--se", help="column of their standard errors")
     group.add_argument("--variance", help="column of their sampling variances")
     p.add_argument("--label", help="column of task labels (default: row numbers)")
+    p.add_argument(
+        "--mods",
+        nargs="+",
+        metavar="COL",
+        help="moderator columns for a meta-regression (of the CSV, or of --dataset bcg: "
+        "ablat, year, ...)",
+    )
     p.add_argument(
         "--dataset",
         choices=["bcg", "eight_schools"],

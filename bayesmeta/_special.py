@@ -29,6 +29,7 @@ __all__ = [
     "chi2_cdf",
     "chi2_sf",
     "chi2_ppf",
+    "f_sf",
 ]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -127,3 +128,10 @@ def chi2_ppf(q: Any, df: Any) -> float | np.ndarray:
     q = _check_prob(q)
     df = np.asarray(df, dtype=float)
     return _scalar_or_array(2.0 * _sc.gammaincinv(0.5 * df, q))
+
+
+def f_sf(x: Any, dfn: Any, dfd: Any) -> float | np.ndarray:
+    """F-distribution survival function ``P(F > x)`` on ``(dfn, dfd)`` degrees of freedom
+    (1 for ``x <= 0``)."""
+    x = np.maximum(np.asarray(x, dtype=float), 0.0)
+    return _scalar_or_array(_sc.fdtrc(np.asarray(dfn, float), np.asarray(dfd, float), x))

@@ -13,7 +13,10 @@ estimator                   what it computes
 :func:`fixed_effect`        inverse-variance mean with Q, I^2 and H^2 (Higgins-Thompson)
 :func:`random_effects`      ``y_i ~ N(mu, v_i + tau^2)`` with tau^2 by DL, REML, ML, PM,
                             HE, SJ or EB; Knapp-Hartung (HKSJ) intervals; Q-profile
-                            interval for tau^2; prediction interval; BLUPs
+                            interval for tau^2; prediction interval; BLUPs. With
+                            ``mods``: the mixed-effects meta-regression
+                            ``y_i ~ N(x_i'b, v_i + tau^2)`` (:class:`MetaRegression`:
+                            QE, QM, residual I^2 / H^2, R^2, ``predict``)
 :func:`james_stein`         positive-part James-Stein shrinkage toward the fixed-effect mean
 ``bayesmeta.study.study``   simulation study of all of the above
 ==========================  ==============================================================
@@ -39,9 +42,21 @@ Formulas (``w_i = 1 / (v_i + tau^2)``, ``mu(tau^2) = sum w y / sum w``)::
              ``prediction="z"`` gives metafor's default mu +- z sqrt(se^2 + tau^2)
     BLUP     theta_i = mu + tau^2/(tau^2+v_i) (y_i - mu), se^2 = lam v + (1-lam)^2 se(mu)^2
 
+Meta-regression (metafor's ``rma(yi, vi, mods = ...)``; ``X = [1, mods]`` is ``(k, p)``,
+``P(t) = W_t - W_t X (X'W_t X)^-1 X'W_t`` with ``W_t = diag(1/(v + t))``, ``QE(t) = y'P(t)y``)::
+
+    b        = (X'W X)^-1 X'W y at t = tau^2, Cov(b) = (X'W X)^-1 (KH: x QE(tau^2)/(k-p))
+    QE       = QE(0) on k - p df; QM = b_2' Cov(b)_22^-1 b_2 on p - 1 df (KH: F = QM/(p-1))
+    DL       tau^2 = max(0, (QE - (k-p)) / tr P(0));  HE  max(0, (RSS_OLS - tr((I-H)V))/(k-p))
+    SJ       tau^2 = tau0^2 QE(tau0^2) / (k-p);  PM, EB  QE(tau^2) = k - p
+    ML/REML  Fisher scoring on -1/2 [sum log(v + t) + QE(t)] (REML: - 1/2 log det X'W_t X)
+    I^2, H^2 as above with s^2 = (k-p) / tr P(0); R^2 = max(0, 100 (tau2_RE - tau^2)/tau2_RE)
+    PI       x'b +- t_{k-p-1} sqrt(se^2 + tau^2) (Riley et al. 2011); "z": metafor's default
+
 References: DerSimonian & Laird (1986); Paule & Mandel (1982); Hedges & Olkin (1985);
 Sidik & Jonkman (2005); Morris (1983); Knapp & Hartung (2003); Viechtbauer (2005, 2007);
-Higgins & Thompson (2002); Efron & Morris (1973); metafor's ``rma.uni``.
+Higgins & Thompson (2002); Efron & Morris (1973); Raudenbush (1994, R^2); Riley, Higgins
+& Deeks (2011); Viechtbauer (2010), metafor's ``rma.uni``.
 
 Everything is float64 numpy, with the normal, t and chi-square distributions from
 :mod:`bayesmeta._special` (scipy.special); the tau^2 estimators are vectorised over leading
@@ -51,23 +66,39 @@ batch axes.
 >>> res = random_effects([0.1, 0.3, 0.35, 0.65], se=[0.1, 0.12, 0.1, 0.15], method="DL")
 >>> round(res.tau2, 6) >= 0
 True
+>>> from bayesmeta import datasets
+>>> reg = random_effects(datasets.bcg(), mods={"ablat": datasets.bcg_table()["ablat"]})
+>>> [round(float(b), 4) for b in reg.coef], reg.qe_df
+([0.2515, -0.0291], 11)
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from bayesmeta._checks import check_estimates
-from bayesmeta._special import chi2_cdf, chi2_ppf, chi2_sf, ndtr, ndtri, t_cdf, t_ppf, t_sf2
+from bayesmeta._special import (
+    chi2_cdf,
+    chi2_ppf,
+    chi2_sf,
+    f_sf,
+    ndtr,
+    ndtri,
+    t_cdf,
+    t_ppf,
+    t_sf2,
+)
 from bayesmeta.tasks import TaskSet
 
 __all__ = [
     "TAU2_METHODS",
     "MetaAnalysis",
+    "MetaRegression",
+    "MetaRegressionPrediction",
     "PooledEstimate",
     "PerTaskEstimates",
     "complete_pooling",
@@ -339,6 +370,235 @@ def _q_profile(y, v, level):
     return out[0], out[1]
 
 
+# --------------------------------------------------------------------------- meta-regression
+class _WLS(NamedTuple):
+    """The weighted least-squares fit of ``y`` on ``x`` with ``w = 1 / (v + tau2)``."""
+
+    w: np.ndarray  # shape=(k,): the weights 1 / (v + tau2)
+    beta: np.ndarray  # shape=(p,): (X'WX)^-1 X'W y
+    cov: np.ndarray  # shape=(p, p): (X'WX)^-1
+    resid: np.ndarray  # shape=(k,): y - X beta
+    q: float  # y'Py = sum w (y - X beta)^2 (QE at tau2 = 0)
+    pmat: np.ndarray  # shape=(k, k): P = W - W X (X'WX)^-1 X'W
+    logdet: float  # log det(X'WX)
+
+
+def _wls(y, v, x, tau2) -> _WLS:
+    # QR of sqrt(W) X = Q R: (X'WX)^-1 = R^-1 R^-T and W X (X'WX)^-1 X'W = D Q Q' D with
+    # D = diag(sqrt(w)), without forming X'WX (moderators such as a year are badly scaled)
+    w = 1.0 / (v + tau2)
+    sw = np.sqrt(w)
+    qmat, rmat = np.linalg.qr(sw[:, None] * x)
+    rinv = np.linalg.inv(rmat)
+    beta = rinv @ (qmat.T @ (sw * y))
+    resid = y - x @ beta
+    dq = sw[:, None] * qmat
+    return _WLS(
+        w=w,
+        beta=beta,
+        cov=rinv @ rinv.T,
+        resid=resid,
+        q=float(np.sum(w * resid**2)),
+        pmat=np.diag(w) - dq @ dq.T,
+        logdet=float(2.0 * np.sum(np.log(np.abs(np.diag(rmat))))),
+    )
+
+
+def _mr_qe(y, v, x, tau2) -> float:
+    return _wls(y, v, x, tau2).q
+
+
+def _mr_loglik(y, v, x, tau2, reml) -> float:
+    fit = _wls(y, v, x, tau2)
+    out = -0.5 * (float(np.sum(np.log(v + tau2))) + fit.q)
+    return out - 0.5 * fit.logdet if reml else out
+
+
+def _mr_tau2_dl(y, v, x) -> float:
+    fit = _wls(y, v, x, 0.0)
+    k, p = x.shape
+    return max(0.0, (fit.q - (k - p)) / float(np.trace(fit.pmat)))
+
+
+def _mr_tau2_he(y, v, x) -> float:
+    # ordinary least squares: RSS = y'(I - H)y, E[RSS] = tr((I - H) V) + (k - p) tau^2
+    k, p = x.shape
+    ols = _wls(y, np.ones(k), x, 0.0)
+    # with unit weights pmat = I - H, and tr((I - H) V) = sum (1 - h_ii) v_i
+    return max(0.0, (ols.q - float(np.sum(np.diag(ols.pmat) * v))) / (k - p))
+
+
+def _mr_tau2_sj(y, v, x) -> float:
+    k, p = x.shape
+    tau0 = float(np.sum((y - y.mean()) ** 2)) / k
+    return tau0 * _mr_qe(y, v, x, tau0) / (k - p)
+
+
+def _mr_tau2_qe_root(y, v, x) -> float:
+    """The root of ``QE(tau2) = k - p`` (0 when ``QE(0) <= k - p``): Paule-Mandel, and the
+    fixed point of Morris's empirical Bayes iteration."""
+    k, p = x.shape
+    if _mr_qe(y, v, x, 0.0) <= k - p:
+        return 0.0
+    # QE(t) <= sum (y - X b_OLS)^2 / t, so QE(RSS_OLS / (k - p)) <= k - p: an upper bracket
+    rss = _mr_qe(y, np.ones(k), x, 0.0)
+    hi = max(rss / (k - p), 1e-300)
+    return float(_solve_decreasing(lambda t: _mr_qe(y, v, x, float(t)), k - p, 0.0, hi))
+
+
+def _mr_tau2_ml(y, v, x, reml, max_iter=1000, tol=1e-13) -> float:
+    """Fisher scoring from the DL estimate, truncated at 0, with step halving whenever the
+    (restricted) log-likelihood would decrease; tau^2 = 0 wins if its likelihood is higher."""
+    tau2 = _mr_tau2_dl(y, v, x)
+    fit = _wls(y, v, x, tau2)
+    ll = _mr_loglik(y, v, x, tau2, reml)
+    scale = max(float(np.mean(v)), 1e-300)
+    for _ in range(max_iter):
+        py = fit.w * fit.resid  # P y
+        if reml:
+            step = (py @ py - np.trace(fit.pmat)) / np.sum(fit.pmat**2)
+        else:
+            step = (py @ py - np.sum(fit.w)) / np.sum(fit.w**2)
+        new = max(0.0, tau2 + float(step))
+        new_ll = _mr_loglik(y, v, x, new, reml)
+        for _ in range(60):
+            # a decrease within rounding is no overshoot: near the maximum the likelihood
+            # is flat to ~1e-16 relative, and halving there would stop the iteration early
+            if new_ll >= ll - 1e-12 * max(1.0, abs(ll)):
+                break
+            step = 0.5 * step
+            new = max(0.0, tau2 + float(step))
+            new_ll = _mr_loglik(y, v, x, new, reml)
+        done = abs(new - tau2) <= tol * max(new, scale)
+        tau2, ll = new, new_ll
+        fit = _wls(y, v, x, tau2)
+        if done:
+            break
+    if tau2 > 0.0 and _mr_loglik(y, v, x, 0.0, reml) > ll:
+        tau2 = 0.0
+    return tau2
+
+
+def _mr_tau2(y, v, x, method) -> float:
+    """Residual tau^2 of the meta-regression ``y ~ N(X b, v + tau^2)`` by ``method``."""
+    if method == "DL":
+        return _mr_tau2_dl(y, v, x)
+    if method == "HE":
+        return _mr_tau2_he(y, v, x)
+    if method == "SJ":
+        return _mr_tau2_sj(y, v, x)
+    if method in ("PM", "EB"):
+        return _mr_tau2_qe_root(y, v, x)
+    if method in ("ML", "REML"):
+        return _mr_tau2_ml(y, v, x, reml=method == "REML")
+    raise ValueError(f"method: {method!r} is not defined for meta-regression")
+
+
+def _moderators(mods, mod_names, y, labels, k) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The ``(k, q)`` moderator matrix and its column names from ``mods`` (an array, a dict
+    name -> column, or a list of the names of a TaskSet's task covariates)."""
+    if hasattr(mods, "columns") and not isinstance(mods, np.ndarray):
+        mods = {str(col): np.asarray(mods[col]) for col in mods.columns}  # a DataFrame
+    if isinstance(mods, dict):
+        if mod_names is not None:
+            raise ValueError("mod_names: not with a dict of moderators (its keys are the names)")
+        names = [str(name) for name in mods]
+        columns = list(mods.values())
+    elif isinstance(mods, list | tuple) and mods and all(isinstance(m, str) for m in mods):
+        task_x = getattr(y, "task_x", None) if isinstance(y, TaskSet) else None
+        if task_x is None:
+            raise ValueError(
+                "mods: column names need a TaskSet with task covariates (task_x); "
+                "pass the moderator values instead"
+            )
+        task_x = np.asarray(task_x, dtype=float).reshape(k, -1)
+        have = getattr(y, "task_x_names", None)
+        have = [f"z{j}" for j in range(task_x.shape[1])] if have is None else list(have)
+        for name in mods:
+            if name not in have:
+                raise ValueError(
+                    f"mods: column {name!r} not among the task covariates "
+                    f"(columns: {', '.join(have) or 'none'})"
+                )
+        if mod_names is not None:
+            raise ValueError("mod_names: not with column names in mods (they are the names)")
+        names = list(mods)
+        columns = [task_x[:, have.index(name)] for name in mods]
+    else:
+        try:
+            z = np.asarray(mods, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"mods: could not convert to a float array ({err})") from None
+        if z.ndim == 1:
+            z = z[:, None]
+        if z.ndim != 2 or z.shape[1] == 0:
+            raise ValueError(f"mods: expected shape (k,) or (k, q), got {np.shape(mods)}")
+        if z.shape[0] != k:
+            raise ValueError(f"mods: {z.shape[0]} rows for {k} tasks")
+        names = (
+            [f"mod{j}" for j in range(z.shape[1])]
+            if mod_names is None
+            else [str(n) for n in mod_names]
+        )
+        if len(names) != z.shape[1]:
+            raise ValueError(f"mod_names: {len(names)} names for {z.shape[1]} moderator columns")
+        columns = list(z.T)
+    if not columns:
+        raise ValueError("mods: no moderator columns given")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"mods: column {dup!r} given twice")
+    if "intrcpt" in names:
+        raise ValueError("mods: 'intrcpt' is reserved for the intercept (added automatically)")
+    out = np.empty((k, len(columns)))
+    for j, (name, col) in enumerate(zip(names, columns, strict=True)):
+        try:
+            col = np.asarray(col, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"mods: column {name!r} is not numeric ({err})") from None
+        if col.ndim != 1 or col.shape[0] != k:
+            raise ValueError(
+                f"mods: column {name!r} has shape {col.shape}; expected ({k},), one per task"
+            )
+        bad = ~np.isfinite(col)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"mods: column {name!r} has the non-finite value {col[row]} at task "
+                f"{labels[row]!r} (row {row})"
+            )
+        out[:, j] = col
+    return out, tuple(names)
+
+
+def _design(z, names, k) -> np.ndarray:
+    """``[1, z]`` after checking that it has full column rank and ``k > p``."""
+    x = np.column_stack([np.ones(k), z])
+    p = x.shape[1]
+    for j, name in enumerate(names):
+        if np.ptp(z[:, j]) == 0:
+            raise ValueError(
+                f"mods: column {name!r} is constant ({z[0, j]:g}), which is collinear with "
+                "the intercept (added automatically)"
+            )
+    if k <= p:
+        raise ValueError(
+            f"mods: {k} tasks for {p} coefficients (intercept + {p - 1} moderators); "
+            "a meta-regression needs more tasks than coefficients"
+        )
+    # rank on unit-norm columns, so that a moderator's units do not decide
+    unit = x / np.linalg.norm(x, axis=0)
+    for j in range(2, p + 1):
+        if np.linalg.matrix_rank(unit[:, :j]) < j:
+            before = ", ".join(repr(n) for n in names[: j - 2])
+            raise ValueError(
+                f"mods: column {names[j - 2]!r} is a linear combination of the intercept"
+                + (f" and {before}" if before else "")
+                + "; the design is rank-deficient"
+            )
+    return x
+
+
 # --------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class PooledEstimate:
@@ -447,19 +707,7 @@ class MetaAnalysis:
 
     def to_dict(self) -> dict:
         """Plain Python types (arrays -> lists; inf/nan -> None), ready for ``json.dumps``."""
-
-        def clean(value):
-            if isinstance(value, np.ndarray):
-                return [clean(v) for v in value.tolist()]
-            if isinstance(value, tuple | list):
-                return [clean(v) for v in value]
-            if isinstance(value, float | np.floating):
-                return float(value) if math.isfinite(value) else None
-            if isinstance(value, np.integer):
-                return int(value)
-            return value
-
-        return {key: clean(val) for key, val in asdict(self).items()}
+        return {key: _plain(val) for key, val in asdict(self).items()}
 
     def __str__(self) -> str:
         pct = f"{100 * self.level:g}%"
@@ -499,6 +747,293 @@ class MetaAnalysis:
                 f"{self.blups[i]:10.4f} {self.blup_se[i]:9.4f}"
             )
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class MetaRegressionPrediction:
+    """Predictions of a :class:`MetaRegression` at new moderator values.
+
+    Fields: ``x`` (``(m, p)`` design rows, the intercept column first), ``pred``, ``se``,
+    ``ci_low``, ``ci_high`` (confidence interval of ``x'b``), ``pi_low``, ``pi_high``
+    (prediction interval of a new task's effect, ``pred +- crit sqrt(se^2 + tau^2)``), each
+    ``(m,)``; ``level``, ``df`` (of the confidence interval), ``pi_df`` (of the prediction
+    interval; ``inf`` for z) and ``coef_names``.
+    """
+
+    x: np.ndarray
+    pred: np.ndarray
+    se: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    pi_low: np.ndarray
+    pi_high: np.ndarray
+    level: float
+    df: float
+    pi_df: float
+    coef_names: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        """Plain Python types (arrays -> lists; inf/nan -> None), ready for ``json.dumps``."""
+        return {key: _plain(val) for key, val in asdict(self).items()}
+
+    def __str__(self) -> str:
+        names = self.coef_names[1:]
+        head = [*names, "pred", "se", "ci.lb", "ci.ub", "pi.lb", "pi.ub"]
+        rows = [
+            [f"{v:g}" for v in self.x[i, 1:]]
+            + [
+                f"{val:.4f}"
+                for val in (
+                    self.pred[i],
+                    self.se[i],
+                    self.ci_low[i],
+                    self.ci_high[i],
+                    self.pi_low[i],
+                    self.pi_high[i],
+                )
+            ]
+            for i in range(self.pred.shape[0])
+        ]
+        return _table(head, rows, [str(i + 1) for i in range(len(rows))])
+
+
+@dataclass(frozen=True)
+class MetaRegression:
+    """A mixed-effects meta-regression ``y_i ~ N(x_i'b, v_i + tau^2)`` (field names follow
+    metafor's ``rma(yi, vi, mods = ...)`` output; printing gives metafor's table).
+
+    Fields:
+      method              the tau^2 estimator ("DL", "REML", ...)
+      k, num_coef         numbers of tasks and of coefficients ``p`` (intercept + moderators)
+      coef_names          ``("intrcpt", *moderator names)``
+      coef, se            (p,) estimates and standard errors (Knapp-Hartung when chosen)
+      z, p                (p,) Wald statistics and two-sided p-values (t with ``df``)
+      ci_low, ci_high     (p,) confidence intervals at ``level``
+      df                  ``inf`` (normal) or ``k - p`` (Knapp-Hartung)
+      vcov                (p, p) covariance matrix of ``coef``
+      tau2, tau           residual between-task variance and sd
+      tau2_se             se of ``tau2`` from the Fisher information (ML, REML; else nan)
+      i2, h2              residual I^2 (percent) and H^2
+      r2                  percent of the heterogeneity accounted for by the moderators;
+                          ``tau2_re`` is tau^2 of the model without them (same method)
+      qe, qe_df, qe_p     test for residual heterogeneity (chi-square on ``k - p`` df)
+      qm, qm_df, qm_p     omnibus test of the moderators: chi-square on ``qm_df = p - 1``;
+                          with Knapp-Hartung ``qm`` is F on (``qm_df``, ``qm_df2``) df
+      qm_df2              ``k - p`` with Knapp-Hartung, else ``inf``
+      pi_df               df of the prediction intervals of :meth:`predict` (``inf``: z)
+      x                   (k, p) design matrix (the intercept column first)
+      y, y_se             (k,) the per-task estimates and standard errors analysed
+      labels, level, knapp_hartung, prediction
+    """
+
+    method: str
+    k: int
+    num_coef: int
+    coef_names: tuple[str, ...]
+    coef: np.ndarray
+    se: np.ndarray
+    z: np.ndarray
+    p: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    df: float
+    vcov: np.ndarray
+    tau2: float
+    tau: float
+    tau2_se: float
+    i2: float
+    h2: float
+    r2: float
+    tau2_re: float
+    qe: float
+    qe_df: int
+    qe_p: float
+    qm: float
+    qm_df: int
+    qm_df2: float
+    qm_p: float
+    pi_df: float
+    x: np.ndarray
+    y: np.ndarray
+    y_se: np.ndarray
+    labels: tuple[str, ...]
+    level: float
+    knapp_hartung: bool
+    prediction: str
+
+    def predict(self, new_mods: Any) -> MetaRegressionPrediction:
+        """Predicted effect ``x'b`` at new moderator values, with intervals.
+
+        ``new_mods``: a dict name -> values, or an array ``(m, q)``; with one moderator
+        also a scalar or ``(m,)``, with ``q`` moderators also ``(q,)`` (one point). The
+        intercept column is added. The confidence interval is ``pred +- crit se`` (z, or t
+        on ``k - p`` df with Knapp-Hartung); the prediction interval is ``pred +- c
+        sqrt(se^2 + tau^2)`` with ``c`` from t on ``k - p - 1`` df for ``prediction="t"``
+        (Riley et al. 2011; metafor's ``predtype="Riley"``; nan when ``k - p - 1 < 1``) or
+        the normal quantile for ``prediction="z"`` (metafor's default).
+        """
+        x = _new_design(new_mods, self.coef_names[1:])
+        alpha = 1.0 - self.level
+        crit = (
+            t_ppf(1 - alpha / 2, self.df) if math.isfinite(self.df) else float(ndtri(1 - alpha / 2))
+        )
+        pred = x @ self.coef
+        se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", x, self.vcov, x), 0.0))
+        pi_crit = _pi_crit(self.pi_df, alpha)
+        half_pi = pi_crit * np.sqrt(se**2 + self.tau2)
+        return MetaRegressionPrediction(
+            x=x,
+            pred=pred,
+            se=se,
+            ci_low=pred - crit * se,
+            ci_high=pred + crit * se,
+            pi_low=pred - half_pi,
+            pi_high=pred + half_pi,
+            level=self.level,
+            df=self.df,
+            pi_df=self.pi_df,
+            coef_names=self.coef_names,
+        )
+
+    def to_dict(self) -> dict:
+        """Plain Python types (arrays -> lists; inf/nan -> None), ready for ``json.dumps``."""
+        return {key: _plain(val) for key, val in asdict(self).items()}
+
+    def __str__(self) -> str:
+        kh = self.knapp_hartung
+        tau2 = f"{self.tau2:.4f}"
+        if math.isfinite(self.tau2_se):
+            tau2 += f" (SE = {self.tau2_se:.4f})"
+        stats = [
+            ("tau^2 (estimated amount of residual heterogeneity):", tau2),
+            ("tau (square root of estimated tau^2 value):", f"{self.tau:.4f}"),
+            ("I^2 (residual heterogeneity / unaccounted variability):", f"{self.i2:.2f}%"),
+            ("H^2 (unaccounted variability / sampling variability):", f"{self.h2:.2f}"),
+            ("R^2 (amount of heterogeneity accounted for):", f"{self.r2:.2f}%"),
+        ]
+        width = max(len(label) for label, _ in stats) + 1
+        if kh:
+            qm = f"F(df1 = {self.qm_df}, df2 = {self.qm_df2:g}) = {self.qm:.4f}"
+        else:
+            qm = f"QM(df = {self.qm_df}) = {self.qm:.4f}"
+        lines = [
+            f"Mixed-Effects Model (k = {self.k}; tau^2 estimator: {self.method})",
+            "",
+            *(label.ljust(width) + value for label, value in stats),
+            "",
+            "Test for Residual Heterogeneity:",
+            f"QE(df = {self.qe_df}) = {self.qe:.4f}, p-val {_fmt_pval(self.qe_p)}",
+            "",
+            f"Test of Moderators (coefficients 2:{self.num_coef}):",
+            f"{qm}, p-val {_fmt_pval(self.qm_p)}",
+            "",
+            "Model Results:",
+            "",
+        ]
+        head = ["estimate", "se", "tval" if kh else "zval", *(["df"] if kh else [])]
+        head += ["pval", "ci.lb", "ci.ub", ""]
+        rows = []
+        for j in range(self.num_coef):
+            row = [f"{self.coef[j]:.4f}", f"{self.se[j]:.4f}", f"{self.z[j]:.4f}"]
+            row += [f"{self.df:g}"] if kh else []
+            row += [_fmt_p(self.p[j]), f"{self.ci_low[j]:.4f}", f"{self.ci_high[j]:.4f}"]
+            rows.append([*row, _stars(self.p[j]).ljust(3)])
+        lines.append(_table(head, rows, list(self.coef_names)))
+        lines += [
+            "",
+            "---",
+            "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1",
+        ]
+        if self.level != 0.95:
+            lines.append(f"(ci.lb, ci.ub: {100 * self.level:g}% confidence intervals)")
+        return "\n".join(lines)
+
+
+def _pi_crit(pi_df: float, alpha: float) -> float:
+    if math.isnan(pi_df):
+        return math.nan
+    return t_ppf(1 - alpha / 2, pi_df) if math.isfinite(pi_df) else float(ndtri(1 - alpha / 2))
+
+
+def _new_design(new_mods: Any, names: tuple[str, ...]) -> np.ndarray:
+    """``[1, z]`` for :meth:`MetaRegression.predict`, ``(m, p)``."""
+    q = len(names)
+    if isinstance(new_mods, dict):
+        unknown = [str(n) for n in new_mods if n not in names]
+        missing = [n for n in names if n not in new_mods]
+        if unknown or missing:
+            raise ValueError(
+                f"new_mods: the moderators are {', '.join(names)}"
+                + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+                + (f"; missing: {', '.join(missing)}" if missing else "")
+            )
+        try:
+            cols = [np.atleast_1d(np.asarray(new_mods[n], dtype=float)) for n in names]
+            z = np.column_stack(np.broadcast_arrays(*cols))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"new_mods: could not form the moderator columns ({err})") from None
+    else:
+        try:
+            z = np.asarray(new_mods, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"new_mods: could not convert to a float array ({err})") from None
+        if z.ndim == 0 and q == 1:
+            z = z.reshape(1, 1)
+        elif z.ndim == 1 and q == 1:
+            z = z[:, None]
+        elif z.ndim == 1 and z.size == q:
+            z = z[None, :]
+        if z.ndim != 2 or z.shape[1] != q:
+            raise ValueError(
+                f"new_mods: expected shape (m, {q}) for the moderators {', '.join(names)}, "
+                f"got {np.shape(new_mods)}"
+            )
+    bad = ~np.isfinite(z)
+    if bad.any():
+        row, col = (int(i[0]) for i in np.nonzero(bad))
+        raise ValueError(f"new_mods: non-finite value at row {row}, column {names[col]!r}")
+    return np.column_stack([np.ones(z.shape[0]), z])
+
+
+def _table(head: list[str], rows: list[list[str]], row_names: list[str]) -> str:
+    """A right-aligned text table with left-aligned row names, two spaces between columns
+    (R's ``print.data.frame(..., print.gap = 2)``)."""
+    widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(head)]
+    name_width = max(len(n) for n in row_names)
+    out = [" " * name_width + "".join("  " + h.rjust(w) for h, w in zip(head, widths, strict=True))]
+    for name, row in zip(row_names, rows, strict=True):
+        cells = "".join("  " + c.rjust(w) for c, w in zip(row, widths, strict=True))
+        out.append(name.ljust(name_width) + cells)
+    return "\n".join(line.rstrip() for line in out)
+
+
+def _stars(p: float) -> str:
+    if not math.isfinite(p):
+        return ""
+    for cut, mark in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
+        if p <= cut:
+            return mark
+    return ""
+
+
+def _fmt_pval(p: float) -> str:
+    """metafor's ``p-val = 0.0012`` / ``p-val < .0001``."""
+    if not math.isfinite(p):
+        return "= nan"
+    return "< .0001" if p < 1e-4 else f"= {p:.4f}"
+
+
+def _plain(value):
+    """``value`` in plain Python types for JSON: arrays -> lists, inf/nan -> None."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _fmt_p(p: float) -> str:
@@ -651,27 +1186,67 @@ def random_effects(
     level: float = 0.95,
     prediction: str = "t",
     labels: Any = None,
-) -> MetaAnalysis:
-    """Random-effects meta-analysis: ``y_i ~ N(theta_i, s_i^2)``, ``theta_i ~ N(mu, tau^2)``.
+    mods: Any = None,
+    mod_names: Any = None,
+) -> MetaAnalysis | MetaRegression:
+    """Random-effects meta-analysis: ``y_i ~ N(theta_i, s_i^2)``, ``theta_i ~ N(mu, tau^2)``;
+    with ``mods``, the mixed-effects meta-regression ``theta_i ~ N(x_i'b, tau^2)``.
 
     Args:
       y: per-task estimates ``(k,)``, or a TaskSet (raw rows are reduced with
         ``per_task_estimates()``; estimates data give ``y`` and ``se`` directly).
       se: standard errors ``(k,)`` (not with a TaskSet).
       method: tau^2 estimator, one of ``TAU2_METHODS`` (see the module docstring).
-      knapp_hartung: Knapp-Hartung / HKSJ standard error and t interval on ``k-1`` df.
+      knapp_hartung: Knapp-Hartung / HKSJ standard error and t interval on ``k-1`` df
+        (``k-p`` df with moderators, and an F test of the moderators).
       level: confidence level of every interval.
       prediction: ``"t"`` (default): prediction interval with ``t_{k-2}`` (Higgins,
-        Thompson & Spiegelhalter 2009; needs ``k >= 3``, else nan); ``"z"``: metafor's
-        default normal quantile.
+        Thompson & Spiegelhalter 2009; needs ``k >= 3``, else nan), ``t_{k-p-1}`` with
+        moderators (Riley et al. 2011); ``"z"``: metafor's default normal quantile.
       labels: task labels (default: the TaskSet's, or ``"0" .. "k-1"``).
+      mods: moderators (task-level covariates) for a meta-regression: an array ``(k,)``
+        or ``(k, q)``, a dict name -> column ``(k,)`` (or a pandas DataFrame, by its
+        columns), or, with a TaskSet that carries
+        task covariates (``task_x``), a list of their names (``task_x_names``). An
+        intercept column is added; a constant or linearly dependent column is an error,
+        and ``k`` must exceed ``p = q + 1``.
+      mod_names: names of the columns of an array ``mods`` (default ``mod0 ..``).
 
     Returns:
       :class:`MetaAnalysis` (``mu``, ``se``, ``ci_low``, ``ci_high``, ``tau2``, ``i2``
-      (percent), ``h2``, ``q``, ``pi_low``, ``pi_high``, ``blups``, ...).
+      (percent), ``h2``, ``q``, ``pi_low``, ``pi_high``, ``blups``, ...); with ``mods``, a
+      :class:`MetaRegression` (``coef``, ``se``, ``z``, ``p``, ``tau2``, ``qe``, ``qm``,
+      ``i2``, ``h2``, ``r2``, ``predict()``, ...), printed like metafor.
+
+    Meta-regression (``X = [1, mods]`` is ``(k, p)``, ``W = diag(1/v)``, ``W_tau =
+    diag(1/(v + tau^2))``, ``P(tau^2) = W_tau - W_tau X (X'W_tau X)^-1 X'W_tau``)::
+
+        b        = (X'W_tau X)^-1 X'W_tau y,   Cov(b) = (X'W_tau X)^-1
+        QE(t)    = y'P(t)y;  QE = QE(0) on k - p df (residual heterogeneity)
+        DL       tau^2 = max(0, (QE - (k-p)) / tr P(0))
+        HE       tau^2 = max(0, (y'(I-H)y - tr((I-H)V)) / (k-p)),  H = X (X'X)^-1 X'
+        SJ       tau0^2 = sum (y - ybar)^2 / k;  tau^2 = tau0^2 QE(tau0^2) / (k-p)
+        PM, EB   QE(tau^2) = k - p (0 when QE <= k-p; the fixed point of metafor's EB)
+        ML       maximises -1/2 [sum log(v + tau^2) + QE(tau^2)]
+        REML     maximises the ML criterion - 1/2 log det(X'W_tau X)
+        KH       Cov(b) scaled by QE(tau^2) / (k-p); t on k-p df
+        QM       b_2' Cov(b)_22^-1 b_2 ~ chi2(p-1) (b_2: the moderators); KH: QM/(p-1)
+                 ~ F(p-1, k-p)
+        I^2      = 100 tau^2 / (s^2 + tau^2), H^2 = 1 + tau^2 / s^2, s^2 = (k-p) / tr P(0)
+        R^2      = max(0, 100 (tau2_RE - tau^2) / tau2_RE), tau2_RE without moderators
+                   (0 when tau2_RE = 0)
 
     >>> res = random_effects([0.1, 0.3, 0.35, 0.65], [0.1, 0.12, 0.1, 0.15], method="PM")
     >>> res.pi_low < res.ci_low <= res.mu <= res.ci_high < res.pi_high
+    True
+    >>> reg = random_effects(
+    ...     [0.1, 0.3, 0.35, 0.65, 0.5], [0.1, 0.12, 0.1, 0.15, 0.1],
+    ...     mods={"dose": [1.0, 2.0, 3.0, 4.0, 3.5]}, method="DL",
+    ... )
+    >>> reg.coef_names
+    ('intrcpt', 'dose')
+    >>> pred = reg.predict({"dose": [0.0]})
+    >>> bool(np.isclose(pred.pred[0], reg.coef[0]))
     True
     """
     if method not in TAU2_METHODS:
@@ -681,6 +1256,13 @@ def random_effects(
     level = _check_level(level)
     est, s, labels = _estimates(y, se, labels)
     k = est.size
+    if mods is not None:
+        z, names = _moderators(mods, mod_names, y, labels, k)
+        return _meta_regression(
+            est, s, labels, z, names, method, bool(knapp_hartung), level, prediction
+        )
+    if mod_names is not None:
+        raise ValueError("mod_names: given without mods")
     if k < 2:
         raise ValueError("y: a random-effects meta-analysis needs at least 2 tasks")
     v = s**2
@@ -722,6 +1304,94 @@ def random_effects(
         prediction=prediction,
     )
     return res
+
+
+def _meta_regression(est, s, labels, z, names, method, knapp_hartung, level, prediction):
+    """The mixed-effects meta-regression of ``est`` on ``[1, z]``: a :class:`MetaRegression`."""
+    k = est.size
+    x = _design(z, names, k)
+    p = x.shape[1]
+    v = s**2
+    tau2 = _mr_tau2(est, v, x, method)
+    fit = _wls(est, v, x, tau2)
+    alpha = 1.0 - level
+    cov = fit.cov
+    if knapp_hartung:
+        # metafor's test="knha": the covariance scaled by QE(tau2) / (k - p), not truncated
+        s2w = fit.q / (k - p) if fit.q > np.finfo(float).eps else 0.0
+        cov = s2w * cov
+        df = float(k - p)
+        crit = t_ppf(1 - alpha / 2, df)
+    else:
+        df = math.inf
+        crit = float(ndtri(1 - alpha / 2))
+    se = np.sqrt(np.diag(cov))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zval = np.where(se > 0, fit.beta / np.where(se > 0, se, 1.0), np.nan)
+    pval = np.where(np.isfinite(zval), t_sf2(np.nan_to_num(zval), df), np.nan)
+    m = p - 1
+    b2 = fit.beta[1:]
+    if np.all(np.diag(cov)[1:] > 0):
+        qm = float(b2 @ np.linalg.solve(cov[1:, 1:], b2))
+    else:
+        qm = math.nan
+    if knapp_hartung:
+        qm = qm / m
+        qm_df2 = float(k - p)
+        # F survival function P(F(m, k-p) > qm); bayesmeta._special has no F distribution
+        qm_p = float(f_sf(qm, m, k - p)) if math.isfinite(qm) else math.nan
+    else:
+        qm_df2 = math.inf
+        qm_p = chi2_sf(qm, m) if math.isfinite(qm) else math.nan
+    fit0 = _wls(est, v, x, 0.0)
+    s2 = (k - p) / float(np.trace(fit0.pmat))  # the typical within-task variance
+    tau2_re = float(_tau2(est, v, method))
+    if method == "ML":
+        tau2_se = math.sqrt(2.0 / float(np.sum(fit.w**2)))
+    elif method == "REML":
+        tau2_se = math.sqrt(2.0 / float(np.sum(fit.pmat**2)))
+    else:
+        tau2_se = math.nan
+    if prediction == "t":
+        pi_df = float(k - p - 1) if k - p - 1 >= 1 else math.nan
+    else:
+        pi_df = math.inf
+    return MetaRegression(
+        method=method,
+        k=k,
+        num_coef=p,
+        coef_names=("intrcpt", *names),
+        coef=fit.beta,
+        se=se,
+        z=zval,
+        p=pval,
+        ci_low=fit.beta - crit * se,
+        ci_high=fit.beta + crit * se,
+        df=df,
+        vcov=cov,
+        tau2=tau2,
+        tau=math.sqrt(tau2),
+        tau2_se=tau2_se,
+        i2=100.0 * tau2 / (s2 + tau2),
+        h2=1.0 + tau2 / s2,
+        r2=max(0.0, 100.0 * (tau2_re - tau2) / tau2_re) if tau2_re > 0 else 0.0,
+        tau2_re=tau2_re,
+        qe=fit0.q,
+        qe_df=k - p,
+        qe_p=chi2_sf(fit0.q, k - p),
+        qm=qm,
+        qm_df=m,
+        qm_df2=qm_df2,
+        qm_p=qm_p,
+        pi_df=pi_df,
+        x=x,
+        y=est,
+        y_se=s,
+        labels=labels,
+        level=level,
+        knapp_hartung=bool(knapp_hartung),
+        prediction=prediction,
+    )
 
 
 def james_stein(
