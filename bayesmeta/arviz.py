@@ -200,6 +200,7 @@ def to_arviz(
     posterior_predictive: Mapping[str, Any] | None = None,
     constant_data: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any] | None = None,
+    obs_coords: Mapping[str, Sequence] | None = None,
 ):
     """Convert draws to ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (1.x).
 
@@ -228,6 +229,9 @@ def to_arviz(
       attrs: global attributes, e.g. ``{"inference_library": "numpyro", "method": "nuts"}``;
         also written on the ``posterior`` and ``sample_stats`` groups, where ArviZ's own
         converters put ``inference_library``.
+      obs_coords: extra (non-index) coordinates along the ``obs`` dim of the
+        ``observed_data`` and ``log_likelihood`` groups, e.g. ``{"task": label of each
+        row, "row": the caller's row number}``, so each row maps back to its task.
 
     Returns:
       ``arviz.InferenceData`` under ArviZ 0.x, ``xarray.DataTree`` under ArviZ 1.x, with the
@@ -291,7 +295,7 @@ def to_arviz(
     attrs_ = dict(attrs or {})
     az = _az()
     if arviz_major() == 0:
-        return az.from_dict(
+        data = az.from_dict(
             **groups,
             dims=dims_,
             coords=coords_,
@@ -299,11 +303,40 @@ def to_arviz(
             posterior_attrs=dict(attrs_),
             sample_stats_attrs=dict(attrs_),
         )
-    group_attrs = {"/": dict(attrs_)}
-    for group in ("posterior", "sample_stats"):
-        if group in groups:
-            group_attrs[group] = dict(attrs_)
-    return az.from_dict(groups, dims=dims_, coords=coords_, attrs=group_attrs)
+    else:
+        group_attrs = {"/": dict(attrs_)}
+        for group in ("posterior", "sample_stats"):
+            if group in groups:
+                group_attrs[group] = dict(attrs_)
+        data = az.from_dict(groups, dims=dims_, coords=coords_, attrs=group_attrs)
+    if obs_coords:
+        _add_obs_coords(data, obs_coords)
+    return data
+
+
+def _add_obs_coords(data, obs_coords: Mapping[str, Sequence]) -> None:
+    """Attach non-index coordinates along ``obs`` to the groups that have that dim."""
+    for group in ("observed_data", "log_likelihood"):
+        if group not in group_names(data):
+            continue
+        ds = data[group] if arviz_major() else getattr(data, group)
+        if arviz_major():
+            ds = ds.to_dataset()
+        if "obs" not in ds.dims:
+            continue
+        extra = {}
+        for name, values in obs_coords.items():
+            values = np.asarray(values)
+            if values.shape != (ds.sizes["obs"],):
+                raise ValueError(
+                    f"obs_coords['{name}']: {values.shape[0]} values for {ds.sizes['obs']} rows"
+                )
+            extra[name] = ("obs", values)
+        ds = ds.assign_coords(extra)
+        if arviz_major():
+            data[group] = ds
+        else:
+            setattr(data, group, ds)
 
 
 # --------------------------------------------------------------------------- reading back

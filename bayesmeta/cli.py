@@ -91,12 +91,24 @@ def _print_table(post, labels: dict) -> None:
 
 
 def _task_labels(post) -> dict:
+    """Readable labels of vector entries from their coordinates: ``theta[3]`` is the
+    task's label, ``beta[0]`` the common coefficient's name (``floor``), ``theta[3,1]``
+    ``"AITKIN, floor"``."""
+    import numpy as np
+
     out = {}
-    labels = post.labels
     for name, dims in post.dims.items():
-        if name in post.samples and dims[:1] == ["task"] and len(dims) == 1:
-            for i, label in enumerate(labels):
-                out[f"{name}[{i}]"] = label
+        if name not in post.samples or not dims:
+            continue
+        shape = post.samples[name].shape[2:]
+        if len(dims) != len(shape) or not all(d in post.coords for d in dims):
+            continue
+        coords = [list(post.coords[d]) for d in dims]
+        if any(len(c) != n for c, n in zip(coords, shape, strict=True)):
+            continue
+        for idx in np.ndindex(*shape):
+            key = f"{name}[{','.join(map(str, idx))}]"
+            out[key] = ", ".join(str(c[i]) for c, i in zip(coords, idx, strict=True))
     return out
 
 

@@ -17,6 +17,18 @@ likelihood              per-task parameter            data
 ``Binomial``            logit (intercept, slopes)     x[:, 0] trials, x[:, 1:] covariates
 ``Custom``              any shape you declare         your ``loglik_fn(theta, x, y)``
 ======================  ============================  =================================
+
+**Common and varying coefficients.** The likelihoods with a linear predictor
+(``LinearRegression``, ``LogisticRegression``, ``Poisson``, ``Binomial``) take
+``varying=[names]``: only those coefficients vary by task (``theta_t``, a scalar when one
+varies), the others are *common*, one value for all tasks, the site ``beta`` with dim
+``common`` and the prior ``common_prior`` (default ``Normal(0, 5)`` per coefficient)::
+
+    eta_r = x_{r,V} . theta_t + x_{r,C} . beta
+
+Coefficients are named ``intercept`` and the TaskSet's ``x`` column names
+(``feature_names``; ``x0``.. when unnamed); a name that is not one of them is an error
+raised by ``validate``. ``varying=None`` (the default) lets every coefficient vary.
 """
 
 from __future__ import annotations
@@ -215,11 +227,37 @@ def _noise_prior(prior: Any) -> dist.Distribution:
 class _GLM(Likelihood):
     """Shared machinery of likelihoods with a linear predictor ``eta = a + x @ b``."""
 
-    def __init__(self, intercept: bool = True, x_required: bool = False):
+    def __init__(
+        self,
+        intercept: bool = True,
+        x_required: bool = False,
+        varying: Any = None,
+        common_prior: Any = None,
+    ):
         if not isinstance(intercept, bool):
             raise ValueError(f"intercept: expected True or False, got {intercept!r}")
         self.intercept = intercept
         self.x_required = x_required
+        if varying is not None:
+            varying = [varying] if isinstance(varying, str) else list(varying)
+            if not varying or not all(isinstance(v, str) for v in varying):
+                raise ValueError(
+                    "varying: expected a non-empty list of coefficient names (None: all vary)"
+                )
+            if len(set(varying)) != len(varying):
+                raise ValueError(f"varying: a coefficient is named twice ({varying})")
+        self.varying = varying
+        if common_prior is None:
+            common_prior = dist.Normal(0.0, 5.0)
+        if not isinstance(common_prior, dist.Distribution):
+            raise ValueError(
+                f"common_prior: expected a numpyro distribution, got {type(common_prior).__name__}"
+            )
+        if common_prior.event_shape:
+            raise ValueError("common_prior: expected a scalar (per-coefficient) distribution")
+        self.common_prior = common_prior
+        # the varying / common split, resolved against the data by validate
+        self._split: tuple[tuple[int, ...], tuple[int, ...], list[str]] | None = None
 
     def _covariates(self, x):
         return x
@@ -239,8 +277,36 @@ class _GLM(Likelihood):
             raise ValueError(f"x: {type(self).__name__} needs inputs x")
         if k == 0 and not self.intercept:
             raise ValueError("intercept: with no covariates the model needs an intercept")
+        self._split = None
+        if self.varying is not None:
+            names = self.coef_names(tasks)
+            for v in self.varying:
+                if v not in names:
+                    raise ValueError(
+                        f"varying: {v!r} is not a coefficient of {type(self).__name__} "
+                        f"(coefficients: {names})"
+                    )
+            var_idx = tuple(names.index(v) for v in self.varying)
+            com_idx = tuple(i for i in range(len(names)) if i not in var_idx)
+            if com_idx:
+                self._split = (var_idx, com_idx, [names[i] for i in com_idx])
+
+    def coef_names(self, tasks: TaskSet) -> list[str]:
+        """Names of all coefficients of the linear predictor, varying and common
+        (``intercept`` and the columns of ``x``)."""
+        k = self._num_covariates(tasks)
+        names = getattr(tasks, "feature_names", None) or [f"x{i}" for i in range(k)]
+        return (["intercept"] if self.intercept else []) + list(names[:k])
+
+    @property
+    def common_names(self) -> list[str]:
+        """Names of the common (shared, not varying) coefficients, after ``validate``."""
+        return [] if self._split is None else list(self._split[2])
 
     def param_shape(self, tasks):
+        if self._split is not None:
+            p = len(self._split[0])
+            return () if p == 1 else (p,)
         k = self._num_covariates(tasks)
         p = k + int(self.intercept)
         return () if (p == 1 and self.intercept) else (p,)
@@ -248,12 +314,23 @@ class _GLM(Likelihood):
     def param_dim(self, tasks):
         if not self.param_shape(tasks):
             return None
-        k = self._num_covariates(tasks)
-        names = getattr(tasks, "feature_names", None) or [f"x{i}" for i in range(k)]
-        return "coef", (["intercept"] if self.intercept else []) + list(names[:k])
+        names = self.coef_names(tasks)
+        if self._split is not None:
+            names = [names[i] for i in self._split[0]]
+        return "coef", names
 
-    def design(self, data: dict) -> jnp.ndarray | None:
-        """Rows of the design matrix ``(N, p)`` (None when the parameter is a scalar mean)."""
+    def global_priors(self):
+        if self._split is None:
+            return {}
+        return {"beta": self.common_prior.expand((len(self._split[1]),)).to_event(1)}
+
+    def nuisance_dims(self) -> tuple[dict, dict]:
+        """``(dims, coords)`` of the nuisance sites: ``beta`` over the ``common`` dim."""
+        if self._split is None:
+            return {}, {}
+        return {"beta": ["common"]}, {"common": list(self._split[2])}
+
+    def _full_design(self, data: dict) -> jnp.ndarray | None:
         x = data.get("x")
         cov = None if x is None else self._covariates(x)
         if cov is None or cov.shape[-1] == 0:
@@ -262,7 +339,30 @@ class _GLM(Likelihood):
             return jnp.concatenate([jnp.ones_like(cov[..., :1]), cov], axis=-1)
         return cov
 
-    def _eta(self, theta_rows, data):
+    def design(self, data: dict) -> jnp.ndarray | None:
+        """Rows of the design matrix of the *varying* coefficients ``(N, p)`` (None when the
+        parameter is a scalar mean with no common coefficients)."""
+        full = self._full_design(data)
+        if full is None or self._split is None:
+            return full
+        return full[..., jnp.asarray(self._split[0])]
+
+    def common_design(self, data: dict) -> jnp.ndarray | None:
+        """Rows of the design matrix of the common coefficients ``(N, c)``, or None."""
+        if self._split is None:
+            return None
+        return self._full_design(data)[..., jnp.asarray(self._split[1])]
+
+    def _common_eta(self, data, extras_rows):
+        if self._split is None:
+            return 0.0
+        return self.common_design(data) @ extras_rows["beta"]
+
+    def _eta(self, theta_rows, data, extras_rows=None):
+        if self._split is not None:
+            xv = self.design(data)
+            theta_v = theta_rows[..., None] if len(self._split[0]) == 1 else theta_rows
+            return jnp.sum(xv * theta_v, axis=-1) + self._common_eta(data, extras_rows)
         x = data.get("x")
         cov = None if x is None else self._covariates(x)
         if cov is None or cov.shape[-1] == 0:
@@ -278,7 +378,7 @@ class _GLM(Likelihood):
         raise NotImplementedError
 
     def row_dist(self, theta_rows, data, extras_rows):
-        return self._dist_eta(self._eta(theta_rows, data), data, extras_rows)
+        return self._dist_eta(self._eta(theta_rows, data, extras_rows), data, extras_rows)
 
     def task_eta(self, theta, data, rows_per_task: int):
         """Linear predictor of every row from ``theta`` ``(T, *param_shape)`` when every
@@ -287,7 +387,7 @@ class _GLM(Likelihood):
         to rows, whose gradient is a scatter-add), or None where there is no design."""
         x = data.get("x")
         cov = None if x is None else self._covariates(x)
-        if cov is None or cov.shape[-1] == 0:
+        if cov is None or cov.shape[-1] == 0 or self._split is not None:
             return None
         num_tasks = theta.shape[0]
         blocks = cov.reshape(num_tasks, rows_per_task, cov.shape[-1])
@@ -304,8 +404,9 @@ class _GLM(Likelihood):
         eta = self.task_eta(theta, data, rows_per_task)
         return None if eta is None else self._dist_eta(eta, data, extras_rows)
 
-    def _design_np(self, tasks: TaskSet) -> np.ndarray:
-        design = self.design(self.data_arrays(tasks))
+    def _design_np(self, tasks: TaskSet, full: bool = False) -> np.ndarray:
+        data = self.data_arrays(tasks)
+        design = self._full_design(data) if full else self.design(data)
         if design is None:
             return np.ones((tasks.num_obs, 1))
         return np.asarray(design)
@@ -430,7 +531,10 @@ class _NoiseMixin:
         self.noise_prior = _noise_prior(noise_prior)
 
     def global_priors(self):
-        return {"sigma": self.noise_prior} if self._resolved == "shared" else {}
+        out = super().global_priors()
+        if self._resolved == "shared":
+            out["sigma"] = self.noise_prior
+        return out
 
     def task_priors(self):
         return {"sigma": self.noise_prior} if self._resolved == "task" else {}
@@ -496,12 +600,28 @@ class LinearRegression(_NoiseMixin, _GLM):
       noise: ``"known"`` (the TaskSet's ``noise_scale``), ``"shared"``, ``"task"``, or None
         (default: known when the TaskSet has noise scales, else shared).
       noise_prior: prior on a learned ``sigma`` (default ``HalfNormal(5)``).
+      varying: names of the coefficients that vary by task (default all); the others are
+        common, one ``beta`` for all tasks (module docstring).
+      common_prior: prior of each common coefficient (default ``Normal(0, 5)``).
     """
 
     linear_gaussian = True
 
-    def __init__(self, intercept: bool = True, noise: str | None = None, noise_prior: Any = None):
-        _GLM.__init__(self, intercept=intercept, x_required=True)
+    def __init__(
+        self,
+        intercept: bool = True,
+        noise: str | None = None,
+        noise_prior: Any = None,
+        varying: Any = None,
+        common_prior: Any = None,
+    ):
+        _GLM.__init__(
+            self,
+            intercept=intercept,
+            x_required=True,
+            varying=varying,
+            common_prior=common_prior,
+        )
         self._init_noise(noise, noise_prior, allow_known=True)
         self._resolved = noise or "shared"
 
@@ -529,8 +649,14 @@ class LinearRegression(_NoiseMixin, _GLM):
         design = self._design_np(tasks)
         w = self._row_weights(tasks)
         p = design.shape[1]
+        y = tasks.y
+        if self._split is not None:  # the common part held at its pooled least squares
+            full = self._design_np(tasks, full=True)
+            coef = np.linalg.lstsq(full * np.sqrt(w)[:, None], y * np.sqrt(w), rcond=None)[0]
+            com = list(self._split[1])
+            y = y - full[:, com] @ coef[com]
         xtx = _segment_sum(w[:, None, None] * design[:, :, None] * design[:, None, :], tasks)
-        xty = _segment_sum((w * tasks.y)[:, None] * design, tasks)
+        xty = _segment_sum((w * y)[:, None] * design, tasks)
         prec = xtx + 1e-8 * np.trace(xtx, axis1=1, axis2=2)[:, None, None] * np.eye(p)
         cov = np.linalg.inv(prec + 1e-300 * np.eye(p))
         est = np.einsum("tij,tj->ti", cov, xty)
@@ -545,7 +671,14 @@ class LinearRegression(_NoiseMixin, _GLM):
 
 class LogisticRegression(_CanonicalGLM):
     """``y_r ~ Bernoulli(sigmoid(a_t + x_r @ b_t))`` with ``y`` in {0, 1}; ``x`` optional
-    (without it the per-task parameter is one log-odds)."""
+    (without it the per-task parameter is one log-odds).
+
+    Args:
+      intercept: include an intercept (default True).
+      varying: names of the coefficients that vary by task (default all); the others are
+        common (module docstring).
+      common_prior: prior of each common coefficient (default ``Normal(0, 5)``).
+    """
 
     def validate(self, tasks):
         super().validate(tasks)
@@ -569,7 +702,8 @@ class LogisticRegression(_CanonicalGLM):
 
 
 class Poisson(_CanonicalGLM):
-    """``y_r ~ Poisson(exp(a_t + x_r @ b_t))`` (log link); ``x`` optional."""
+    """``y_r ~ Poisson(exp(a_t + x_r @ b_t))`` (log link); ``x`` optional; ``varying`` and
+    ``common_prior`` as :class:`LogisticRegression`."""
 
     def validate(self, tasks):
         super().validate(tasks)
@@ -597,11 +731,15 @@ class Binomial(_CanonicalGLM):
 
     The first input column ``x[:, 0]`` holds the trials ``n_r``; the remaining columns
     ``z_r = x[:, 1:]`` are covariates (e.g. a treatment indicator, so ``theta_t`` is
-    (baseline log-odds, log odds ratio) for a two-arm trial).
+    (baseline log-odds, log odds ratio) for a two-arm trial). ``varying`` and
+    ``common_prior`` as :class:`LogisticRegression`; coefficients are named from the
+    covariate columns, not the trials column.
     """
 
-    def __init__(self, intercept: bool = True):
-        super().__init__(intercept=intercept, x_required=True)
+    def __init__(self, intercept: bool = True, varying: Any = None, common_prior: Any = None):
+        super().__init__(
+            intercept=intercept, x_required=True, varying=varying, common_prior=common_prior
+        )
 
     def _covariates(self, x):
         return x[..., 1:]
@@ -623,14 +761,11 @@ class Binomial(_CanonicalGLM):
         super().validate(tasks)
         _check_counts(tasks, upper=trials)
 
-    def param_dim(self, tasks):
-        out = super().param_dim(tasks)
-        if out is None:
-            return None
+    def coef_names(self, tasks):
         names = getattr(tasks, "feature_names", None)
         k = self._num_covariates(tasks)
         cov = list(names[1 : k + 1]) if names else [f"x{i + 1}" for i in range(k)]
-        return "coef", (["intercept"] if self.intercept else []) + cov
+        return (["intercept"] if self.intercept else []) + cov
 
     def _dist_eta(self, eta, data, extras_rows):
         return dist.Binomial(total_count=data["x"][..., 0], logits=eta)
@@ -671,22 +806,26 @@ _GLM_RIDGE = 1.0 / 2.5**2
 _GLM_ITERS, _GLM_TOL = 50, 1e-8
 
 
-def _glm_newton(lik, tasks, design, starts, centre, ridge):
+def _glm_newton(lik, tasks, design, starts, centre, ridge, offset=0.0):
     """Penalised Newton iterations for groups of consecutive rows at once (group ``g`` is
-    rows ``starts[g]`` up to the next start); returns ``(estimate, H + P, converged)``."""
+    rows ``starts[g]`` up to the next start), linear predictor ``design @ theta + offset``;
+    returns ``(estimate, H + P, converged)``."""
     num, p = len(starts), design.shape[1]
     index = np.repeat(np.arange(num), np.diff(np.append(starts, len(design))))
     theta = np.broadcast_to(centre, (num, p)).copy()
     penalty = ridge * np.eye(p)
     outer = (design[:, :, None] * design[:, None, :]).reshape(len(design), p * p)
 
+    def eta(theta):
+        return np.einsum("np,np->n", design, theta[index]) + offset
+
     def hessian(theta):
-        _, weight = lik._mean_weight(np.einsum("np,np->n", design, theta[index]), tasks)
+        _, weight = lik._mean_weight(eta(theta), tasks)
         return np.add.reduceat(weight[:, None] * outer, starts, axis=0).reshape(num, p, p)
 
     converged = np.zeros(num, bool)
     for _ in range(_GLM_ITERS):
-        mean, weight = lik._mean_weight(np.einsum("np,np->n", design, theta[index]), tasks)
+        mean, weight = lik._mean_weight(eta(theta), tasks)
         grad = np.add.reduceat((tasks.y - mean)[:, None] * design, starts, axis=0)
         grad -= ridge * (theta - centre)
         hess = np.add.reduceat(weight[:, None] * outer, starts, axis=0).reshape(num, p, p)
@@ -703,13 +842,23 @@ def _glm_newton(lik, tasks, design, starts, centre, ridge):
 
 
 def _glm_estimates(lik, tasks) -> GLMEstimates:
-    """Pooled fit first (one group), then every task's penalised fit centred on it."""
-    design = lik._design_np(tasks)
-    p = design.shape[1]
-    start = lik._start(tasks, p)
-    pooled, _, _ = _glm_newton(lik, tasks, design, np.zeros(1, int), start, 1e-6)
+    """Pooled fit first (one group), then every task's penalised fit centred on it. With
+    common coefficients the pooled fit is on the whole design and the per-task fits are on
+    the varying columns, the common part held at its pooled estimate (an offset)."""
+    full = lik._design_np(tasks, full=True)
+    start = lik._start(tasks, full.shape[1])
+    pooled, _, _ = _glm_newton(lik, tasks, full, np.zeros(1, int), start, 1e-6)
     centre = pooled[0] if np.all(np.isfinite(pooled)) else start
-    est, prec, converged = _glm_newton(lik, tasks, design, tasks.offsets[:-1], centre, _GLM_RIDGE)
+    offset = 0.0
+    design = full
+    if lik._split is not None:
+        var_idx, com_idx = (list(i) for i in lik._split[:2])
+        design = full[:, var_idx]
+        offset = full[:, com_idx] @ centre[com_idx]
+        centre = centre[var_idx]
+    est, prec, converged = _glm_newton(
+        lik, tasks, design, tasks.offsets[:-1], centre, _GLM_RIDGE, offset
+    )
     var = np.diagonal(np.linalg.inv(prec), axis1=1, axis2=2)
     info = np.maximum(1.0 / var - _GLM_RIDGE, 0.0)
     return GLMEstimates(est, var, info, converged)

@@ -50,6 +50,7 @@ class BuiltModel(NamedTuple):
                   # equal keys mean one compiled program serves both
       information # (num_tasks, *param_shape) what each task's data say about theta_t (the
                   # evidence of parameterization="auto"), or None
+      regression  # the population's TaskRegression on task covariates, or None
     """
 
     fn: Callable
@@ -62,6 +63,7 @@ class BuiltModel(NamedTuple):
     hidden: tuple
     structure: Any = None
     information: Any = None
+    regression: Any = None
 
 
 def _check_likelihood(likelihood: Any) -> lk.Likelihood:
@@ -87,8 +89,12 @@ class _TaskModel:
     def hyper_sites(self) -> list[str]:
         return []
 
-    def _theta(self, num_tasks, param_shape, centered):
+    def _theta(self, num_tasks, param_shape, centered, task_plate, data, regression=None):
         raise NotImplementedError
+
+    def _regression(self, tasks, param_names):
+        """The population's regression on task covariates, resolved (None: none)."""
+        return None
 
     def _theta_dims(self, param_dim):
         raise NotImplementedError
@@ -96,7 +102,7 @@ class _TaskModel:
     def _extra_dims(self, param_dim) -> dict:
         return {}
 
-    def _centered(self, tasks, param_shape):
+    def _centered(self, tasks, param_shape, regression=None):
         """``(centring mask or None, information or None)``."""
         return None, None
 
@@ -109,7 +115,8 @@ class _TaskModel:
         self._check_shape(param_shape)
         pd = likelihood.param_dim(tasks)
         param_dim = None if pd is None else pd[0]
-        centered, information = self._centered(tasks, param_shape)
+        regression = self._regression(tasks, None if pd is None else list(pd[1]))
+        centered, information = self._centered(tasks, param_shape, regression)
         num_tasks, num_obs = tasks.num_tasks, tasks.num_obs
         per_task = likelihood.per_task_density
         obs_dim = "task" if (tasks.is_estimates or per_task) else "obs"
@@ -131,7 +138,7 @@ class _TaskModel:
             data = dict(data, y=y, task_index=task_index)
             task_plate = numpyro.plate("task", num_tasks)
             c = None if _prior else (_centered if mode == "mixed" else mode)
-            theta = self._theta(num_tasks, param_shape, c, task_plate)
+            theta = self._theta(num_tasks, param_shape, c, task_plate, data, regression)
             extras = likelihood.sample_extras(num_tasks, task_plate)
             if per_task:
                 with task_plate:
@@ -163,7 +170,12 @@ class _TaskModel:
             dims[name] = []
         for name in likelihood.task_priors():
             dims[name] = ["task"]
+        nuisance_dims, nuisance_coords = getattr(likelihood, "nuisance_dims", lambda: ({}, {}))()
+        dims.update(nuisance_dims)
         coords = {"task": list(tasks.labels)}
+        coords.update(nuisance_coords)
+        if regression is not None:
+            coords["task_covariate"] = list(regression.labels)
         if obs_dim == "obs":
             coords["obs"] = list(range(num_obs))
         if pd is not None:
@@ -171,6 +183,8 @@ class _TaskModel:
             if isinstance(getattr(self, "population", None), pops.MvNormal):
                 coords[f"{pd[0]}_bis"] = list(pd[1])
         data = {k: jnp.asarray(v) for k, v in likelihood.data_arrays(tasks).items()}
+        if regression is not None:
+            data["task_x"] = jnp.asarray(tasks.task_x[:, list(regression.column_ids)])
         if mode == "mixed":
             data["_centered"] = jnp.asarray(centered, dtype=jnp.result_type(float))
         hidden = (f"{self.theta_site}_raw",)
@@ -182,6 +196,8 @@ class _TaskModel:
             mode,
             rows_per_task,
             likelihood.noise_mode,
+            None if regression is None else tuple(regression),
+            tuple(getattr(likelihood, "common_names", ())),
         )
         return BuiltModel(
             model,
@@ -194,6 +210,7 @@ class _TaskModel:
             hidden,
             structure,
             information,
+            regression,
         )
 
     def _check_shape(self, param_shape):
@@ -231,20 +248,24 @@ class Hierarchical(_TaskModel):
     def _check_shape(self, param_shape):
         self.population.check_shape(param_shape)
 
-    def _centered(self, tasks, param_shape):
+    def _regression(self, tasks, param_names):
+        return self.population.task_regression(tasks, param_names)
+
+    def _centered(self, tasks, param_shape, regression=None):
         info, rough = self.likelihood.parameterization_evidence(tasks)
         if info is not None:
             info = np.asarray(info, float).reshape((tasks.num_tasks, *param_shape))
-
-        mask = self.population.centered_mask(
-            info, param_shape, _spread_estimate(rough, tasks, param_shape), tasks.num_tasks
-        )
+        spread = _spread_estimate(rough, tasks, param_shape, regression)
+        mask = self.population.centered_mask(info, param_shape, spread, tasks.num_tasks)
         if mask is not None and mask.shape[0] == 1 and tasks.num_tasks > 1:
             mask = np.broadcast_to(mask, (tasks.num_tasks, *param_shape))
         return mask, info
 
-    def _theta(self, num_tasks, param_shape, centered, task_plate):
-        hyper = self.population.sample_hyper(param_shape)
+    def _theta(self, num_tasks, param_shape, centered, task_plate, data, regression=None):
+        pop = self.population
+        hyper = pop.sample_hyper(param_shape, regression)
+        if regression is not None:
+            hyper = pop.with_location(hyper, regression, data["task_x"])
         with task_plate:
             return self.population.sample_theta(hyper, param_shape, centered)
 
@@ -253,6 +274,49 @@ class Hierarchical(_TaskModel):
 
     def _extra_dims(self, param_dim):
         return self.population.hyper_dims(param_dim)
+
+    @classmethod
+    def from_formula(cls, formula: str, data: Any, family: str = "gaussian", **options):
+        """``(model, tasks)`` from a mixed-model formula and a pandas DataFrame, e.g.
+        ``"log_radon ~ floor + log_uranium + (1 | county)"``. Needs the optional
+        ``formulae`` package (``pip install "bayesmeta[formula]"``), which reads the
+        formula (Bambi's syntax: ``x1 * x2``, categorical dummies, ``p(r, n)``).
+
+        Rules (the full statement is the docstring of :mod:`bayesmeta._formula`):
+
+        1. Exactly one grouping factor ``g``, whose groups are the tasks: ``(1 | g)`` a
+           varying intercept (``Normal`` population), ``(1 + x | g)`` / ``(x | g)``
+           correlated varying intercept and slope (``MvNormal``), ``(0 + x | g)`` a
+           varying slope only. Several grouping factors, nested or crossed terms: a
+           ValueError.
+        2. A term that is also group-specific is varying (its population mean plays the
+           common coefficient; a varying term always has a learned mean). Of the other
+           common terms, one whose design columns are constant within every group enters
+           the population regression of the varying intercept (``task_covariates``,
+           ``{"intercept": [...]}`` when ``theta`` is a vector; without a varying
+           intercept it stays common); the rest are common coefficients of the
+           likelihood (site ``beta``, dim ``common``). For
+           ``log_radon ~ floor + log_uranium + (1 | county)``: a varying intercept per
+           county, a common ``floor``, and ``log_uranium`` in the population regression.
+        3. ``family``: ``"gaussian"`` (``LinearRegression`` with a learned shared noise;
+           ``likelihoods.Normal()`` for an intercept-only design), ``"bernoulli"``
+           (``LogisticRegression``, 0/1 response), ``"binomial"`` (response ``p(r, n)``,
+           ``Binomial``), ``"poisson"`` (``Poisson``).
+        4. Coefficients and task covariates carry formulae's column names (``x1:x2``,
+           ``c[b]``); the TaskSet comes from ``TaskSet.from_dataframe``.
+        5. Bad input is a ValueError naming the column and, where it applies, the group
+           and the row: an unknown column, a missing value in a used column, a grouping
+           factor with one level, bad ``p(r, n)`` counts (non-integer, negative,
+           ``r > n``), a bernoulli response that is not 0/1, collinear design columns.
+
+        ``options``: ``population=`` (a dict of keyword arguments for the population:
+        ``loc``, ``scale``, ``parameterization``, ...), ``common_prior=``,
+        ``noise_prior=`` (gaussian) and ``coef=`` (the task-regression prior), passed
+        through."""
+        from bayesmeta._formula import parse_formula
+
+        likelihood, population, tasks = parse_formula(formula, data, family, **options)
+        return cls(likelihood, population), tasks
 
     def numpyro_model(self, tasks: TaskSet) -> tuple[Callable, dict]:
         """``(fn, data)``: the plain NumPyro model and its keyword data, ``fn(**data)``."""
@@ -272,25 +336,42 @@ def _centering_mode(centered) -> Any:
     return "mixed"
 
 
-def _spread_estimate(rough, tasks, param_shape) -> np.ndarray | None:
+def _spread_estimate(rough, tasks, param_shape, regression=None) -> np.ndarray | None:
     """DerSimonian-Laird estimate of the between-task sd of each parameter from the
     likelihood's rough per-task estimates (None when it has none or fewer than two tasks
     have finite estimates: then the rule cannot judge and stays non-centred).
 
     DL (the method-of-moments estimator of ``bm.estimators.tau2_estimate(method="DL")``,
-    written out here so the model layer needs nothing above it):
-    ``tau^2 = max(0, (Q - (k - 1)) / (sum w - sum w^2 / sum w))`` with ``w = 1 / v`` and
-    Cochran's ``Q = sum w (y - ybar_w)^2``."""
+    written out here so the model layer needs nothing above it), for parameter ``d`` with
+    design ``Z_d`` (a column of ones, plus the task covariates that enter ``d``'s location
+    when the population has a regression), ``W = diag(1 / v)``:
+    ``tau^2 = max(0, (Q_E - (k - q)) / (tr W - tr[(Z'WZ)^-1 Z'W^2 Z]))`` with the residual
+    ``Q_E = y'Wy - y'WZ(Z'WZ)^-1 Z'Wy`` (Cochran's Q without covariates)."""
     if rough is None or tasks.num_tasks < 2:
         return None
     est, var = (np.asarray(a, float).reshape(tasks.num_tasks, -1) for a in rough)
     ok = np.all(np.isfinite(est), axis=1) & np.all(np.isfinite(var) & (var > 0), axis=1)
-    if ok.sum() < 2:
-        return None
-    y, w = est[ok], 1.0 / var[ok]
-    sw = w.sum(axis=0)
-    q = np.sum(w * (y - np.sum(w * y, axis=0) / sw) ** 2, axis=0)
-    tau2 = np.maximum(0.0, (q - (y.shape[0] - 1)) / (sw - np.sum(w**2, axis=0) / sw))
+    tau2 = np.zeros(est.shape[1])
+    for d in range(est.shape[1]):
+        cols = [np.ones(tasks.num_tasks)]
+        if regression is not None:
+            z = tasks.task_x[:, list(regression.column_ids)]
+            cols += [
+                z[:, c] for p, c in zip(regression.param, regression.column, strict=True) if p == d
+            ]
+        design = np.stack(cols, axis=1)[ok]
+        if ok.sum() <= design.shape[1]:
+            return None
+        y, w = est[ok, d], 1.0 / var[ok, d]
+        zw = design * w[:, None]
+        try:
+            inv = np.linalg.inv(design.T @ zw)
+        except np.linalg.LinAlgError:
+            return None
+        coef = inv @ (zw.T @ y)
+        q = np.sum(w * (y - design @ coef) ** 2)
+        denom = np.sum(w) - np.trace(inv @ (zw.T @ zw))
+        tau2[d] = max(0.0, (q - (len(y) - design.shape[1])) / denom) if denom > 0 else 0.0
     return np.sqrt(tau2).reshape(param_shape)
 
 
@@ -317,7 +398,7 @@ class Pooled(_TaskModel):
     def hyper_sites(self):
         return ["theta"]
 
-    def _theta(self, num_tasks, param_shape, centered, task_plate):
+    def _theta(self, num_tasks, param_shape, centered, task_plate, data, regression=None):
         return numpyro.sample("theta", _expand_prior(self.prior, param_shape))
 
     def _theta_dims(self, param_dim):
@@ -334,7 +415,7 @@ class Unpooled(_TaskModel):
         self.likelihood = _check_likelihood(likelihood)
         self.prior = _check_prior(prior)
 
-    def _theta(self, num_tasks, param_shape, centered, task_plate):
+    def _theta(self, num_tasks, param_shape, centered, task_plate, data, regression=None):
         with task_plate:
             return numpyro.sample("theta", _expand_prior(self.prior, param_shape))
 

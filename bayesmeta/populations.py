@@ -18,6 +18,21 @@ StudentT       ``nu`` (degrees of freedom) ``Gamma(2, 0.1)``
 Site names are ``mu``, ``tau``, ``theta`` (per task, in the ``task`` plate); ``name="b"``
 prefixes them (``b_mu``, ``b_tau``, ``b_theta``).
 
+**Task-level covariates (meta-regression).** ``task_covariates=`` makes the location a
+regression on what is known about each task (the TaskSet's ``task_x``)::
+
+    theta_t ~ p(theta | mu + B z_t, tau, ...)
+
+``task_covariates=True`` uses every column of ``task_x``; a list of names uses those (for
+every parameter of a vector ``theta``); a dict ``{parameter name: [covariate names]}``
+says which covariates enter which parameter's location (e.g. uranium on the intercept
+only). The free entries of ``B`` are one site, ``beta_task``, with a ``task_covariate``
+dim whose coordinates are the covariate names (``"intercept:log_uranium"`` style,
+parameter first, for vector ``theta``); its prior is ``coef`` (default ``Normal(0, 5)``
+per entry, the scale of ``mu``'s default: weakly informative for covariates on the unit
+scale, so centre and scale covariates of other magnitudes). ``mu`` stays the intercept,
+the location of a task whose covariates are all 0.
+
 **Parameterisation.** ``"centered"`` samples ``theta_t ~ N(mu, tau)`` directly;
 ``"noncentered"`` samples ``z_t ~ N(0, 1)`` and sets ``theta_t = mu + tau z_t``;
 ``"auto"`` (the default) decides *per task and per dimension* from each task's own data:
@@ -50,14 +65,14 @@ Mixed choices use a per-task partially centred variable ``z_t ~ N(c_t mu, tau**c
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-__all__ = ["Population", "Normal", "MvNormal", "StudentT"]
+__all__ = ["Population", "Normal", "MvNormal", "StudentT", "TaskRegression"]
 
 _PARAMETERIZATIONS = ("auto", "centered", "noncentered")
 #: ``parameterization="auto"`` centres a task where information * spread**2 exceeds this:
@@ -130,6 +145,24 @@ def _fixed_shape(arr: np.ndarray, shape: tuple[int, ...], field: str) -> jnp.nda
         ) from None
 
 
+class TaskRegression(NamedTuple):
+    """A population's regression on task covariates, resolved against one TaskSet.
+
+    Fields (``m`` free coefficients, the entries of ``B``):
+      labels     # (m,) str: coordinate of each entry of beta_task
+      param      # (m,) int: the parameter (row of B) each entry moves (0 for scalar theta)
+      column     # (m,) int: the column of ``columns`` each entry multiplies
+      columns    # names of the TaskSet's task_x columns used, in order
+      column_ids # their indices in the TaskSet's task_x
+    """
+
+    labels: tuple
+    param: tuple
+    column: tuple
+    columns: tuple
+    column_ids: tuple
+
+
 class Population(abc.ABC):
     """Abstract base: a family of priors ``p(theta | phi)`` over one task's parameters.
 
@@ -146,7 +179,7 @@ class Population(abc.ABC):
 
     family = "population"
 
-    def __init__(self, dim, loc, scale, parameterization, name):
+    def __init__(self, dim, loc, scale, parameterization, name, task_covariates=None, coef=None):
         if dim is not None and (not isinstance(dim, int | np.integer) or dim < 1):
             raise ValueError(f"dim: must be a positive integer, got {dim!r}")
         if isinstance(parameterization, str):
@@ -172,6 +205,16 @@ class Population(abc.ABC):
         )
         self.parameterization = parameterization
         self.name = name
+        self.task_covariates = _check_task_covariates(task_covariates)
+        if coef is not None and self.task_covariates is None:
+            raise ValueError(
+                "coef: a prior on the task-covariate coefficients needs task_covariates="
+            )
+        self.coef = (
+            dist.Normal(0.0, 5.0) if coef is None else _check_hyperprior("coef", coef, False)
+        )
+        if not isinstance(self.coef, dist.Distribution):
+            raise ValueError("coef: expected a numpyro distribution (the prior of beta_task)")
 
     # ------------------------------------------------------------------ names
     def site(self, base: str) -> str:
@@ -183,11 +226,121 @@ class Population(abc.ABC):
 
     def hyper_sites(self) -> list[str]:
         """Names of the sampled (not fixed) hyperparameter sites."""
-        return [
+        sites = [
             self.site(b)
             for b, v in self._hyper_priors().items()
             if isinstance(v, dist.Distribution)
         ]
+        if self.task_covariates is not None:
+            sites.append(self.site("beta_task"))
+        return sites
+
+    # ------------------------------------------------------------------ task regression
+    def task_regression(self, tasks, param_names: list[str] | None) -> TaskRegression | None:
+        """Resolve ``task_covariates`` against ``tasks`` (None without a regression).
+
+        ``param_names`` are the coordinates of the per-task parameter (None: a scalar).
+        Raises a ValueError naming the covariate or parameter that is not there."""
+        spec = self.task_covariates
+        if spec is None:
+            return None
+        names = getattr(tasks, "task_x_names", None)
+        if getattr(tasks, "task_x", None) is None:
+            raise ValueError(
+                "task_covariates: the population regresses on task covariates but the "
+                "TaskSet has none (build it with task_x=)"
+            )
+        if spec is True:
+            spec = list(names)
+        if isinstance(spec, list):
+            targets = [None] if param_names is None else list(param_names)
+            spec = {p: list(spec) for p in targets}
+        elif param_names is None:
+            raise ValueError(
+                "task_covariates: a dict maps parameter names to covariates, but the "
+                "per-task parameter is a scalar (give a list of covariate names)"
+            )
+        labels, param, column, columns = [], [], [], []
+        for p_name, covs in spec.items():
+            if p_name is None:
+                p_index = 0
+            elif p_name not in param_names:
+                raise ValueError(
+                    f"task_covariates: {p_name!r} is not a parameter of the likelihood "
+                    f"(parameters: {list(param_names)})"
+                )
+            else:
+                p_index = list(param_names).index(p_name)
+            for cov in covs:
+                if cov not in names:
+                    raise ValueError(
+                        f"task_covariates: {cov!r} is not a task covariate of the TaskSet "
+                        f"(task_x_names: {list(names)})"
+                    )
+                if cov not in columns:
+                    columns.append(cov)
+                labels.append(cov if param_names is None else f"{p_name}:{cov}")
+                param.append(p_index)
+                column.append(columns.index(cov))
+        if not labels:
+            raise ValueError("task_covariates: no covariates named")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"task_covariates: a covariate is named twice ({labels})")
+        ids = tuple(list(names).index(c) for c in columns)
+        return TaskRegression(tuple(labels), tuple(param), tuple(column), tuple(columns), ids)
+
+    def with_location(
+        self, hyper: dict, regression: TaskRegression | None, task_x, one_task: bool = False
+    ) -> dict:
+        """``hyper`` with the per-task location ``mu + B z_t`` (shape
+        ``(..., T, *param_shape)``) under the key :meth:`dist` and the draws read; ``task_x``
+        is ``(T, len(regression.columns))``. Without a regression ``hyper`` is returned.
+
+        Hyperparameters with leading (draw) dims get a task axis after them, so
+        :meth:`dist` has batch shape ``(draws, T)``; ``one_task=True`` takes ``task_x`` as
+        one task's row ``(len(regression.columns),)`` and gives batch shape ``(draws,)``."""
+        if regression is None:
+            return hyper
+        if one_task:
+            out = self.with_location(hyper, regression, jnp.asarray(task_x)[None])
+            lead = jnp.ndim(hyper[self.site("beta_task")]) - 1
+            for key in [*self._population_keys(), self._loc_key]:
+                if key in out and key != self.site("mu"):
+                    out[key] = jnp.squeeze(out[key], lead)
+            return out
+        mu = hyper[self.site("mu")]
+        beta = hyper[self.site("beta_task")]  # (..., m)
+        z = jnp.asarray(task_x)[..., jnp.asarray(regression.column)]  # (T, m)
+        contrib = beta[..., None, :] * z  # (..., T, m)
+        scalar = self._scalar_location(mu, beta)
+        if scalar:
+            loc = mu[..., None] + jnp.sum(contrib, axis=-1)
+        else:
+            p = mu.shape[-1]
+            onehot = np.zeros((p, len(regression.param)))
+            onehot[list(regression.param), np.arange(len(regression.param))] = 1.0
+            loc = mu[..., None, :] + contrib @ jnp.asarray(onehot.T)
+        out = dict(hyper, **{self._loc_key: loc})
+        lead = jnp.ndim(beta) - 1  # batch dims of the hyperparameters (posterior draws)
+        if lead:  # give the other hyperparameters the task axis after their batch dims
+            for key in self._population_keys():
+                if key in out and key != self.site("mu"):
+                    out[key] = jnp.expand_dims(out[key], lead)
+        return out
+
+    def _population_keys(self) -> list[str]:
+        return [self.site(b) for b in self._hyper_priors()]
+
+    def _scalar_location(self, mu, beta) -> bool:
+        return jnp.ndim(mu) == jnp.ndim(beta) - 1
+
+    @property
+    def _loc_key(self) -> str:
+        return self.site("mu") + "@task"
+
+    def _loc(self, hyper: dict):
+        """The location: per task when a regression set it, else ``mu``."""
+        return hyper.get(self._loc_key, hyper[self.site("mu")])
 
     def _hyper_priors(self) -> dict[str, Any]:
         return {"mu": self.loc, "tau": self.scale}
@@ -205,7 +358,10 @@ class Population(abc.ABC):
 
     def hyper_dims(self, param_dim: str | None) -> dict[str, list[str]]:
         dims = [] if param_dim is None else [param_dim]
-        return {self.site(b): dims for b in ("mu", "tau")}
+        out = {self.site(b): dims for b in ("mu", "tau")}
+        if self.task_covariates is not None:
+            out[self.site("beta_task")] = ["task_covariate"]
+        return out
 
     def check_shape(self, param_shape: tuple[int, ...]) -> None:
         """Raise if the population's ``dim`` does not match the likelihood's parameter."""
@@ -222,13 +378,19 @@ class Population(abc.ABC):
             )
 
     # ------------------------------------------------------------------ numpyro pieces
-    def sample_hyper(self, param_shape: tuple[int, ...]) -> dict[str, jnp.ndarray]:
-        """Sample (inside a NumPyro model) or fix every hyperparameter; keyed by site name."""
+    def sample_hyper(
+        self, param_shape: tuple[int, ...], regression: TaskRegression | None = None
+    ) -> dict[str, jnp.ndarray]:
+        """Sample (inside a NumPyro model) or fix every hyperparameter; keyed by site name.
+        With a ``regression``, also its coefficients ``beta_task``."""
         out = self.fixed_values(param_shape)
         for base, prior in self._hyper_priors().items():
             if isinstance(prior, dist.Distribution):
                 d = _expand(prior, self._hyper_shape(base, param_shape), base)
                 out[self.site(base)] = numpyro.sample(self.site(base), d)
+        if regression is not None:
+            d = _expand(self.coef, (len(regression.labels),), "coef")
+            out[self.site("beta_task")] = numpyro.sample(self.site("beta_task"), d)
         return out
 
     @abc.abstractmethod
@@ -311,10 +473,40 @@ class Population(abc.ABC):
             return f"fixed {np.asarray(v).tolist()}"
 
         hp = ", ".join(f"{k}={show(v)}" for k, v in self._hyper_priors().items())
+        if self.task_covariates is not None:
+            hp += f", task_covariates={self.task_covariates!r}"
         return (
             f"{type(self).__name__}(dim={self.dim}, {hp}, "
             f"parameterization={self.parameterization!r}, name={self.name!r})"
         )
+
+
+def _check_task_covariates(value: Any) -> Any:
+    """None, True, a list of covariate names, or a dict parameter name -> list of names."""
+    if value is None or value is True:
+        return value
+    if value is False:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            covs = [v] if isinstance(v, str) else list(v)
+            if not all(isinstance(c, str) for c in covs):
+                raise ValueError(f"task_covariates: {k!r} -> expected covariate names, got {v!r}")
+            out[str(k)] = covs
+        return out
+    try:
+        covs = list(value)
+    except TypeError:
+        covs = None
+    if covs is None or not all(isinstance(c, str) for c in covs):
+        raise ValueError(
+            "task_covariates: expected True, a list of task covariate names or a dict "
+            f"parameter -> names, got {value!r}"
+        )
+    return covs
 
 
 def _locscale_noncentered(std, hyper_mu, hyper_tau, param_shape, site):
@@ -347,6 +539,10 @@ class Normal(Population):
       parameterization: ``"auto"`` (default), ``"centered"``, ``"noncentered"`` or a
         boolean mask over tasks (True = centred); see the module docstring.
       name: optional prefix for the site names.
+      task_covariates: None (no regression), True (every column of the TaskSet's
+        ``task_x``), a list of their names, or a dict parameter name -> names: the location
+        becomes ``mu + B z_t`` (see the module docstring).
+      coef: prior of the regression coefficients ``beta_task`` (default ``Normal(0, 5)``).
 
     >>> import numpyro.distributions as dist, bayesmeta as bm
     >>> pop = bm.populations.Normal(loc=dist.Normal(0, 5), scale=dist.HalfCauchy(5))
@@ -354,17 +550,26 @@ class Normal(Population):
 
     family = "normal"
 
-    def __init__(self, dim=None, loc=None, scale=None, parameterization="auto", name=None):
-        super().__init__(dim, loc, scale, parameterization, name)
+    def __init__(
+        self,
+        dim=None,
+        loc=None,
+        scale=None,
+        parameterization="auto",
+        name=None,
+        task_covariates=None,
+        coef=None,
+    ):
+        super().__init__(dim, loc, scale, parameterization, name, task_covariates, coef)
 
     def dist(self, hyper, param_shape):
-        d = dist.Normal(hyper[self.site("mu")], hyper[self.site("tau")])
+        d = dist.Normal(self._loc(hyper), hyper[self.site("tau")])
         return d.to_event(len(param_shape)) if param_shape else d
 
     def _sample_theta_noncentered(self, hyper, param_shape):
         return _locscale_noncentered(
             dist.Normal(0.0, 1.0),
-            hyper[self.site("mu")],
+            self._loc(hyper),
             hyper[self.site("tau")],
             param_shape,
             self.theta_site,
@@ -373,7 +578,7 @@ class Normal(Population):
     def _sample_theta_reparam(self, hyper, param_shape, centered):
         return _locscale_partial(
             dist.Normal,
-            hyper[self.site("mu")],
+            self._loc(hyper),
             hyper[self.site("tau")],
             param_shape,
             centered,
@@ -390,8 +595,18 @@ class StudentT(Population):
 
     family = "studentt"
 
-    def __init__(self, dim=None, loc=None, scale=None, df=None, parameterization="auto", name=None):
-        super().__init__(dim, loc, scale, parameterization, name)
+    def __init__(
+        self,
+        dim=None,
+        loc=None,
+        scale=None,
+        df=None,
+        parameterization="auto",
+        name=None,
+        task_covariates=None,
+        coef=None,
+    ):
+        super().__init__(dim, loc, scale, parameterization, name, task_covariates, coef)
         self.df = dist.Gamma(2.0, 0.1) if df is None else _check_hyperprior("df", df, True)
 
     def _hyper_priors(self):
@@ -410,16 +625,14 @@ class StudentT(Population):
         return nu[..., None] if param_shape else nu
 
     def dist(self, hyper, param_shape):
-        d = dist.StudentT(
-            self._nu(hyper, param_shape), hyper[self.site("mu")], hyper[self.site("tau")]
-        )
+        d = dist.StudentT(self._nu(hyper, param_shape), self._loc(hyper), hyper[self.site("tau")])
         return d.to_event(len(param_shape)) if param_shape else d
 
     def _sample_theta_noncentered(self, hyper, param_shape):
         nu = self._nu(hyper, param_shape)
         return _locscale_noncentered(
             dist.StudentT(nu, 0.0, 1.0),
-            hyper[self.site("mu")],
+            self._loc(hyper),
             hyper[self.site("tau")],
             param_shape,
             self.theta_site,
@@ -429,7 +642,7 @@ class StudentT(Population):
         nu = self._nu(hyper, param_shape)
         return _locscale_partial(
             lambda m, s: dist.StudentT(nu, m, s),
-            hyper[self.site("mu")],
+            self._loc(hyper),
             hyper[self.site("tau")],
             param_shape,
             centered,
@@ -453,9 +666,17 @@ class MvNormal(Population):
     family = "mvnormal"
 
     def __init__(
-        self, dim=None, loc=None, scale=None, corr=2.0, parameterization="auto", name=None
+        self,
+        dim=None,
+        loc=None,
+        scale=None,
+        corr=2.0,
+        parameterization="auto",
+        name=None,
+        task_covariates=None,
+        coef=None,
     ):
-        super().__init__(dim, loc, scale, parameterization, name)
+        super().__init__(dim, loc, scale, parameterization, name, task_covariates, coef)
         corr_arr = np.asarray(corr, dtype=float)
         if corr_arr.ndim == 0:
             if not corr_arr > 0:
@@ -505,19 +726,22 @@ class MvNormal(Population):
             out[self.site("corr_chol")] = jnp.asarray(self.corr_fixed)
         return out
 
-    def sample_hyper(self, param_shape):
-        out = super().sample_hyper(param_shape)
+    def sample_hyper(self, param_shape, regression=None):
+        out = super().sample_hyper(param_shape, regression)
         if self.corr_fixed is None:
             out[self.site("corr_chol")] = numpyro.sample(
                 self.site("corr_chol"), dist.LKJCholesky(param_shape[0], self.corr_concentration)
             )
         return out
 
+    def _population_keys(self):
+        return super()._population_keys() + [self.site("corr_chol")]
+
     def _scale_tril(self, hyper):
         return hyper[self.site("tau")][..., :, None] * hyper[self.site("corr_chol")]
 
     def dist(self, hyper, param_shape):
-        return dist.MultivariateNormal(hyper[self.site("mu")], scale_tril=self._scale_tril(hyper))
+        return dist.MultivariateNormal(self._loc(hyper), scale_tril=self._scale_tril(hyper))
 
     def centered_mask(self, information, param_shape, spread=None, num_tasks=None):
         mask = super().centered_mask(information, param_shape, spread, num_tasks)
@@ -530,13 +754,13 @@ class MvNormal(Population):
     def _sample_theta_noncentered(self, hyper, param_shape):
         site = self.theta_site
         z = numpyro.sample(f"{site}_raw", dist.Normal(0.0, 1.0).expand(param_shape).to_event(1))
-        mu, tril = hyper[self.site("mu")], self._scale_tril(hyper)
+        mu, tril = self._loc(hyper), self._scale_tril(hyper)
         return numpyro.deterministic(site, mu + z @ jnp.swapaxes(tril, -1, -2))
 
     def _sample_theta_reparam(self, hyper, param_shape, centered):
         site = self.theta_site
         c = jnp.asarray(centered[..., 0], dtype=jnp.result_type(float))  # (T,)
-        mu, tril = hyper[self.site("mu")], self._scale_tril(hyper)
+        mu, tril = self._loc(hyper), self._scale_tril(hyper)
         # z is an unconstrained latent whose density is added by hand: MvN(z; mu, S) where
         # centred, N(z; 0, I) where not (theta = mu + S z)
         z = numpyro.sample(

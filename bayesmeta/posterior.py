@@ -164,7 +164,19 @@ class Posterior:
                 "creation_library": "bayesmeta",
                 "method": self.method,
             },
+            obs_coords=self._obs_coords(),
         )
+
+    def _obs_coords(self) -> dict | None:
+        """The task label and the caller's row number of every observed row (``obs``)."""
+        tasks = self.tasks
+        if tasks is None or self.dims.get("y") != ["obs"]:
+            return None
+        labels = np.asarray(tasks.labels, dtype=object)[tasks.task_index].astype(str)
+        rows = np.asarray(tasks.row_ids)
+        if not np.issubdtype(rows.dtype, np.number):  # a DataFrame's non-numeric index
+            rows = rows.astype(str)
+        return {"task": labels, "row": rows}
 
     def _prior_draws(self, num_draws: int, seed: int):
         from numpyro.infer import Predictive
@@ -211,12 +223,62 @@ class Posterior:
             )
         return self.model
 
-    def population(self) -> dist.Distribution:
+    def _regression(self):
+        """The population's regression on task covariates as fitted (None: none)."""
+        model = self._require_hierarchical()
+        pd = model.likelihood.param_dim(self.tasks)
+        return model.population.task_regression(self.tasks, None if pd is None else list(pd[1]))
+
+    def task_covariates(self, task_x: Any, where: str = "task_x") -> np.ndarray:
+        """One new task's covariates as the population regression reads them:
+        ``task_x`` is a dict ``name -> value`` or a sequence in the order of the fitted
+        TaskSet's ``task_x_names``; returns the regression's columns ``(q,)``."""
+        regression = self._regression()
+        if regression is None:
+            if task_x is not None:
+                raise ValueError(f"{where}: the population has no regression on task covariates")
+            return None
+        names = list(self.tasks.task_x_names)
+        if task_x is None:
+            raise ValueError(
+                f"{where}: the population regresses on task covariates "
+                f"{list(regression.columns)}; give the new task's values"
+            )
+        if isinstance(task_x, dict):
+            missing = [c for c in regression.columns if c not in task_x]
+            if missing:
+                raise ValueError(f"{where}: no value for task covariate(s) {missing}")
+            unknown = [c for c in task_x if c not in names]
+            if unknown:
+                raise ValueError(
+                    f"{where}: {unknown} are not task covariates of the fit (task_x_names: {names})"
+                )
+            row = np.array([float(task_x[c]) for c in regression.columns])
+        else:
+            full = np.asarray(task_x, dtype=float).reshape(-1)
+            if full.shape != (len(names),):
+                raise ValueError(
+                    f"{where}: expected {len(names)} values (task_x_names: {names}), got "
+                    f"shape {np.shape(task_x)}"
+                )
+            row = full[list(regression.column_ids)]
+        if not np.all(np.isfinite(row)):
+            raise ValueError(f"{where}: task covariates must be finite, got {row.tolist()}")
+        return row
+
+    def population(self, task_x: Any = None) -> dist.Distribution:
         """The learned prior of a new task's parameters: the posterior predictive
         ``p(theta_new | data) = E_{phi | data} p(theta_new | phi)``, as a NumPyro
-        ``MixtureSameFamily`` over the hyperparameter draws (``sample`` and ``log_prob``)."""
+        ``MixtureSameFamily`` over the hyperparameter draws (``sample`` and ``log_prob``).
+
+        When the population regresses on task covariates, ``task_x`` gives the new task's
+        (a dict ``name -> value``, or values in the order of ``tasks.task_x_names``): the
+        prior is then centred at ``mu + B z_new``."""
         model = self._require_hierarchical()
         hyper = self._hyper_draws()
+        z = self.task_covariates(task_x)
+        if z is not None:
+            hyper = model.population.with_location(hyper, self._regression(), z, one_task=True)
         comp = model.population.dist(hyper, self.param_shape)
         num = comp.batch_shape[0]
         mix = dist.Categorical(probs=jnp.full((num,), 1.0 / num))
@@ -237,6 +299,7 @@ class Posterior:
         task: Any = None,
         noise_scale: Any = None,
         num_obs: int | None = None,
+        task_x: Any = None,
     ) -> np.ndarray:
         """Posterior predictive draws of ``y``, shape ``(chain, draw, n)``.
 
@@ -245,11 +308,15 @@ class Posterior:
         - ``task=None`` with ``x`` (or ``num_obs`` when there are no inputs): rows of a
           brand-new task whose parameters are drawn from :meth:`population`.
 
-        ``noise_scale`` gives the known noise sd of new rows for ``NormalKnownNoise``.
+        ``noise_scale`` gives the known noise sd of new rows for ``NormalKnownNoise``;
+        ``task_x`` a brand-new task's covariates when the population regresses on them
+        (as :meth:`population`).
         ``seed`` is an integer (a ValueError for a JAX key: the low-level
         :func:`bayesmeta.inference.adapt.predict` takes the key).
         """
         from bayesmeta.inference.adapt import check_seed, predict
 
         key = jax.random.PRNGKey(check_seed(seed, "Posterior.predict"))
-        return predict(self, key, x=x, task=task, noise_scale=noise_scale, num_obs=num_obs)
+        return predict(
+            self, key, x=x, task=task, noise_scale=noise_scale, num_obs=num_obs, task_x=task_x
+        )

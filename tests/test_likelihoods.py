@@ -165,3 +165,62 @@ def test_nuts_recovers_a_custom_population():
     tasks = bm.TaskSet.from_arrays(y=y, task=task)
     pop = bm.populations.Normal(loc=dist.Normal(0.0, 5.0), scale=dist.HalfNormal(2.0))
     _recover(bm.likelihoods.Custom(_laplace_loglik), tasks, 1.5, pop)
+
+
+# ---------------------------------------------------------------------- varying / common
+def _xy_tasks():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 2))
+    return bm.TaskSet.from_arrays(
+        y=rng.integers(0, 2, size=12).astype(float),
+        task=np.repeat([0, 1, 2], 4),
+        x=x,
+        x_names=["floor", "age"],
+    )
+
+
+def test_varying_split_names_coefficients_and_shapes():
+    tasks = _xy_tasks()
+    lik = bm.likelihoods.LinearRegression(varying=["intercept"])
+    lik.validate(tasks)
+    assert lik.param_shape(tasks) == () and lik.common_names == ["floor", "age"]
+    assert lik.nuisance_dims() == ({"beta": ["common"]}, {"common": ["floor", "age"]})
+    lik = bm.likelihoods.LinearRegression(varying=["intercept", "age"])
+    lik.validate(tasks)
+    assert lik.param_shape(tasks) == (2,)
+    assert lik.param_dim(tasks) == ("coef", ["intercept", "age"])
+    assert lik.common_names == ["floor"]
+
+
+def test_varying_split_linear_predictor_is_the_full_one():
+    """eta from (varying theta, common beta) equals the all-varying eta with the same
+    coefficients put back in place: an independent check of the column bookkeeping."""
+    tasks = _xy_tasks()
+    full = bm.likelihoods.LogisticRegression()
+    full.validate(tasks)
+    split = bm.likelihoods.LogisticRegression(varying=["age"])
+    split.validate(tasks)
+    data = {k: jnp.asarray(v) for k, v in split.data_arrays(tasks).items()}
+    rng = np.random.default_rng(1)
+    theta_age = rng.normal(size=tasks.num_obs)  # one value per row (already expanded)
+    beta = jnp.asarray(rng.normal(size=2))  # intercept, floor
+    eta_split = split._eta(jnp.asarray(theta_age), data, {"beta": beta})
+    coef = np.stack(
+        [np.full(tasks.num_obs, beta[0]), np.full(tasks.num_obs, beta[1]), theta_age], 1
+    )
+    eta_full = full._eta(jnp.asarray(coef), data)
+    np.testing.assert_allclose(eta_split, eta_full, rtol=1e-12)
+
+
+def test_varying_split_bad_input():
+    tasks = _xy_tasks()
+    with pytest.raises(
+        ValueError, match=r"varying: 'flor' is not a coefficient .*\['intercept', 'floor', 'age'\]"
+    ):
+        bm.likelihoods.LinearRegression(varying=["flor"]).validate(tasks)
+    with pytest.raises(ValueError, match="named twice"):
+        bm.likelihoods.LinearRegression(varying=["age", "age"])
+    with pytest.raises(ValueError, match="non-empty list"):
+        bm.likelihoods.LogisticRegression(varying=[])
+    with pytest.raises(ValueError, match="common_prior: expected a numpyro distribution"):
+        bm.likelihoods.Poisson(varying=["intercept"], common_prior=2.0)

@@ -178,3 +178,23 @@ def test_spread_estimate_is_dersimonian_laird():
     ]
     np.testing.assert_allclose(got, ref, rtol=1e-12)
     assert got[0] > 0
+
+
+def test_spread_estimate_around_a_task_regression_is_meta_regression_dl():
+    """With task covariates in the population's mean, the spread is the residual spread:
+    the estimators module's mixed-effects DL on the covariates entering each parameter."""
+    from bayesmeta.model import _spread_estimate
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(25, 2))
+    y = np.stack([2.0 * z[:, 0], 1.5 * z[:, 1]], axis=1) + 0.3 * rng.normal(size=(25, 2))
+    v = rng.uniform(0.05, 0.3, size=(25, 2))
+    tasks = bm.TaskSet.from_estimates(y=y[:, 0], se=np.sqrt(v[:, 0]), task_x=z)
+    pop = bm.populations.MvNormal(task_covariates={"a": ["z0"], "b": ["z0", "z1"]})
+    reg = pop.task_regression(tasks, ["a", "b"])
+    got = _spread_estimate((y, v), tasks, (2,), reg)
+    ref_a = bm.estimators.random_effects(y[:, 0], np.sqrt(v[:, 0]), mods=z[:, :1], method="DL")
+    ref_b = bm.estimators.random_effects(y[:, 1], np.sqrt(v[:, 1]), mods=z, method="DL")
+    np.testing.assert_allclose(got, np.sqrt([ref_a.tau2, ref_b.tau2]), rtol=1e-10)
+    # without the regression the covariates' effects count as spread
+    assert np.all(_spread_estimate((y, v), tasks, (2,)) > 2 * got)

@@ -93,3 +93,63 @@ def test_studentt_population_fits():
     assert post.samples["nu"].shape == (1, 100)
     pop = post.population()
     assert np.isfinite(float(pop.log_prob(3.0)))
+
+
+# ---------------------------------------------------------------------- task regression
+def _covariate_tasks():
+    return bm.TaskSet.from_arrays(
+        y=np.arange(6.0),
+        task=[0, 0, 1, 1, 2, 2],
+        x=np.arange(6.0),
+        x_names=["floor"],
+        task_x={"u": [1.0, 1.0, 2.0, 2.0, 3.0, 3.0], "v": [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]},
+    )
+
+
+def test_task_regression_resolves_names():
+    tasks = _covariate_tasks()
+    pop = bm.populations.Normal(task_covariates=True)
+    reg = pop.task_regression(tasks, None)
+    assert reg.labels == ("u", "v") and reg.param == (0, 0)
+    pop = bm.populations.MvNormal(task_covariates={"intercept": ["v"], "floor": ["u", "v"]})
+    reg = pop.task_regression(tasks, ["intercept", "floor"])
+    assert reg.labels == ("intercept:v", "floor:u", "floor:v")
+    assert reg.param == (0, 1, 1) and reg.columns == ("v", "u") and reg.column_ids == (1, 0)
+
+
+def test_task_regression_location_is_mu_plus_b_z():
+    tasks = _covariate_tasks()
+    pop = bm.populations.MvNormal(task_covariates={"floor": ["u"]})
+    reg = pop.task_regression(tasks, ["intercept", "floor"])
+    z = tasks.task_x[:, list(reg.column_ids)]
+    hyper = {"mu": jnp.array([1.0, -2.0]), "beta_task": jnp.array([0.5])}
+    loc = pop._loc(pop.with_location(hyper, reg, z))
+    expect = np.array([[1.0, -2.0 + 0.5 * u] for u in (1.0, 2.0, 3.0)])
+    np.testing.assert_allclose(loc, expect)
+    # draws of the hyperparameters (leading dim) keep the task axis after theirs
+    hyper_s = {"mu": jnp.zeros((4, 2)), "beta_task": jnp.ones((4, 1)), "tau": jnp.ones((4, 2))}
+    out = pop.with_location(hyper_s, reg, z)
+    assert out["mu@task"].shape == (4, 3, 2) and out["tau"].shape == (4, 1, 2)
+    one = pop.with_location(hyper_s, reg, z[1], one_task=True)
+    assert one["mu@task"].shape == (4, 2) and one["tau"].shape == (4, 2)
+
+
+def test_task_regression_bad_input():
+    tasks = _covariate_tasks()
+    with pytest.raises(ValueError, match=r"'w' is not a task covariate .*\['u', 'v'\]"):
+        bm.populations.Normal(task_covariates=["w"]).task_regression(tasks, None)
+    with pytest.raises(ValueError, match="'slope' is not a parameter"):
+        bm.populations.Normal(task_covariates={"slope": ["u"]}).task_regression(
+            tasks, ["intercept", "floor"]
+        )
+    no_x = bm.TaskSet.from_arrays(y=np.arange(4.0), task=[0, 0, 1, 1])
+    with pytest.raises(ValueError, match="the TaskSet has none"):
+        bm.populations.Normal(task_covariates=True).task_regression(no_x, None)
+    with pytest.raises(ValueError, match="coef: a prior .* needs task_covariates"):
+        bm.populations.Normal(coef=dist.Normal(0, 1))
+    with pytest.raises(ValueError, match="task_covariates: expected True"):
+        bm.populations.Normal(task_covariates=3)
+    # checked when the model is built, before anything compiles
+    model = bm.Hierarchical(bm.likelihoods.Normal(), bm.populations.Normal(task_covariates=["w"]))
+    with pytest.raises(ValueError, match="'w' is not a task covariate"):
+        bm.fit(model, tasks, method="nuts")

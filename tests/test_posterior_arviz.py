@@ -54,3 +54,33 @@ def test_az_loo_on_a_fit(eight_schools_post):
     # ArviZ 0.x: a pandas Series with elpd_loo; ArviZ 1.x: an ELPDData with elpd
     elpd = result.elpd_loo if hasattr(result, "elpd_loo") else result.elpd
     assert float(elpd) == pytest.approx(ours["elpd"], rel=1e-9)
+
+
+def test_observed_rows_map_back_to_their_task_and_row():
+    """observed_data keeps each row's task label and the caller's row (a DataFrame's
+    index label), as non-index coordinates on obs, under ArviZ 0.x and 1.x."""
+    import pandas as pd
+
+    import bayesmeta as bm
+
+    df = pd.DataFrame(
+        {"g": ["b", "a", "b", "a"], "y": [1.0, 2.0, 3.0, 4.5]}, index=[10, 11, 12, 13]
+    )
+    tasks = bm.TaskSet.from_dataframe(df, task="g", y="y")
+    post = bm.fit(
+        bm.Hierarchical(bm.likelihoods.Normal()),
+        tasks,
+        num_warmup=20,
+        num_samples=20,
+        num_chains=1,
+    )
+    data = post.to_arviz()
+    obs = data["observed_data"] if "observed_data" in bma.group_names(data) else None
+    ds = obs.to_dataset() if hasattr(obs, "to_dataset") else obs
+    assert ds["task"].dims == ("obs",)
+    assert ds["task"].values.tolist() == ["b", "b", "a", "a"]
+    assert ds["row"].values.tolist() == [10, 12, 11, 13]
+    np.testing.assert_allclose(ds["y"].values, [1.0, 3.0, 2.0, 4.5])
+    # each row's value is the one the caller put in that row
+    for label, value in zip(ds["row"].values, ds["y"].values, strict=True):
+        assert df.loc[int(label), "y"] == pytest.approx(float(value))

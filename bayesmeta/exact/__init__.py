@@ -19,6 +19,7 @@ from bayesmeta.exact.linear import (
     linear_log_marginal,
     linear_new_task,
     linear_predictive,
+    linear_residual_stats,
     linear_sufficient_stats,
     linear_task_posterior,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "linear_log_marginal",
     "linear_new_task",
     "linear_predictive",
+    "linear_residual_stats",
     "linear_sufficient_stats",
     "linear_task_posterior",
 ]

@@ -53,6 +53,7 @@ __all__ = [
     "GaussianPosterior",
     "LinearGaussianResult",
     "linear_sufficient_stats",
+    "linear_residual_stats",
     "linear_log_marginal",
     "linear_task_posterior",
     "linear_new_task",
@@ -82,7 +83,8 @@ class LinearStats(NamedTuple):
 class LinearHyper(NamedTuple):
     """Population and noise hyperparameters.
 
-    mu          # shape=(p,):   population mean of theta
+    mu          # shape=(p,) or (T, p): population mean of theta (per task under a
+                #   regression on task covariates)
     scale_tril  # shape=(p, p): lower-triangular L with Sigma = L L^T
     noise       # shape=():     noise sd sigma (multiplies the per-row scales s_r)
     """
@@ -137,11 +139,39 @@ def linear_sufficient_stats(
     )
 
 
+def linear_residual_stats(stats: LinearStats, num_varying: int, beta=None) -> LinearStats:
+    """Statistics of ``y - X_c beta`` on the varying columns, from statistics of the whole
+    design ``[X_v | X_c]`` (varying columns first; ``(T, p + c, p + c)``), for common
+    coefficients ``beta`` ``(..., c)`` (leading dims become leading dims of ``xty`` and
+    ``yty``); ``beta`` None: no common part, ``stats`` as they are.
+
+    ``A = X_v'X_v``, ``b = X_v'y - X_v'X_c beta``,
+    ``c = y'y - 2 beta'X_c'y + beta'X_c'X_c beta`` (all weighted by ``1/s^2``)."""
+    if beta is None:
+        return stats
+    p = num_varying
+    cross = stats.xtx[:, :p, p:]  # (T, p, c)
+    b = stats.xty[:, :p] - jnp.einsum("tpc,...c->...tp", cross, beta)
+    c = (
+        stats.yty
+        - 2.0 * jnp.einsum("tc,...c->...t", stats.xty[:, p:], beta)
+        + jnp.einsum("...c,tcd,...d->...t", beta, stats.xtx[:, p:, p:], beta)
+    )
+    return LinearStats(stats.xtx[:, :p, :p], b, c, stats.count, stats.log_scale)
+
+
+def _task_mu(stats: LinearStats, mu):
+    """The population mean per task ``(T, p)``: ``mu`` is ``(p,)`` (one for all) or
+    ``(T, p)`` (a regression on task covariates)."""
+    return jnp.broadcast_to(mu, stats.xty.shape)
+
+
 def _pieces(stats: LinearStats, hyper: LinearHyper):
-    mu, L, noise = hyper
+    _, L, noise = hyper
+    mu = _task_mu(stats, hyper.mu)
     s2 = noise**2
     a = stats.xtx / s2
-    g = (stats.xty - stats.xtx @ mu) / s2  # (T, p)
+    g = (stats.xty - jnp.einsum("tij,tj->ti", stats.xtx, mu)) / s2  # (T, p)
     p = mu.shape[-1]
     m = jnp.eye(p, dtype=a.dtype) + (L.T @ a) @ L  # I + L^T A L
     # L^T A L computed as (L^T A) L; symmetrise against rounding
@@ -157,9 +187,13 @@ def linear_log_marginal(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
 
     Differentiable in ``hyper`` (and in the statistics).
     """
-    mu = hyper.mu
+    mu = _task_mu(stats, hyper.mu)
     s2, _, chol, _, z = _pieces(stats, hyper)
-    rr = (stats.yty - 2.0 * stats.xty @ mu + jnp.einsum("i,tij,j->t", mu, stats.xtx, mu)) / s2
+    rr = (
+        stats.yty
+        - 2.0 * jnp.sum(stats.xty * mu, axis=-1)
+        + jnp.einsum("ti,tij,tj->t", mu, stats.xtx, mu)
+    ) / s2
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
     return -0.5 * (
         stats.count * jnp.log(2.0 * jnp.pi * s2)
@@ -176,7 +210,7 @@ def linear_task_posterior(stats: LinearStats, hyper: LinearHyper) -> GaussianPos
     L = hyper.scale_tril
     _, _, chol, _, z = _pieces(stats, hyper)
     w = solve_triangular(jnp.swapaxes(chol, -1, -2), z[..., None], lower=False)[..., 0]
-    mean = hyper.mu + w @ L.T
+    mean = _task_mu(stats, hyper.mu) + w @ L.T
     v = solve_triangular(chol, jnp.broadcast_to(L.T, chol.shape), lower=True)  # C^{-1} L^T
     cov = jnp.swapaxes(v, -1, -2) @ v
     return GaussianPosterior(mean, cov)
@@ -440,6 +474,10 @@ class LinearGaussianResult(NamedTuple):
     log_marginal_per_task    # shape=(T,)
     labels                   tuple of T task labels
     info                     dict: fitted names, num_iterations, grad_norm, converged
+    beta                     # shape=(c,) or None: the common coefficients (generalised
+                             #   least squares at the fitted variances)
+    beta_task                # shape=(p, q) or None: B of the population mean mu + B z_t
+    task_location            # shape=(T, p): the population mean of each task
     """
 
     hyper: LinearHyper
@@ -450,6 +488,9 @@ class LinearGaussianResult(NamedTuple):
     log_marginal_per_task: jnp.ndarray
     labels: tuple
     info: dict
+    beta: Any = None
+    beta_task: Any = None
+    task_location: Any = None
 
     def new_task(self, x: Any, y: Any, noise_scale: Any = None) -> GaussianPosterior:
         """Exact posterior of a brand-new task's ``theta`` given its ``x`` ``(n, p)``,
@@ -491,8 +532,22 @@ def linear_gaussian(
     num_em_steps: int = 30,
     max_iter: int = 1000,
     tol: float | None = None,
+    common: Any = None,
+    task_covariates: Any = None,
 ) -> LinearGaussianResult:
     """Exact posteriors of linear-regression tasks, with empirical Bayes for what is unknown.
+
+    **Mixed models.** ``common`` names columns of ``x`` (indices, or names when the
+    TaskSet has ``feature_names``) whose coefficients ``beta`` are shared by all tasks, and
+    ``task_covariates`` (True, or names of the TaskSet's ``task_x`` columns) makes the
+    population mean a regression ``mu + B z_t``. Given the variances the model is linear
+    in ``gamma = (mu, B, beta)``: ``y_t ~ N(H_t gamma, V_t)`` with
+    ``V_t = X_t Sigma X_t' + sigma^2 S_t``, so ``gamma`` is profiled out by generalised
+    least squares (``sum_t H_t' V_t^-1 H_t gamma = sum_t H_t' V_t^-1 y_t``, through the
+    per-task statistics and Woodbury's identity) and BFGS maximises the profile
+    likelihood over ``L`` and ``log sigma`` (type-II maximum likelihood of everything,
+    like ``lme4``'s ``REML = FALSE``). The task posteriors are then the exact ones given
+    the estimates (the BLUPs). ``mu`` cannot be fixed in this form.
 
     Args:
       tasks: a ``bm.TaskSet`` with inputs ``x`` ``(N, p)`` (include a column of ones for an
@@ -516,6 +571,8 @@ def linear_gaussian(
     if tasks.x.ndim != 2:
         raise ValueError(f"x: expected shape (N, p), got {tasks.x.shape}")
     p = tasks.x.shape[1]
+    if common is not None:  # Sigma is over the varying columns only
+        p = len(_mixed_columns(tasks, common)[0])
     if cov is not None and scale_tril is not None:
         raise ValueError("cov/scale_tril: give at most one of them")
     fixed_mu = None if mu is None else _as_hyper_part("mu", mu, (p,))
@@ -535,6 +592,10 @@ def linear_gaussian(
         noise = float(noise)
         if not (np.isfinite(noise) and noise > 0):
             raise ValueError(f"noise: must be finite and positive, got {noise}")
+    if common is not None or task_covariates is not None:
+        return _linear_gaussian_mixed(
+            tasks, cov, scale_tril, fixed_l, noise, mu, common, task_covariates, max_iter, tol
+        )
     stats = linear_sufficient_stats(
         tasks.x, tasks.y, tasks.task_index, tasks.num_tasks, tasks.noise_scale
     )
@@ -557,4 +618,185 @@ def linear_gaussian(
         log_marginal_per_task=per_task,
         labels=tuple(tasks.labels),
         info=info,
+    )
+
+
+# --------------------------------------------------------------------------- mixed models
+def _mixed_columns(tasks: TaskSet, common: Any) -> tuple[list[int], list[int]]:
+    """Indices of the varying and the common columns of ``x``."""
+    k = tasks.x.shape[1]
+    names = list(tasks.feature_names or [])
+    items = [common] if isinstance(common, str | int | np.integer) else list(common or [])
+    com = []
+    for item in items:
+        if isinstance(item, str):
+            if item not in names:
+                raise ValueError(
+                    f"common: {item!r} is not a column of x (x columns: {names or list(range(k))})"
+                )
+            com.append(names.index(item))
+        else:
+            if not 0 <= int(item) < k:
+                raise ValueError(f"common: column {item} out of range 0..{k - 1}")
+            com.append(int(item))
+    if len(set(com)) != len(com):
+        raise ValueError(f"common: a column is named twice ({items})")
+    var = [j for j in range(k) if j not in com]
+    if not var:
+        raise ValueError("common: every column is common; at least one must vary by task")
+    return var, com
+
+
+def _mixed_task_x(tasks: TaskSet, task_covariates: Any) -> np.ndarray:
+    if task_covariates is None:
+        return np.zeros((tasks.num_tasks, 0))
+    if tasks.task_x is None:
+        raise ValueError("task_covariates: the TaskSet has no task_x")
+    names = list(tasks.task_x_names)
+    wanted = names if task_covariates is True else list(task_covariates)
+    for name in wanted:
+        if name not in names:
+            raise ValueError(f"task_covariates: {name!r} is not a task covariate ({names})")
+    return tasks.task_x[:, [names.index(n) for n in wanted]]
+
+
+def _mixed_design_map(z, p, c):
+    """``J_t`` ``(T, p + c, p + p q + c)``: the full coefficient vector of task t from
+    ``gamma = (mu, vec B (row-major, p x q), beta)``."""
+    T, q = z.shape
+    J = jnp.zeros((T, p + c, p + p * q + c), dtype=z.dtype)
+    J = J.at[:, :p, :p].set(jnp.eye(p, dtype=z.dtype))
+    for i in range(p):
+        J = J.at[:, i, p + i * q : p + (i + 1) * q].set(z)
+    if c:
+        J = J.at[:, p:, p + p * q :].set(jnp.eye(c, dtype=z.dtype))
+    return J
+
+
+def _mixed_gls(stats: LinearStats, J, p: int, L, noise):
+    """Generalised least squares of ``gamma`` for given ``L`` and ``sigma``."""
+    s2 = noise**2
+    Q, q = stats.xtx, stats.xty  # whole design, varying columns first
+    a = Q[:, :p, :p] / s2
+    m = jnp.eye(p, dtype=a.dtype) + (L.T @ a) @ L
+    m = 0.5 * (m + jnp.swapaxes(m, -1, -2))
+    chol = jnp.linalg.cholesky(m)
+    qv = jnp.einsum("tij,jk->tik", Q[:, :, :p], L)  # (T, P, p): X'X_v L
+    w = solve_triangular(chol, jnp.swapaxes(qv, -1, -2), lower=True)  # C^-1 L'X_v'X
+    K = Q / s2 - jnp.swapaxes(w, -1, -2) @ w / s2**2
+    wy = solve_triangular(chol, jnp.einsum("ij,ti->tj", L, q[:, :p])[..., None], lower=True)
+    k = q / s2 - (jnp.swapaxes(w, -1, -2) @ wy)[..., 0] / s2**2
+    lhs = jnp.einsum("tai,tab,tbj->ij", J, K, J)
+    rhs = jnp.einsum("tai,ta->i", J, k)
+    return jnp.linalg.solve(lhs, rhs)
+
+
+def _mixed_pieces(stats, J, z, p, c, L, noise):
+    gamma = _mixed_gls(stats, J, p, L, noise)
+    q = z.shape[1]
+    mu, B = gamma[:p], gamma[p : p + p * q].reshape(p, q)
+    beta = gamma[p + p * q :] if c else None
+    loc = mu + z @ B.T  # (T, p)
+    res = linear_residual_stats(stats, p, beta)
+    return gamma, LinearHyper(loc, L, noise), res
+
+
+@partial(jax.jit, static_argnames=("p", "c", "max_iter", "fit_l", "fit_noise"))
+def _fit_mixed(stats, J, z, p, c, L0, noise0, max_iter, tol, fit_l, fit_noise):
+    rows, cols = _tril_index(p)
+    params = {}
+    if fit_l:
+        params["tril"] = L0[rows, cols]
+    if fit_noise:
+        params["log_noise"] = jnp.log(noise0)
+    n_rows = jnp.sum(stats.count)
+
+    def unpack(params):
+        L = L0
+        if fit_l:
+            L = jnp.zeros((p, p), dtype=L0.dtype).at[rows, cols].set(params["tril"])
+        noise = jnp.exp(params["log_noise"]) if fit_noise else noise0
+        return L, noise
+
+    def total(L, noise):
+        _, hyper, res = _mixed_pieces(stats, J, z, p, c, L, noise)
+        return jnp.sum(linear_log_marginal(res, hyper))
+
+    num_iter, grad_norm = 0, jnp.zeros((), L0.dtype)
+    L, noise = L0, noise0
+    if params:
+        flat, unravel = ravel_pytree(params)
+
+        def loss(v):
+            return -total(*unpack(unravel(v))) / n_rows
+
+        x, _, g, num_iter = _bfgs(loss, flat, (), max_iter, tol)
+        L, noise = unpack(unravel(x))
+        grad_norm = jnp.sqrt(g @ g)
+    sign = jnp.where(jnp.diagonal(L) < 0, -1.0, 1.0).astype(L.dtype)
+    L = L * sign[None, :]
+    gamma, hyper, res = _mixed_pieces(stats, J, z, p, c, L, noise)
+    post = linear_task_posterior(res, hyper)
+    return gamma, hyper, post, linear_log_marginal(res, hyper), num_iter, grad_norm
+
+
+def _linear_gaussian_mixed(
+    tasks, cov, scale_tril, fixed_l, noise, mu, common, task_covariates, max_iter, tol
+):
+    if mu is not None:
+        raise ValueError("mu: cannot be fixed together with common= or task_covariates=")
+    var, com = _mixed_columns(tasks, common)
+    z = jnp.asarray(_mixed_task_x(tasks, task_covariates))
+    p, c = len(var), len(com)
+    x = tasks.x[:, var + com]
+    stats = linear_sufficient_stats(
+        x, tasks.y, tasks.task_index, tasks.num_tasks, tasks.noise_scale
+    )
+    dtype = stats.xty.dtype
+    if tol is None:
+        tol = 1e-9 if dtype == jnp.float64 else 1e-4
+    # start: pooled least squares for sigma, the spread of per-task fits for L
+    init = _default_init(
+        LinearStats(stats.xtx[:, :p, :p], stats.xty[:, :p], stats.yty, stats.count, stats.log_scale)
+    )
+    L0 = jnp.asarray(fixed_l, dtype) if fixed_l is not None else init.scale_tril
+    noise0 = jnp.asarray(noise if noise is not None else init.noise, dtype)
+    J = _mixed_design_map(z.astype(dtype), p, c)
+    gamma, hyper, post, per_task, num_iter, grad_norm = _fit_mixed(
+        stats,
+        J,
+        z.astype(dtype),
+        p,
+        c,
+        L0,
+        noise0,
+        int(max_iter),
+        jnp.asarray(tol, dtype),
+        fixed_l is None,
+        noise is None,
+    )
+    q = z.shape[1]
+    free = tuple(n for n, on in (("scale_tril", fixed_l is None), ("noise", noise is None)) if on)
+    info = {
+        "log_marginal_likelihood": jnp.sum(per_task),
+        "num_iterations": int(num_iter),
+        "grad_norm": float(grad_norm),
+        "converged": bool(float(grad_norm) <= float(tol)),
+        "fitted": ("mu", "beta_task", "beta", *free),
+        "varying_columns": var,
+        "common_columns": com,
+    }
+    mu_hat = gamma[:p]
+    return LinearGaussianResult(
+        hyper=LinearHyper(mu_hat, hyper.scale_tril, hyper.noise),
+        cov=hyper.scale_tril @ hyper.scale_tril.T,
+        task_mean=post.mean,
+        task_cov=post.cov,
+        log_marginal_likelihood=jnp.sum(per_task),
+        log_marginal_per_task=per_task,
+        labels=tuple(tasks.labels),
+        info=info,
+        beta=gamma[p + p * q :] if c else None,
+        beta_task=gamma[p : p + p * q].reshape(p, q) if q else None,
+        task_location=hyper.mu,
     )

@@ -118,34 +118,56 @@ def conjugate_eligible(model) -> bool:
     return gauss.why_not_gaussian(model) is None
 
 
-def _conjugate_fn(pop, param_shape, shared):
-    """Jitted ``(stats, hyper) -> (log marginals (S, T), means (S, T, p), covs (S, T, p, p))``."""
+def _conjugate_fn(pop, param_shape, shared, regression):
+    """Jitted ``(stats, hyper, task_x) -> (log marginals (S, T), means (S, T, p),
+    covs (S, T, p, p))``."""
+    num_varying = int(np.prod(param_shape)) if param_shape else 1
 
-    def terms(stats, hyper):
-        lh = gauss.population_hyper(pop, hyper, param_shape, hyper["sigma"] if shared else None)
+    def terms(stats, hyper, task_x):
+        noise = hyper["sigma"] if shared else None
+        lh = gauss.population_hyper(pop, hyper, param_shape, noise, regression, task_x)
 
-        def one(h):
-            post_h = gauss.task_posterior(stats, h)
-            return gauss.log_marginal(stats, h), post_h.mean, post_h.cov
+        def one(h, beta):
+            res = gauss.residual_stats(stats, num_varying, beta)
+            post_h = gauss.task_posterior(res, h)
+            return gauss.log_marginal(res, h), post_h.mean, post_h.cov
 
-        return jax.vmap(one)(lh)
+        return jax.vmap(one)(lh, hyper.get("beta"))
 
     return jax.jit(terms)
 
 
-def _conjugate_terms(post, tasks):
+def _conjugate_terms(post, tasks, task_x):
     """Log marginal likelihoods ``(S, T)`` and the exact conditional posteriors of every
     new task under every hyperparameter draw (means ``(S, T, p)``, covs ``(S, T, p, p)``)."""
     model = post.model
     pop, lik = model.population, model.likelihood
     shared = gauss.conjugate_noise(lik) == "shared"
     param_shape = tuple(post.param_shape)
+    regression = post._regression()
     fn = _kept(
         model,
-        ("conjugate", id(pop), id(lik), param_shape, shared),
-        lambda: _conjugate_fn(pop, param_shape, shared),
+        ("conjugate", id(pop), id(lik), param_shape, shared, regression),
+        lambda: _conjugate_fn(pop, param_shape, shared, regression),
     )
-    return fn(gauss.task_stats(lik, tasks), post._hyper_draws())
+    return fn(gauss.task_stats(lik, tasks), post._hyper_draws(), task_x)
+
+
+def _new_task_x(post, new_tasks):
+    """The new tasks' covariates ``(T, q)`` in the columns the fitted regression reads (by
+    name), or None when the population has no regression."""
+    regression = post._regression()
+    if regression is None:
+        return None
+    names = getattr(new_tasks, "task_x_names", None)
+    missing = [c for c in regression.columns if names is None or c not in names]
+    if missing:
+        raise ValueError(
+            f"new_tasks: the population regresses on task covariates "
+            f"{list(regression.columns)}; the new TaskSet lacks {missing} (build it with "
+            "task_x=)"
+        )
+    return jnp.asarray(new_tasks.task_x[:, [list(names).index(c) for c in regression.columns]])
 
 
 # ---------------------------------------------------------------------- importance weights
@@ -300,6 +322,8 @@ def adapt(
     key = jax.random.PRNGKey(seed)
     k_theta, k_res, k_draw = jax.random.split(key, 3)
     hyper = post._hyper_draws()
+    task_x = _new_task_x(post, new_tasks)
+    regression = post._regression()
     theta_out = np.zeros((num, T, *post.param_shape))
     local_out = {k: np.zeros((num, T)) for k in model.likelihood.task_priors()}
     used = ["nuts"] * T
@@ -307,13 +331,18 @@ def adapt(
 
     if method in ("auto", "conjugate", "importance"):
         if method != "importance" and conjugate_eligible(model):
-            logw, means, covs = _conjugate_terms(post, new_tasks)  # (S,T), (S,T,p), (S,T,p,p)
+            # (S,T), (S,T,p), (S,T,p,p)
+            logw, means, covs = _conjugate_terms(post, new_tasks, task_x)
             kind = "conjugate"
         else:
             # theta_s ~ p(theta | phi_s): the population mixture as proposal
-            comp = model.population.dist(hyper, post.param_shape)
-            theta_prop = comp.sample(k_theta, (T,))  # (T, S, ...)
-            theta_prop = jnp.moveaxis(theta_prop, 0, 1)  # (S, T, ...)
+            if regression is None:
+                comp = model.population.dist(hyper, post.param_shape)
+                theta_prop = comp.sample(k_theta, (T,))  # (T, S, ...)
+                theta_prop = jnp.moveaxis(theta_prop, 0, 1)  # (S, T, ...)
+            else:  # a location per task: the draws' batch is (S, T)
+                located = model.population.with_location(hyper, regression, task_x)
+                theta_prop = model.population.dist(located, post.param_shape).sample(k_theta)
             extras = {k: hyper[k] for k in model.likelihood.global_priors()}
             local = {}
             for i, (name, d) in enumerate(model.likelihood.task_priors().items()):
@@ -365,7 +394,12 @@ def adapt(
         )
         program = _fallback_program(post, opts)
         for t in nuts_tasks:
-            samples, div = _nuts_one_task(program, post, new_tasks, t, hyper, seed + 1 + t, opts)
+            hyper_t = hyper
+            if regression is not None:
+                hyper_t = model.population.with_location(
+                    hyper, regression, task_x[t], one_task=True
+                )
+            samples, div = _nuts_one_task(program, post, new_tasks, t, hyper_t, seed + 1 + t, opts)
             theta_out[:, t] = samples["theta"].reshape(num, *post.param_shape)
             for name in local_out:
                 local_out[name][:, t] = samples[name].reshape(num)
@@ -401,7 +435,9 @@ def adapt(
     )
 
 
-def predict(post, key, x=None, task=None, noise_scale=None, num_obs=None) -> np.ndarray:
+def predict(
+    post, key, x=None, task=None, noise_scale=None, num_obs=None, task_x=None
+) -> np.ndarray:
     """Posterior predictive draws ``(chain, draw, n)`` (see :meth:`Posterior.predict`,
     which takes an integer seed); ``key`` is a JAX PRNG key."""
     key = check_key(key, "bayesmeta.inference.adapt.predict")
@@ -446,7 +482,7 @@ def predict(post, key, x=None, task=None, noise_scale=None, num_obs=None) -> np.
             )
         if task is None:
             # a brand-new task: one theta per hyperparameter draw from the population
-            theta = model.population.dist(post._hyper_draws(), post.param_shape).sample(k_theta)
+            theta = post.population(task_x).component_distribution.sample(k_theta)
             local = {
                 k: d.sample(jax.random.fold_in(k_theta, i + 1), (num, 1))
                 for i, (k, d) in enumerate(lik.task_priors().items())

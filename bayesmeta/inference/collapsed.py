@@ -78,20 +78,25 @@ def why_not_collapsible(model) -> str | None:
     return gauss.why_not_gaussian(model)
 
 
-def _hyper_model(model, param_shape):
+def _hyper_model(model, param_shape, regression=None):
+    """The NumPyro model of the hyperparameters, the likelihood's shared parameters (a
+    learned noise ``sigma``, common coefficients ``beta``) and the population regression's
+    ``beta_task``, with every ``theta_t`` integrated out; called as
+    ``collapsed(stats, task_x)``."""
     pop, lik = model.population, model.likelihood
     noise = gauss.conjugate_noise(lik)
+    num_varying = int(np.prod(param_shape)) if param_shape else 1
 
-    def collapsed(stats):
-        hyper = pop.sample_hyper(param_shape)
-        sigma = None
-        if noise == "shared":
-            sigma = numpyro.sample("sigma", lik.noise_prior)
-        h = gauss.population_hyper(pop, hyper, param_shape, sigma)
+    def collapsed(stats, task_x=None):
+        hyper = pop.sample_hyper(param_shape, regression)
+        extras = {name: numpyro.sample(name, d) for name, d in lik.global_priors().items()}
+        sigma = extras.get("sigma") if noise == "shared" else None
+        h = gauss.population_hyper(pop, hyper, param_shape, sigma, regression, task_x)
         if isinstance(stats, ScalarMarginal):
             lp = scalar_log_marginal_sum(stats, h.mu[0], h.scale_tril[0, 0], h.noise**2)
         else:
-            lp = jnp.sum(gauss.log_marginal(stats, h))
+            res = gauss.residual_stats(stats, num_varying, extras.get("beta"))
+            lp = jnp.sum(gauss.log_marginal(res, h))
         numpyro.factor("y_marginal", lp)
 
     return collapsed
@@ -112,21 +117,21 @@ class _CompiledNUTS:
         self.model_fn, self.opts = model_fn, opts
         self.program = jax.jit(self._program)
 
-    def run(self, seed: int, stats):
+    def run(self, seed: int, model_kwargs: dict):
         chains = int(self.opts["num_chains"])
         key = jax.random.PRNGKey(seed)
         if chains > 1:
             key = jax.random.split(key, chains)
-        z, fields = self.program(key, stats)
+        z, fields = self.program(key, model_kwargs)
         if chains == 1:  # unbatched kernel: add the chain dim
             z, fields = jax.tree.map(lambda x: x[None], (z, fields))
         return z, dict(zip(self.FIELDS, fields, strict=True))
 
-    def _program(self, key, stats):
+    def _program(self, key, model_kwargs):
         # traced once per compile: the kernel built here lives only in the trace
         warmup, draws = int(self.opts["num_warmup"]), int(self.opts["num_samples"])
         chains = int(self.opts["num_chains"])
-        kwargs = {"stats": stats}
+        kwargs = dict(model_kwargs)
         kernel = make_mcmc(self.model_fn, self.opts).sampler
         state = kernel.init(key, warmup, None, (), kwargs)
         fields_of = attrgetter(*self.FIELDS)
@@ -145,19 +150,23 @@ class _CompiledNUTS:
         return jax.tree.map(swap, to_site(z)), jax.tree.map(swap, fields)
 
 
-def _marginal_form(stats, param_shape, choice: str):
+def _marginal_form(stats, param_shape, choice: str, mixed: bool = False):
     """What NUTS evaluates the marginal from: the per-task statistics (a sum over tasks per
     step) or, for scalar ``theta``, their checked Chebyshev form (a cost independent of
-    the number of tasks); and a description for ``info["marginal"]``."""
+    the number of tasks); and a description for ``info["marginal"]``. ``mixed``: the
+    model has common coefficients or a population regression (a per-task mean), which
+    the Chebyshev form does not cover."""
     if choice not in _MARGINALS:
         raise ValueError(f"marginal: must be one of {_MARGINALS}, got {choice!r}")
     num_tasks = stats.count.shape[0]
     if choice == "direct" or (choice == "auto" and num_tasks < _CHEBYSHEV_MIN_TASKS):
         return stats, {"form": "direct"}
-    if param_shape != ():
+    if param_shape != () or mixed:
         if choice == "chebyshev":
+            why = "scalar theta" if param_shape != () else "no common coefficients or "
             raise ValueError(
-                f"marginal: 'chebyshev' needs scalar theta, the model has shape {param_shape}"
+                f"marginal: 'chebyshev' needs scalar theta with one population mean for all "
+                f"tasks and no common coefficients (shape {param_shape}, mixed={mixed}; {why})"
             )
         return stats, {"form": "direct"}
     form, info = scalar_marginal(
@@ -170,19 +179,20 @@ def _marginal_form(stats, param_shape, choice: str):
     return form, info
 
 
-def _sampler(model, param_shape, stats, nuts_opts):
+def _sampler(model, param_shape, model_kwargs, nuts_opts, structure=None, regression=None):
     """The compiled collapsed sampler for ``model``, kept on the model object per data
-    shapes and options (the last few); ``(sampler, reused)``, or ``(None, False)`` where
-    the NUTS options ask for what the compiled loop does not do (a progress bar, thinning,
-    parallel chains)."""
+    shapes, model structure and options (the last few); ``(sampler, reused)``, or
+    ``(None, False)`` where the NUTS options ask for what the compiled loop does not do
+    (a progress bar, thinning, parallel chains)."""
     if (
         show_progress(nuts_opts)
         or nuts_opts["thinning"] != 1
         or nuts_opts["chain_method"] != "vectorized"
     ):
         return None, False
-    shapes = tuple((tuple(x.shape), str(x.dtype)) for x in stats)
-    key = (param_shape, shapes, tuple(sorted(nuts_opts.items())))
+    leaves = jax.tree.leaves(model_kwargs)
+    shapes = tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+    key = (param_shape, shapes, structure, tuple(sorted(nuts_opts.items())))
     store = model.__dict__.setdefault(_PROGRAMS_ATTR, OrderedDict())
     try:
         _HOLDERS.add(model)
@@ -191,37 +201,42 @@ def _sampler(model, param_shape, stats, nuts_opts):
     try:
         hit = store.get(key)
     except TypeError:  # an unhashable option (e.g. a custom init strategy): no reuse
-        return _CompiledNUTS(_hyper_model(model, param_shape), nuts_opts), False
+        return _CompiledNUTS(_hyper_model(model, param_shape, regression), nuts_opts), False
     if hit is not None:
         store.move_to_end(key)
         return hit, True
-    sampler = _CompiledNUTS(_hyper_model(model, param_shape), nuts_opts)
+    sampler = _CompiledNUTS(_hyper_model(model, param_shape, regression), nuts_opts)
     store[key] = sampler
     while len(store) > _PROGRAMS_PER_MODEL:
         store.popitem(last=False)
     return sampler, False
 
 
-@partial(jax.jit, static_argnames=("pop", "shared", "param_shape", "batch"))
-def _draw_theta(pop, shared, param_shape, stats, hyper_flat, key, batch):
-    """Exact ``theta`` draws ``(S, T, *param_shape)``, one per hyperparameter draw.
-    Scalar ``theta`` is elementwise; vector ``theta`` goes through Cholesky factors in
-    batches of ``batch`` draws so memory stays ``O(batch T p^2)``."""
+@partial(jax.jit, static_argnames=("pop", "shared", "param_shape", "batch", "regression"))
+def _draw_theta(pop, shared, param_shape, stats, hyper_flat, key, batch, regression, task_x):
+    """Exact ``theta`` draws ``(S, T, *param_shape)``, one per hyperparameter draw (and
+    common-coefficient draw ``beta``, when the likelihood has them). Scalar ``theta`` is
+    elementwise; vector ``theta`` goes through Cholesky factors in batches of ``batch``
+    draws so memory stays ``O(batch T p^2)``."""
     noise = hyper_flat["sigma"] if shared else None
-    h = gauss.population_hyper(pop, hyper_flat, param_shape, noise)
+    h = gauss.population_hyper(pop, hyper_flat, param_shape, noise, regression, task_x)
     num, T = h.mu.shape[0], stats.count.shape[0]
+    p = int(np.prod(param_shape)) if param_shape else 1
+    beta = hyper_flat.get("beta")
     if not param_shape:  # theta_t | y_t, mu, tau, sigma: elementwise for all (s, t)
-        mu, tau, s2 = h.mu[:, :1], h.scale_tril[:, 0, :1], h.noise[:, None] ** 2
-        mean, var = gauss.scalar_posterior(stats, mu, tau, s2)
+        mu = h.mu[..., 0]
+        mu = mu[:, None] if mu.ndim == 1 else mu
+        tau, s2 = h.scale_tril[:, 0, :1], h.noise[:, None] ** 2
+        mean, var = gauss.scalar_posterior(gauss.residual_stats(stats, p, beta), mu, tau, s2)
         return mean + jnp.sqrt(var) * jax.random.normal(key, (num, T), mean.dtype)
     z = jax.random.normal(key, (num, T, h.mu.shape[-1]), h.mu.dtype)
 
     def one(args):
-        hs, zs = args
-        post = gauss.task_posterior(stats, hs)
+        hs, zs, bs = args
+        post = gauss.task_posterior(gauss.residual_stats(stats, p, bs), hs)
         return post.mean + jnp.einsum("tij,tj->ti", jnp.linalg.cholesky(post.cov), zs)
 
-    theta = jax.lax.map(one, (h, z), batch_size=batch)
+    theta = jax.lax.map(one, (h, z, beta), batch_size=batch)
     return theta.reshape(num, T, *param_shape)
 
 
@@ -258,19 +273,24 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     built = model.build(tasks)  # validates the data and gives dims/coords of full NUTS
     param_shape = built.param_shape
     stats = gauss.task_stats(model.likelihood, tasks)
+    regression, task_x = built.regression, built.data.get("task_x")
+    mixed = regression is not None or "beta" in model.likelihood.global_priors()
     nuts_opts = {k: opts[k] for k in NUTS_OPTIONS}
     # a few hyperparameters only: vectorised chains cost nothing here and keep the
     # compiled loop (the CPU rule of full NUTS is about long per-task trajectories)
     if nuts_opts["chain_method"] == "auto":
         nuts_opts["chain_method"] = "vectorized"
-    marginal, marginal_info = _marginal_form(stats, param_shape, opts["marginal"])
-    sampler, reused = _sampler(model, param_shape, marginal, nuts_opts)
+    marginal, marginal_info = _marginal_form(stats, param_shape, opts["marginal"], mixed)
+    model_kwargs = {"stats": marginal, "task_x": task_x}
+    sampler, reused = _sampler(
+        model, param_shape, model_kwargs, nuts_opts, built.structure, regression
+    )
     if sampler is None:
         samples, extras, _ = run_nuts(
-            _hyper_model(model, param_shape), {"stats": marginal}, seed, nuts_opts
+            _hyper_model(model, param_shape, regression), model_kwargs, seed, nuts_opts
         )
     else:
-        samples, extras = sampler.run(seed, marginal)
+        samples, extras = sampler.run(seed, model_kwargs)
     samples = {k: np.asarray(v) for k, v in samples.items()}
     extras = {k: np.asarray(v) for k, v in extras.items()}
     # convergence is judged on what NUTS sampled: every theta draw below is exact given
@@ -296,6 +316,8 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
         hyper_flat,
         jax.random.fold_in(jax.random.PRNGKey(seed), 1),
         int(opts["theta_batch"]),
+        regression,
+        task_x,
     )
     site = model.population.theta_site
     samples[site] = np.asarray(theta).reshape(chains, draws, *theta.shape[1:])

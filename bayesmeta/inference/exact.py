@@ -179,6 +179,11 @@ def why_not_exact(model: Any) -> str | None:
         return f"the population is {type(pop).__name__}, not Normal"
     if getattr(pop, "dim", None) not in (None, 1):
         return f"the population has dim={pop.dim}; exact needs one scalar parameter per task"
+    if getattr(pop, "task_covariates", None) is not None:
+        return (
+            "the population regresses on task covariates; exact covers one mean for all "
+            "tasks (use method='collapsed', or bm.estimators.random_effects(..., mods=))"
+        )
     loc = pop.loc
     if hasattr(loc, "log_prob") and type(loc).__name__ not in ("Normal", "ImproperUniform"):
         return (

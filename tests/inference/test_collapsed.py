@@ -144,7 +144,7 @@ def test_compiled_collapsed_loop_equals_numpyro_mcmc(chains):
     stats = gauss.task_stats(model.likelihood, bm.datasets.eight_schools())
     opts = _short_opts(num_chains=chains)
     ref, ref_extra, _ = run_nuts(col._hyper_model(model, ()), {"stats": stats}, 5, opts)
-    got, got_extra = col._CompiledNUTS(col._hyper_model(model, ()), opts).run(5, stats)
+    got, got_extra = col._CompiledNUTS(col._hyper_model(model, ()), opts).run(5, {"stats": stats})
     for k in ref:
         np.testing.assert_allclose(np.asarray(got[k]), np.asarray(ref[k]), rtol=1e-8, atol=1e-10)
     for k in ref_extra:
