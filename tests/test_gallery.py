@@ -12,6 +12,9 @@ GALLERY = [
     "models/bcg.py",
     "models/hier_linear.py",
     "models/hier_logistic.py",
+    "models/radon.py",
+    "models/seeds.py",
+    "models/bcg_latitude.py",
 ]
 
 
@@ -33,6 +36,23 @@ def test_bcg_counts_model_builds():
     assert tasks.num_tasks == 13 and tasks.num_obs == 26
     built = bm.Hierarchical(bm.likelihoods.Binomial(), bm.populations.MvNormal()).build(tasks)
     assert built.coords["coef"] == ["intercept", "vaccinated"]
+
+
+@pytest.mark.parametrize(
+    "path, common, task_covariate",
+    [
+        ("models/radon.py", ["floor"], ["log_uranium"]),
+        ("models/seeds.py", ["x1", "x2", "x1x2"], None),
+        ("models/bcg_latitude.py", None, ["ablat"]),
+    ],
+)
+def test_gallery_regression_coords(path, common, task_covariate):
+    # the common coefficients and the task-covariate coefficients are named by the data's
+    # columns, so the printed table and the ArviZ data say which is which
+    model, tasks = bm.load_model(path)
+    coords = model.build(tasks).coords
+    assert coords.get("common") == common
+    assert coords.get("task_covariate") == task_covariate
 
 
 def test_load_model_rejects_a_file_without_model(tmp_path):

@@ -28,3 +28,20 @@ def test_tour_runs_as_written():
     post, post_new = namespace["post"], namespace["post_new"]
     assert post.samples["theta"].shape[2] == 8
     assert post_new.labels == ("new school",)
+
+
+def test_mixed_models_section_runs_as_written():
+    """The radon example of "Mixed models and meta-regression" (its own block)."""
+    import pytest
+
+    pytest.importorskip("formulae")
+    block = next(b for b in _blocks("python") if "bm.datasets.radon()" in b)
+    namespace = {}
+    exec(compile(block, "README.md (mixed models)", "exec"), namespace)
+    post = namespace["post"]
+    assert post.method == "collapsed"
+    assert post.coords["common"] == ["floor"]
+    assert post.coords["task_covariate"] == ["log_uranium"]
+    model, tasks = namespace["model"], namespace["tasks"]
+    assert tasks.num_tasks == 85 and tasks.task_x_names == ("log_uranium",)
+    assert model.population.task_covariates is not None
