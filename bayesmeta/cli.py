@@ -1,6 +1,6 @@
 """The ``bayesmeta`` command.
 
-``bayesmeta fit [MODEL_FILE] [--method nuts|vi|exact|collapsed|auto] [--chains N]
+``bayesmeta fit [MODEL_FILE] [--method nuts|vi|exact|collapsed|laplace|auto] [--chains N]
 [--warmup N] [--draws N] [--seed S] [--out FILE.nc] [--plot FILE.png] [--json]``
 fits a gallery model file (with no file: the built-in eight schools) and prints a summary;
 ``--json`` prints one JSON object as the last line. Further subcommands:

@@ -11,6 +11,8 @@ record                 fields (beyond ``options``, ``diagnostics``, ``extra``)
 :class:`NUTSInfo`      ``timing`` (trace_s, compile_s, sampling_s, first_posterior_s,
                        compiled), ``chain_method``, ``target_accept``, ``retried``
 :class:`CollapsedInfo` ``compiled`` ("new"/"reused"), ``marginal`` (form, degree, error)
+:class:`LaplaceInfo`   ``laplace`` (per task: Newton convergence, importance ESS), and
+                       ``timing``, ``chain_method``, ``target_accept``, ``retried`` as NUTS
 :class:`VIInfo`        ``elbo`` (per step), ``converged``, ``elbo_change``,
                        ``guide_params``
 :class:`ExactInfo`     ``exact`` (the :class:`~bayesmeta.exact.NormalNormalResult`)
@@ -34,6 +36,7 @@ __all__ = [
     "FitInfo",
     "NUTSInfo",
     "CollapsedInfo",
+    "LaplaceInfo",
     "VIInfo",
     "ExactInfo",
     "AdaptInfo",
@@ -91,6 +94,11 @@ class NUTSInfo(FitInfo):
 class CollapsedInfo(FitInfo):
     compiled: str | None = None
     marginal: dict | None = None
+
+
+@dataclass
+class LaplaceInfo(NUTSInfo):
+    laplace: dict | None = None
 
 
 @dataclass

@@ -175,7 +175,8 @@ def _glm_case(name, family, num_tasks, mu, tau):
         spec=Spec(family, p, 2.0, "halfnormal", 1.0),
         data={"y": tasks.y, "task": tasks.task_index, "x": tasks.x, "se": None},
         num_tasks=num_tasks,
-        bm_methods=(None,),
+        # fit's default (full NUTS) and nested Laplace, measured side by side
+        bm_methods=(None, "laplace"),
     )
 
 

@@ -7,7 +7,9 @@ method                    what runs
 ``"vi"``                  NumPyro SVI with an automatic guide and an optax optimizer
 ``"exact"``               closed-form normal-normal posterior (known-noise Gaussian tasks)
 ``"collapsed"``           NUTS on the hyperparameters with Gaussian ``theta_t`` integrated out
-``"auto"``                ``"collapsed"`` when eligible, else ``"nuts"``
+``"laplace"``             NUTS on the hyperparameters, ``theta_t`` integrated by nested Laplace
+``"auto"``                ``"collapsed"`` when eligible, else ``"laplace"`` where its pilot
+                          trusts it (:mod:`bayesmeta.inference.laplace`), else ``"nuts"``
 ========================  ===================================================================
 
 The engines are records in :data:`ENGINES` (see :mod:`bayesmeta.inference.registry`): a new
@@ -19,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bayesmeta.inference import collapsed, exact, nuts, vi
+from bayesmeta.inference import collapsed, exact, laplace, nuts, vi
 from bayesmeta.inference.registry import Engine
 from bayesmeta.model import _TaskModel
 from bayesmeta.tasks import TaskSet
@@ -28,17 +30,38 @@ __all__ = ["fit", "METHODS", "ENGINES", "Engine"]
 
 #: the registry: method name -> Engine
 ENGINES: dict[str, Engine] = {
-    e.name: e for e in (nuts.ENGINE, vi.ENGINE, exact.ENGINE, collapsed.ENGINE)
+    e.name: e for e in (nuts.ENGINE, vi.ENGINE, exact.ENGINE, collapsed.ENGINE, laplace.ENGINE)
 }
 METHODS = (*ENGINES, "auto")
 
 
 def resolve_method(method: str, model: Any, tasks: TaskSet) -> str:
     """The engine ``method`` stands for: ``"auto"`` is collapsed NUTS where the model's
-    per-task parameters integrate out exactly, else full NUTS."""
+    per-task parameters integrate out exactly, nested Laplace where they do not but the
+    Laplace pilot trusts it (:func:`bayesmeta.inference.laplace.laplace_trust`), else full
+    NUTS."""
+    return _resolve(method, model, tasks)[0]
+
+
+def _resolve(method: str, model: Any, tasks: TaskSet) -> tuple[str, dict | None]:
+    """``(engine name, record of the auto choice or None)``."""
     if method != "auto":
-        return method
-    return "collapsed" if ENGINES["collapsed"].why_not(model, tasks) is None else "nuts"
+        return method, None
+    if ENGINES["collapsed"].why_not(model, tasks) is None:
+        return "collapsed", {"chosen": "collapsed", "why": "theta integrates out exactly"}
+    why = ENGINES["laplace"].why_not(model, tasks)
+    if why is not None:
+        return "nuts", {"chosen": "nuts", "why": f"laplace not available: {why}"}
+    trust = laplace.laplace_trust(model, tasks)
+    if trust["ok"]:
+        return "laplace", {"chosen": "laplace", "why": "the Laplace pilot passed", **trust}
+    failing = trust["tasks_failing"]
+    shown = ", ".join(map(repr, failing[:5])) + (" ..." if len(failing) > 5 else "")
+    return "nuts", {
+        "chosen": "nuts",
+        "why": f"the Laplace pilot failed for {len(failing)} task(s): {shown}",
+        **trust,
+    }
 
 
 def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **options):
@@ -48,8 +71,9 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
       model: a ``bm.Hierarchical`` (or ``bm.pooled`` / ``bm.unpooled``) model, or a plain
         NumPyro model called as ``model(y=, task_index=, num_tasks=, x=, noise_scale=)``.
       tasks: a ``bm.TaskSet``.
-      method: one of ``"nuts"``, ``"vi"``, ``"exact"``, ``"collapsed"``, ``"auto"``
-        (any name in :data:`ENGINES`).
+      method: one of ``"nuts"``, ``"vi"``, ``"exact"``, ``"collapsed"``, ``"laplace"``,
+        ``"auto"`` (any name in :data:`ENGINES`); ``post.info["auto"]`` records what
+        ``"auto"`` chose and why.
       seed: integer seed of the run.
       **options: the engine's options (unknown names are rejected); see ``fit_nuts``,
         ``fit_vi``, ``fit_collapsed``, ``fit_exact``.
@@ -65,7 +89,8 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
             f"model: expected a bm.Hierarchical or a NumPyro model function, got "
             f"{type(model).__name__}"
         )
-    engine = ENGINES[resolve_method(method, model, tasks)]
+    name, auto = _resolve(method, model, tasks) if method == "auto" else (method, None)
+    engine = ENGINES[name]
     unknown = sorted(set(options) - set(engine.options))
     if unknown:
         raise ValueError(
@@ -79,4 +104,7 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
                 f"method: 'collapsed' needs a Gaussian likelihood with a Normal or "
                 f"MvNormal population; {why}"
             )
-    return engine.fit(model, tasks, seed, **options)
+    post = engine.fit(model, tasks, seed, **options)
+    if auto is not None:
+        post.info.extra["auto"] = auto
+    return post
