@@ -8,8 +8,8 @@ method                    what runs
 ``"exact"``               closed-form normal-normal posterior (known-noise Gaussian tasks)
 ``"collapsed"``           NUTS on the hyperparameters with Gaussian ``theta_t`` integrated out
 ``"laplace"``             NUTS on the hyperparameters, ``theta_t`` integrated by nested Laplace
-``"auto"``                ``"collapsed"`` when eligible, else ``"laplace"`` where its pilot
-                          trusts it (:mod:`bayesmeta.inference.laplace`), else ``"nuts"``
+``"auto"``                ``"collapsed"`` when eligible, else ``"nuts"`` (the Laplace pilot's
+                          verdict is recorded; see :mod:`bayesmeta.inference.laplace`)
 ========================  ===================================================================
 
 The engines are records in :data:`ENGINES` (see :mod:`bayesmeta.inference.registry`): a new
@@ -37,9 +37,10 @@ METHODS = (*ENGINES, "auto")
 
 def resolve_method(method: str, model: Any, tasks: TaskSet) -> str:
     """The engine ``method`` stands for: ``"auto"`` is collapsed NUTS where the model's
-    per-task parameters integrate out exactly, nested Laplace where they do not but the
-    Laplace pilot trusts it (:func:`bayesmeta.inference.laplace.laplace_trust`), else full
-    NUTS."""
+    per-task parameters integrate out exactly, else full NUTS. The Laplace pilot
+    (:func:`bayesmeta.inference.laplace.laplace_trust`) runs and is recorded; it would
+    choose nested Laplace where it trusts it once ``AUTO_PICKS_LAPLACE`` is set, which it
+    is not while nested Laplace measures slower than full NUTS."""
     return _resolve(method, model, tasks)[0]
 
 
@@ -53,8 +54,15 @@ def _resolve(method: str, model: Any, tasks: TaskSet) -> tuple[str, dict | None]
     if why is not None:
         return "nuts", {"chosen": "nuts", "why": f"laplace not available: {why}"}
     trust = laplace.laplace_trust(model, tasks)
-    if trust["ok"]:
+    if trust["ok"] and laplace.AUTO_PICKS_LAPLACE:
         return "laplace", {"chosen": "laplace", "why": "the Laplace pilot passed", **trust}
+    if trust["ok"]:
+        return "nuts", {
+            "chosen": "nuts",
+            "why": "the Laplace pilot passed, but nested Laplace is not yet faster than full "
+            "NUTS (bayesmeta.inference.laplace.AUTO_PICKS_LAPLACE)",
+            **trust,
+        }
     failing = trust["tasks_failing"]
     shown = ", ".join(map(repr, failing[:5])) + (" ..." if len(failing) > 5 else "")
     return "nuts", {
