@@ -8,7 +8,7 @@ from bayesmeta import datasets, estimators, exact, likelihoods, meta, population
 from bayesmeta.gallery import load_model
 from bayesmeta.inference import fit
 from bayesmeta.model import Hierarchical, Pooled, Unpooled, pooled, unpooled
-from bayesmeta.posterior import Posterior
+from bayesmeta.posterior import Posterior, load_posterior
 from bayesmeta.tasks import PaddedTasks, TaskSet
 
 # the friendly exact solvers return a Posterior, so they live with the exact engine; they
@@ -29,6 +29,7 @@ __all__ = [
     "unpooled",
     "fit",
     "Posterior",
+    "load_posterior",
     "load_model",
     "datasets",
     "estimators",
@@ -37,4 +38,4 @@ __all__ = [
     "likelihoods",
     "populations",
 ]
-__version__ = "0.1.0"
+from bayesmeta._version import __version__  # noqa: E402, F401  (bm.__version__)

@@ -1,7 +1,8 @@
 """The ``bayesmeta`` command.
 
 ``bayesmeta fit [MODEL_FILE] [--method nuts|vi|exact|collapsed|laplace|auto] [--chains N]
-[--warmup N] [--draws N] [--seed S] [--out FILE.nc] [--plot FILE.png] [--json]``
+[--warmup N] [--draws N] [--seed S] [--out FILE.nc] [--checkpoint FILE.npz] [--plot FILE.png]
+[--json]``
 fits a gallery model file (with no file: the built-in eight schools) and prints a summary;
 ``--json`` prints one JSON object as the last line. Further subcommands:
 ``meta-analysis`` (classical random-effects estimators on a CSV) and ``study``
@@ -141,7 +142,26 @@ def _enable_compile_cache(path: str | None) -> str | None:
     return path
 
 
+def _check_outputs(args) -> str | None:
+    """The first problem with an output path (``--out``, ``--plot``, ``--checkpoint``),
+    found before the fit starts; None when all can be written."""
+    from bayesmeta.saving import check_writable
+
+    for flag in ("out", "plot", "checkpoint"):
+        path = getattr(args, flag, None)
+        if path:
+            try:
+                check_writable(path, f"--{flag}")
+            except ValueError as err:
+                return str(err)
+    return None
+
+
 def _cmd_fit(args) -> int:
+    problem = _check_outputs(args)
+    if problem:
+        print(f"bayesmeta fit: error: {problem}", file=sys.stderr)
+        return 2
     cache = _enable_compile_cache(compile_cache_dir(args.no_cache))
     import numpy as np
 
@@ -166,6 +186,15 @@ def _cmd_fit(args) -> int:
                 args.chains, args.warmup, args.draws, not args.json and sys.stderr.isatty()
             )
         )
+    if args.checkpoint:
+        if "checkpoint" not in engine.options:
+            print(
+                f"bayesmeta fit: error: --checkpoint: method {engine.name!r} does not write "
+                "checkpoints (method nuts does)",
+                file=sys.stderr,
+            )
+            return 2
+        options.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", bm.inference.diagnostics.FitWarning)
         try:
@@ -184,10 +213,9 @@ def _cmd_fit(args) -> int:
     if "diverging" in post.sample_stats:
         divergences = int(np.sum(post.sample_stats["diverging"]))
     if args.out:
-        data = post.to_arviz()
         try:
-            data.to_netcdf(args.out)
-        except (ValueError, ImportError) as err:
+            post.save(args.out)
+        except (ValueError, ImportError, OSError) as err:
             print(f"bayesmeta fit: error: could not write {args.out}: {err}", file=sys.stderr)
             return 2
     if args.plot:
@@ -225,6 +253,8 @@ def _cmd_fit(args) -> int:
         "timing": {k: v for k, v in timing.items() if isinstance(v, float | bool)},
         "compile_cache": cache,
     }
+    if "checkpoint" in post.info:
+        payload["checkpoint"] = dict(post.info["checkpoint"], resumed_at=timing.get("resumed_at"))
     print(json.dumps(payload))
     return 0
 
@@ -245,7 +275,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--draws", type=_positive_int, default=1000, help="draws per chain")
     fit.add_argument("--seed", type=_nonneg_int, default=0)
-    fit.add_argument("--out", help="save the ArviZ data to this NetCDF file")
+    fit.add_argument(
+        "--out",
+        help="save the posterior to this NetCDF file (bm.load_posterior reloads it whole; "
+        "arviz.from_netcdf reads it as ArviZ data)",
+    )
+    fit.add_argument(
+        "--checkpoint",
+        help="NUTS: save the sampler state and draws to this file as the fit goes; "
+        "rerunning the same command resumes from it",
+    )
+    fit.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=100,
+        help="iterations between checkpoints",
+    )
     fit.add_argument("--plot", help="save a forest plot to this PNG file")
     fit.add_argument("--json", action="store_true", help="print one JSON object last")
     fit.add_argument(

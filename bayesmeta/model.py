@@ -89,6 +89,11 @@ class _TaskModel:
     def hyper_sites(self) -> list[str]:
         return []
 
+    def __getstate__(self) -> dict:
+        # compiled programs (``_nuts_programs``, ...) are caches of this process: a pickled
+        # model (Posterior.save) leaves them out and compiles again where it is used
+        return {k: v for k, v in self.__dict__.items() if not k.endswith("_programs")}
+
     def _theta(self, num_tasks, param_shape, centered, task_plate, data, regression=None):
         raise NotImplementedError
 

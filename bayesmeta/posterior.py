@@ -23,11 +23,12 @@ import numpy as np
 import numpyro.distributions as dist
 
 from bayesmeta import arviz as bm_arviz
+from bayesmeta import saving
 from bayesmeta.info import FitInfo, info_from
 from bayesmeta.model import Hierarchical
 from bayesmeta.tasks import TaskSet
 
-__all__ = ["Posterior"]
+__all__ = ["Posterior", "load_posterior"]
 
 
 class Posterior:
@@ -192,6 +193,54 @@ class Posterior:
         pred = {"y": draws.pop("y")} if "y" in draws else None
         return {k: v for k, v in draws.items() if k in self.samples}, pred
 
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str) -> str:
+        """Save to ``path`` (NetCDF-4, atomically) so :func:`load_posterior` rebuilds this
+        Posterior whole: its draws, sampler statistics, pointwise log-likelihood, ``info``,
+        and the model and data that ``population()``, ``adapt()`` and ``predict()`` need.
+        ``arviz.from_netcdf(path)`` reads the same file as ArviZ data (its ``bayesmeta``
+        group holds the rest; see :mod:`bayesmeta.saving`). Returns the absolute path.
+
+        >>> import os, tempfile, bayesmeta as bm
+        >>> post = bm.exact.normal_normal(bm.datasets.eight_schools(), num_samples=100)
+        >>> path = post.save(os.path.join(tempfile.mkdtemp(), "fit.nc"))
+        >>> back = bm.load_posterior(path)
+        >>> bool((back["tau"] == post["tau"]).all()), back.labels == post.labels
+        (True, True)
+        """
+        import warnings
+
+        path = saving.check_writable(path)
+        model = self.model
+        if model is not None and not saving._picklable(model):
+            warnings.warn(
+                f"Posterior.save: the model ({type(model).__name__}) cannot be pickled, so the "
+                "loaded posterior has no model: population(), adapt() and predict() will not "
+                "work after loading",
+                UserWarning,
+                stacklevel=2,
+            )
+            model = None
+        ll = self.log_likelihood
+        data = self.to_arviz()
+        state = {
+            "method": self.method,
+            "dims": self.dims,
+            "coords": self.coords,
+            "tasks": self.tasks,
+            "model": model,
+            "observed_data": self.observed_data,
+            "info": _storable_info(self.info),
+            "param_shape": self.param_shape,
+        }
+        arrays = {"posterior": self.samples}
+        if self.sample_stats:
+            arrays["sample_stats"] = self.sample_stats
+        if ll:
+            arrays["log_likelihood"] = ll
+        saving.write_posterior(path, data, arrays, state)
+        return path
+
     def summary(self, var_names: list[str] | None = None, **kwargs):
         """ArviZ's summary table (a pandas DataFrame) of the posterior group."""
 
@@ -320,3 +369,52 @@ class Posterior:
         return predict(
             self, key, x=x, task=task, noise_scale=noise_scale, num_obs=num_obs, task_x=task_x
         )
+
+
+def _storable_info(info: FitInfo) -> FitInfo:
+    """A copy of ``info`` without what cannot be pickled (a result holding a prior's
+    closure); the names of the fields left out are listed in ``extra["not_saved"]``."""
+    import dataclasses
+
+    changes, dropped = {}, []
+    for f in dataclasses.fields(info):
+        if f.name == "extra":
+            continue
+        value = getattr(info, f.name)
+        if value is not None and not saving._picklable(value):
+            changes[f.name] = None
+            dropped.append(f.name)
+    extra = {}
+    for k, v in info.extra.items():
+        if saving._picklable(v):
+            extra[k] = v
+        else:
+            dropped.append(k)
+    if dropped:
+        extra["not_saved"] = dropped
+    return dataclasses.replace(info, **changes, extra=extra)
+
+
+def load_posterior(path: str) -> Posterior:
+    """The :class:`Posterior` saved at ``path`` by :meth:`Posterior.save` (or by
+    ``bayesmeta fit --out``), equal to the saved one array for array.
+
+    Raises:
+      ValueError: the file does not exist, is truncated or damaged, was not written by
+        ``Posterior.save`` (read plain ArviZ files with ``arviz.from_netcdf``), or is in
+        another format version than this bayesmeta reads.
+    """
+    record, arrays = saving.read_posterior(path)
+    return Posterior(
+        arrays["posterior"],
+        method=record["method"],
+        dims=record["dims"],
+        coords=record["coords"],
+        tasks=record["tasks"],
+        model=record["model"],
+        sample_stats=arrays.get("sample_stats"),
+        log_likelihood=arrays.get("log_likelihood"),
+        observed_data=record["observed_data"],
+        info=record["info"],
+        param_shape=record["param_shape"],
+    )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from operator import attrgetter
 
 import jax
@@ -52,6 +53,8 @@ NUTS_OPTIONS = {
     "thinning": 1,
     "init_strategy": None,
     "warn": True,
+    "checkpoint": None,
+    "checkpoint_every": 100,
 }
 #: the acceptance target of ``target_accept="auto"``, and the one of its rerun after divergences
 TARGET_ACCEPT, TARGET_ACCEPT_RETRY = 0.8, 0.95
@@ -84,6 +87,11 @@ def _check_options(opts: dict) -> None:
         raise ValueError(
             f"chain_method: must be one of {_CHAIN_METHODS}, got {opts['chain_method']!r}"
         )
+    every = opts["checkpoint_every"]
+    if not isinstance(every, int | np.integer) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"checkpoint_every: must be an integer >= 1, got {every!r}")
+    if opts["checkpoint"] is not None and opts["chain_method"] == "parallel":
+        raise ValueError("checkpoint: not available with chain_method='parallel'")
     if not isinstance(opts["dense_mass"], bool | list | tuple):
         raise ValueError(
             f"dense_mass: expected a bool or a list of site groups, got {opts['dense_mass']!r}"
@@ -199,6 +207,130 @@ class CompiledNUTS:
         timing["sampling_s"] = time.perf_counter() - t0
         return z, dict(zip(SAMPLE_FIELDS, fields, strict=True)), timing
 
+    # ------------------------------------------------------------------ checkpointed
+    def run_checkpointed(
+        self,
+        seed: int,
+        data: dict,
+        target_accept: float,
+        path: str,
+        every: int,
+        fp: dict,
+        note: dict | None = None,
+    ) -> tuple[dict, dict, dict]:
+        """As :meth:`run`, in programs of ``every`` iterations, with the sampler state and
+        the kept draws saved to ``path`` after each (see
+        :mod:`bayesmeta.inference.checkpoint`); a checkpoint with the same fingerprint
+        ``fp`` and the same target is resumed (one with another target, the run before an
+        ``"auto"`` target's rerun, is replaced). ``note`` is stored with it.
+        ``timing["resumed_at"]`` is the iteration it resumed from (0: a fresh start)."""
+        from bayesmeta.inference import checkpoint as ck
+
+        o = self.opts
+        warmup, iters, thin = int(o["num_warmup"]), int(o["num_samples"]), int(o["thinning"])
+        total = warmup + iters
+        chains = int(o["num_chains"])
+        keys = jax.random.split(jax.random.PRNGKey(seed), chains)
+        target = jnp.asarray(target_accept, dtype=jnp.result_type(float))
+        timing = {"trace_s": 0.0, "compile_s": 0.0, "compiled": False, "sampling_s": 0.0}
+        cached = self._checkpoint_cache_size()
+        init = self._jitted("init", self._init_program)
+        shapes = jax.eval_shape(init, keys, data, target)
+        state_def = jax.tree.structure(shapes)
+        z_def = jax.tree.structure(shapes.z)
+        found = ck.load(path, fp)
+        if found is not None and found[0].get("target") != float(target_accept):
+            found = None
+        t0 = time.perf_counter()
+        if found is None:
+            done, zs, fs = 0, None, None
+            state = init(keys, data, target)
+        else:
+            meta, arrays = found
+            done = int(meta["done"])
+            state = jax.tree.unflatten(
+                state_def, [jnp.asarray(arrays[f"s{i}"]) for i in range(state_def.num_leaves)]
+            )
+            zs = [arrays[f"z{i}"] for i in range(z_def.num_leaves)]
+            fs = [arrays[f"f{i}"] for i in range(len(SAMPLE_FIELDS))]
+        timing["resumed_at"] = done
+        while done < total:
+            n = min(int(every), total - done)
+            chunk = self._jitted(("chunk", n), partial(self._chunk_program, n))
+            state, (z, fields) = jax.block_until_ready(chunk(keys, state, data, target))
+            i = np.arange(done, done + n)
+            keep = (i >= warmup) & ((i - warmup) % thin == 0)
+            z_new = [np.asarray(x)[:, keep] for x in jax.tree.leaves(z)]
+            f_new = [np.asarray(x)[:, keep] for x in fields]
+            zs = (
+                z_new
+                if zs is None
+                else [np.concatenate(p, axis=1) for p in zip(zs, z_new, strict=True)]
+            )
+            fs = (
+                f_new
+                if fs is None
+                else [np.concatenate(p, axis=1) for p in zip(fs, f_new, strict=True)]
+            )
+            done += n
+            arrays = {f"s{k}": np.asarray(v) for k, v in enumerate(jax.tree.leaves(state))}
+            arrays.update({f"z{k}": v for k, v in enumerate(zs)})
+            arrays.update({f"f{k}": v for k, v in enumerate(fs)})
+            meta = {"fingerprint": fp, "done": done, "total": total, "target": float(target_accept)}
+            ck.save(path, dict(meta, **(note or {})), arrays)
+        post = self._jitted("post", self._postprocess_program)
+        z = jax.tree.unflatten(z_def, [jnp.asarray(x) for x in zs])
+        sites = jax.block_until_ready(post(keys, z, data, target))
+        # compiled on first use inside the loop: sampling_s includes any compilation here
+        timing["sampling_s"] = time.perf_counter() - t0
+        timing["compiled"] = self._checkpoint_cache_size() > cached
+        return sites, dict(zip(SAMPLE_FIELDS, fs, strict=True)), timing
+
+    def _jitted(self, name, fn):
+        store = self.__dict__.setdefault("_checkpoint_fns", {})
+        if name not in store:
+            store[name] = jax.jit(fn)
+        return store[name]
+
+    def _checkpoint_cache_size(self) -> int:
+        return sum(f._cache_size() for f in self.__dict__.get("_checkpoint_fns", {}).values())
+
+    def _init_program(self, keys, data, target):
+        warmup = int(self.opts["num_warmup"])
+        if self.layout == "vectorized":
+            return self._kernel(target).init(keys, warmup, None, (), data)
+        return jax.lax.map(lambda k: self._kernel(target).init(k, warmup, None, (), data), keys)
+
+    def _ready_kernel(self, key, target, data):
+        # the kernel's sampling function is set up by init; its result is not used
+        kernel = self._kernel(target)
+        kernel.init(key, int(self.opts["num_warmup"]), None, (), data)
+        return kernel
+
+    def _chunk_program(self, n, keys, state, data, target):
+        """``n`` iterations of every chain from ``state``: ``(state, (z, fields))``, the
+        draws ``(chain, n, ...)``."""
+        fields_of = attrgetter(*SAMPLE_FIELDS)
+
+        def steps(kernel, s):
+            def step(s, _):
+                s = kernel.sample(s, (), data)
+                return s, (s.z, fields_of(s))
+
+            return jax.lax.scan(step, s, None, length=n)
+
+        if self.layout == "vectorized":
+            s, out = steps(self._ready_kernel(keys, target, data), state)
+            return s, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
+        return jax.lax.map(
+            lambda a: steps(self._ready_kernel(a[0], target, data), a[1]), (keys, state)
+        )
+
+    def _postprocess_program(self, keys, z, data, target):
+        key = keys if self.layout == "vectorized" else keys[0]
+        post = self._ready_kernel(key, target, data).postprocess_fn((), data)
+        return jax.vmap(jax.vmap(post))(z)
+
     def _tick(self, n) -> None:
         if self._bar is not None:
             self._bar.update(int(n) * (1 if self.layout == "sequential" else len(self._keys)))
@@ -291,6 +423,47 @@ def _program_key(built, opts: dict, layout: str):
     return key
 
 
+def _runner(program, built, model, seed: int, opts: dict, layout: str, info: dict):
+    """``(run(target) -> (draws, fields, timing), resume the rerun?)``: the program's run,
+    checkpointed when ``opts["checkpoint"]`` is a path (``info["checkpoint"]`` says where)."""
+    path = opts["checkpoint"]
+    if path is None:
+        return (lambda target: program.run(seed, built.data, target)), False
+    from bayesmeta.inference import checkpoint as ck
+
+    path = ck.check_path(path)
+    static = ("num_chains", "num_warmup", "num_samples", "thinning", "max_tree_depth")
+    fp = ck.fingerprint(
+        seed=seed,
+        model=repr(model),
+        structure=built.structure,
+        options=(
+            {k: opts[k] for k in static},
+            opts["dense_mass"],
+            opts["init_strategy"],
+            opts["target_accept"],
+            layout,
+        ),
+        data=built.data,
+    )
+    every = int(opts["checkpoint_every"])
+    info["checkpoint"] = {"path": path, "every": every}
+    found = ck.load(path, fp)
+    skip_first = (
+        found is not None
+        and opts["target_accept"] == "auto"
+        and found[0].get("target") == TARGET_ACCEPT_RETRY
+    )
+    if skip_first:
+        info["retried"] = found[0].get("retried")
+
+    def run(target):
+        note = {"retried": info["retried"]} if "retried" in info else None
+        return program.run_checkpointed(seed, built.data, target, path, every, fp, note)
+
+    return run, skip_first
+
+
 def compiled_program(model, built, opts: dict, layout: str) -> CompiledNUTS:
     """The compiled NUTS program for ``built``, kept on ``model`` (when it is a bayesmeta
     model) so that refits of the same structure reuse it."""
@@ -312,7 +485,11 @@ def fit_nuts(built, tasks, seed: int, model=None, **options):
     divergences; or a number), ``max_tree_depth``, ``dense_mass``, ``progress_bar`` (None:
     shown when the terminal is interactive), ``chain_method`` (``"auto"``: sequential on a
     CPU, vectorised on an accelerator; see the module docstring), ``thinning``,
-    ``init_strategy``, ``warn`` (the diagnostics warning).
+    ``init_strategy``, ``warn`` (the diagnostics warning), ``checkpoint`` (a file path:
+    the sampler state and the draws so far are saved there every ``checkpoint_every``
+    iterations, atomically; the same fit called again with the same path resumes from the
+    last checkpoint, warmup included, and returns all the draws; see
+    :mod:`bayesmeta.inference.checkpoint`).
 
     ``info["timing"]`` holds ``trace_s`` and ``compile_s`` (zero when the program was
     reused), ``sampling_s`` (the compiled program: initialisation, warmup, draws),
@@ -332,13 +509,17 @@ def fit_nuts(built, tasks, seed: int, model=None, **options):
         timing = {"sampling_s": time.perf_counter() - t0, "compiled": True}
     else:
         program = compiled_program(model, built, opts, layout)
-        samples, extras, timing = program.run(seed, built.data, target)
+        run, skip_first = _runner(program, built, model, seed, opts, layout, info)
+        if skip_first:  # a checkpoint of the rerun at the higher target: resume that
+            target = info["target_accept"] = TARGET_ACCEPT_RETRY
+        samples, extras, timing = run(target)
         divergences = int(np.sum(np.asarray(extras["diverging"])))
-        if opts["target_accept"] == "auto" and divergences:
+        if opts["target_accept"] == "auto" and divergences and not skip_first:
             info["retried"] = {"target_accept": target, "divergences": divergences}
             target = TARGET_ACCEPT_RETRY
-            samples, extras, again = program.run(seed, built.data, target)
+            samples, extras, again = run(target)
             timing["sampling_s"] += again["sampling_s"]
+            timing["resumed_at"] = again.get("resumed_at")
             info["target_accept"] = target
     info["timing"] = timing
     post = posterior_from_draws(
