@@ -19,7 +19,7 @@ parameters live in the ``task`` plate.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
@@ -51,6 +51,7 @@ class BuiltModel(NamedTuple):
       information # (num_tasks, *param_shape) what each task's data say about theta_t (the
                   # evidence of parameterization="auto"), or None
       regression  # the population's TaskRegression on task covariates, or None
+      observed    # observed site name -> values of a user's NumPyro model; None: ``y``
     """
 
     fn: Callable
@@ -64,6 +65,7 @@ class BuiltModel(NamedTuple):
     structure: Any = None
     information: Any = None
     regression: Any = None
+    observed: Any = None  # observed site -> values, for a user's model (None: data["y"])
 
 
 def _check_likelihood(likelihood: Any) -> lk.Likelihood:
@@ -441,15 +443,79 @@ def unpooled(likelihood: lk.Likelihood, prior: dist.Distribution | None = None) 
     return Unpooled(likelihood, prior)
 
 
-def build_callable(fn: Callable, tasks: TaskSet) -> BuiltModel:
+#: plate names read as the task plate of a user's NumPyro model (see build_callable)
+TASK_PLATES = ("task", "tasks")
+
+
+def _site_dims(
+    trace, plate_dims: dict[str, str], task_size: int | None = None
+) -> dict[str, list[str]]:
+    """Dim names of every sample/deterministic site of ``trace``: the plate's name (renamed
+    by ``plate_dims``) on the axis a plate indexes, ``{site}_dim_{i}`` elsewhere. A
+    deterministic site has no event shape to count from, so its plate axis is the one
+    whose length is the plate's size (the leftmost such). A deterministic site outside
+    every plate whose leading axis has length ``task_size`` (the task plate's size, when no
+    other plate has it) gets ``task`` there."""
+    dims = {}
+    for name, site in trace.items():
+        if site["type"] not in ("sample", "deterministic"):
+            continue
+        shape = jnp.shape(site["value"])
+        names = [f"{name}_dim_{i}" for i in range(len(shape))]
+        event_dim = len(site["fn"].event_shape) if site["type"] == "sample" else None
+        for frame in site.get("cond_indep_stack", []):
+            dim_name = plate_dims.get(frame.name, frame.name)
+            if event_dim is not None:
+                pos = len(shape) - event_dim + frame.dim
+            else:
+                hits = [i for i, n in enumerate(shape) if n == frame.size]
+                pos = hits[0] if hits else -1
+            if 0 <= pos < len(shape) and shape[pos] == frame.size:
+                names[pos] = dim_name
+        # a per-task deterministic computed outside the plate (theta = mu + tau * z): its
+        # leading axis is the task axis when only the task plate has that size
+        if (
+            site["type"] == "deterministic"
+            and task_size is not None
+            and shape
+            and shape[0] == task_size
+            and "task" not in names
+            and not site.get("cond_indep_stack")
+        ):
+            names[0] = "task"
+        dims[name] = names
+    return dims
+
+
+def _plates(trace) -> dict[str, int]:
+    out = {}
+    for site in trace.values():
+        for frame in site.get("cond_indep_stack", []):
+            out[frame.name] = frame.size
+    return out
+
+
+def build_callable(fn: Callable, tasks: Any) -> BuiltModel:
     """Wrap a user's NumPyro model for ``fit``.
 
-    The model is called with keyword arguments ``y``, ``task_index`` (the task of each row),
-    ``num_tasks``, and ``x`` / ``noise_scale`` when the TaskSet has them. Per-task sites
-    should live in ``numpyro.plate("task", num_tasks)``; their dims are read off the plates.
+    Two calling styles:
+
+    - ``tasks`` a :class:`~bayesmeta.tasks.TaskSet`: the model is called with keyword
+      arguments ``y``, ``task_index`` (the task of each row), ``num_tasks``, and ``x`` /
+      ``noise_scale`` when the TaskSet has them.
+    - ``tasks`` a dict of the model's own keyword arguments (the usual NumPyro style,
+      ``def model(x, group, y=None)`` fitted with ``{"x": x, "group": g, "y": y}``): the
+      model is called with exactly those; its observed sites are the ones given ``obs``.
+
+    Per-task sites live in a ``numpyro.plate("task", ...)`` (or ``"tasks"``); that plate
+    is the ``task`` dim of the posterior (with labels ``0..T-1`` in the dict style, the
+    TaskSet's labels otherwise), other plates keep their names, and vector-valued per-task
+    sites (deterministic ones included) get the plate's dim on the right axis.
     """
     from numpyro import handlers
 
+    if isinstance(tasks, Mapping):
+        return _build_user_style(fn, dict(tasks))
     tasks = _check_tasks(tasks)
     data = {"y": tasks.y, "task_index": tasks.task_index}
     if tasks.x is not None:
@@ -466,23 +532,72 @@ def build_callable(fn: Callable, tasks: TaskSet) -> BuiltModel:
         trace = handlers.trace(handlers.seed(model, 0)).get_trace(**data)
     except TypeError as err:
         raise ValueError(
-            f"model: a NumPyro model passed to fit is called as model(y=, "
-            f"task_index=, num_tasks=, x=, noise_scale=); calling it failed: "
-            f"{err}"
+            f"model: a NumPyro model passed to fit with a TaskSet is called as model(y=, "
+            f"task_index=, num_tasks=, x=, noise_scale=); calling it failed: {err}. A model "
+            "in the usual NumPyro style can be fitted with a dict of its arguments instead: "
+            "bm.fit(model, {'x': x, 'y': y, ...})"
         ) from err
-    dims = {}
-    for name, site in trace.items():
-        if site["type"] not in ("sample", "deterministic"):
-            continue
-        shape = jnp.shape(site["value"])
-        names = [f"{name}_dim_{i}" for i in range(len(shape))]
-        event_dim = 0
-        if site["type"] == "sample":
-            event_dim = len(site["fn"].event_shape)
-        for frame in site.get("cond_indep_stack", []):
-            pos = len(shape) - event_dim + frame.dim
-            if 0 <= pos < len(shape):
-                names[pos] = frame.name
-        dims[name] = names
+    sizes = [n for p, n in _plates(trace).items() if p not in TASK_PLATES]
+    dims = _site_dims(trace, {}, None if tasks.num_tasks in sizes else tasks.num_tasks)
     coords = {"task": list(tasks.labels), "obs": list(range(tasks.num_obs))}
     return BuiltModel(model, data, dims, coords, (), None, "obs", ())
+
+
+def _build_user_style(fn: Callable, kwargs: dict) -> BuiltModel:
+    from numpyro import handlers
+
+    for name in kwargs:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"data: keys must be the model's argument names, got {name!r}")
+    data = {}
+    for name, value in kwargs.items():
+        if value is None or isinstance(value, bool | int | float | str):
+            data[name] = value
+            continue
+        try:
+            arr = np.asarray(value)
+        except Exception as err:  # noqa: BLE001 (any conversion failure is a usage error)
+            raise ValueError(f"data['{name}']: could not convert to an array ({err})") from None
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"data['{name}']: expected numbers, got dtype {arr.dtype}")
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            row = int(np.flatnonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).any(1))[0])
+            raise ValueError(f"data['{name}']: non-finite value at row {row}")
+        data[name] = jnp.asarray(arr)
+    arrays = {k: v for k, v in data.items() if isinstance(v, jnp.ndarray)}
+    static = {k: v for k, v in data.items() if k not in arrays}
+
+    def model(**kw):
+        kw.pop("_prior", None)
+        return fn(**static, **kw)
+
+    try:
+        trace = handlers.trace(handlers.seed(model, 0)).get_trace(**arrays)
+    except TypeError as err:
+        raise ValueError(
+            f"model: calling the model with the data's arguments {sorted(data)} failed: {err}"
+        ) from err
+    observed = {k: s for k, s in trace.items() if s["type"] == "sample" and s["is_observed"]}
+    if not observed:
+        raise ValueError(
+            "model: no observed site (numpyro.sample(..., obs=...)) when called with the "
+            f"data's arguments {sorted(data)}"
+        )
+    plates = _plates(trace)
+    task_plate = next((p for p in TASK_PLATES if p in plates), None)
+    if task_plate is None:
+        raise ValueError(
+            f"model: found no task plate: name the plate over tasks 'task' "
+            f"(numpyro.plate('task', num_tasks)); the model's plates are {sorted(plates)}"
+        )
+    same_size = [p for p, n in plates.items() if n == plates[task_plate] and p != task_plate]
+    dims = _site_dims(trace, {task_plate: "task"}, None if same_size else plates[task_plate])
+    coords = {"task": list(range(plates[task_plate]))}
+    for name, size in plates.items():
+        if name != task_plate:
+            coords[name] = list(range(size))
+    obs_name = next(iter(observed))
+    obs_dims = dims.get(obs_name) or []
+    obs_dim = obs_dims[0] if obs_dims else "obs"
+    built = BuiltModel(model, arrays, dims, coords, (), None, obs_dim, ())
+    return built._replace(observed={k: np.asarray(s["value"]) for k, s in observed.items()})

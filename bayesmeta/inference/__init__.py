@@ -18,7 +18,7 @@ method is one module defining its ``ENGINE`` plus one line below.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bayesmeta.inference import collapsed, exact, laplace, nuts, vi
@@ -77,8 +77,12 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
 
     Args:
       model: a ``bm.Hierarchical`` (or ``bm.pooled`` / ``bm.unpooled``) model, or a plain
-        NumPyro model called as ``model(y=, task_index=, num_tasks=, x=, noise_scale=)``.
-      tasks: a ``bm.TaskSet``.
+        NumPyro model function: with a TaskSet it is called as ``model(y=, task_index=,
+        num_tasks=, x=, noise_scale=)``; with a dict it is called with the dict's entries
+        as keyword arguments (the usual NumPyro style; its task plate is the plate named
+        ``"task"``; see :func:`bayesmeta.model.build_callable`).
+      tasks: a ``bm.TaskSet``, or for a NumPyro model function a dict of its arguments
+        (methods ``"nuts"`` and ``"vi"``).
       method: one of ``"nuts"``, ``"vi"``, ``"exact"``, ``"collapsed"``, ``"laplace"``,
         ``"auto"`` (any name in :data:`ENGINES`); ``post.info["auto"]`` records what
         ``"auto"`` chose and why.
@@ -90,8 +94,19 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
         raise ValueError(f"method: must be one of {METHODS}, got {method!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed: expected an integer, got {seed!r}")
-    if not isinstance(tasks, TaskSet):
-        raise ValueError(f"tasks: expected a bm.TaskSet, got {type(tasks).__name__}")
+    user_style = isinstance(tasks, Mapping) and not isinstance(model, _TaskModel)
+    if user_style and method == "auto":
+        method = "nuts"  # the only engines that take any NumPyro model: nuts and vi
+    if user_style and method not in ("nuts", "vi"):
+        raise ValueError(
+            f"method: a NumPyro model fitted with a dict of its arguments runs by 'nuts' or "
+            f"'vi', got {method!r}"
+        )
+    if not isinstance(tasks, TaskSet) and not user_style:
+        raise ValueError(
+            f"tasks: expected a bm.TaskSet (or, for a NumPyro model function, a dict of its "
+            f"arguments), got {type(tasks).__name__}"
+        )
     if not isinstance(model, _TaskModel) and not isinstance(model, Callable):
         raise ValueError(
             f"model: expected a bm.Hierarchical or a NumPyro model function, got "

@@ -38,6 +38,7 @@ from bayesmeta.inference.diagnostics import check_fit
 from bayesmeta.inference.registry import Engine, sampler_cli_options
 from bayesmeta.info import FitInfo, NUTSInfo
 from bayesmeta.model import _TaskModel, build_callable
+from bayesmeta.tasks import TaskSet
 
 __all__ = ["fit_nuts", "NUTS_OPTIONS", "CompiledNUTS"]
 
@@ -587,6 +588,8 @@ def posterior_from_draws(
     """Check convergence on the draws of a full-model sampler (NUTS, VI), defer the
     pointwise log-likelihood, and assemble the Posterior (``extras``: NumPyro's names)."""
     samples = {k: np.asarray(v) for k, v in samples.items()}
+    if not isinstance(tasks, TaskSet):  # a user's model fitted with a dict of its arguments
+        tasks = None
     chains, draws = next(iter(samples.values())).shape[:2]
     flat = {k: v.reshape(chains * draws, *v.shape[2:]) for k, v in samples.items()}
     shown = {k: v for k, v in samples.items() if k not in built.hidden}
@@ -601,7 +604,10 @@ def posterior_from_draws(
     diag = check_fit(shown, divergences, warn=warn, energy=extras.get("energy"), advice=advice)
     if "advice" in diag:
         diag["suggested_parameterization"] = suggested
-    observed = {"y": np.asarray(built.data["y"])} if "y" in built.data else {}
+    if built.observed is not None:
+        observed = dict(built.observed)
+    else:
+        observed = {"y": np.asarray(built.data["y"])} if "y" in built.data else {}
     if built.obs_dim == "task" and observed:
         first = {k: v[:1] for k, v in flat.items()}
         ll_shape = {
