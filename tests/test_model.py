@@ -88,7 +88,7 @@ def test_usual_style_errors_name_the_problem():
         build_callable(eight_schools, {"sigma": np.ones(8), "y": [0, 0, np.nan, 0, 0, 0, 0, 0]})
     with pytest.raises(ValueError, match="calling the model with the data's arguments"):
         build_callable(eight_schools, {"s": np.ones(8), "y": np.zeros(8)})
-    with pytest.raises(ValueError, match="runs by 'nuts' or 'vi'"):
+    with pytest.raises(ValueError, match="runs by 'nuts', 'vi' or 'chees'"):
         bm.fit(eight_schools, data, method="exact")
 
 

@@ -8,6 +8,7 @@ method                    what runs
 ``"exact"``               closed-form normal-normal posterior (known-noise Gaussian tasks)
 ``"collapsed"``           NUTS on the hyperparameters with Gaussian ``theta_t`` integrated out
 ``"laplace"``             NUTS on the hyperparameters, ``theta_t`` integrated by nested Laplace
+``"chees"``               many-chain HMC, warmup pooled across chains (ChEES trajectory length)
 ``"auto"``                ``"collapsed"`` when eligible, else ``"nuts"`` (the Laplace pilot's
                           verdict is recorded; see :mod:`bayesmeta.inference.laplace`)
 ========================  ===================================================================
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bayesmeta.inference import collapsed, exact, laplace, nuts, vi
+from bayesmeta.inference import chees, collapsed, exact, laplace, nuts, vi
 from bayesmeta.inference.registry import Engine
 from bayesmeta.model import _TaskModel
 from bayesmeta.tasks import TaskSet
@@ -30,7 +31,8 @@ __all__ = ["fit", "METHODS", "ENGINES", "Engine"]
 
 #: the registry: method name -> Engine
 ENGINES: dict[str, Engine] = {
-    e.name: e for e in (nuts.ENGINE, vi.ENGINE, exact.ENGINE, collapsed.ENGINE, laplace.ENGINE)
+    e.name: e
+    for e in (nuts.ENGINE, vi.ENGINE, exact.ENGINE, collapsed.ENGINE, laplace.ENGINE, chees.ENGINE)
 }
 METHODS = (*ENGINES, "auto")
 
@@ -84,7 +86,7 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
       tasks: a ``bm.TaskSet``, or for a NumPyro model function a dict of its arguments
         (methods ``"nuts"`` and ``"vi"``).
       method: one of ``"nuts"``, ``"vi"``, ``"exact"``, ``"collapsed"``, ``"laplace"``,
-        ``"auto"`` (any name in :data:`ENGINES`); ``post.info["auto"]`` records what
+        ``"chees"``, ``"auto"`` (any name in :data:`ENGINES`); ``post.info["auto"]`` records what
         ``"auto"`` chose and why.
       seed: integer seed of the run.
       **options: the engine's options (unknown names are rejected); see ``fit_nuts``,
@@ -97,10 +99,10 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
     user_style = isinstance(tasks, Mapping) and not isinstance(model, _TaskModel)
     if user_style and method == "auto":
         method = "nuts"  # the only engines that take any NumPyro model: nuts and vi
-    if user_style and method not in ("nuts", "vi"):
+    if user_style and method not in ("nuts", "vi", "chees"):
         raise ValueError(
-            f"method: a NumPyro model fitted with a dict of its arguments runs by 'nuts' or "
-            f"'vi', got {method!r}"
+            f"method: a NumPyro model fitted with a dict of its arguments runs by 'nuts', "
+            f"'vi' or 'chees', got {method!r}"
         )
     if not isinstance(tasks, TaskSet) and not user_style:
         raise ValueError(

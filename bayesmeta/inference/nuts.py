@@ -583,7 +583,7 @@ def parameterization_advice(built, tasks, model, samples):
 
 
 def posterior_from_draws(
-    built, tasks, model, samples, extras, method, warn, info, info_type=FitInfo
+    built, tasks, model, samples, extras, method, warn, info, info_type=FitInfo, check_kw=None
 ):
     """Check convergence on the draws of a full-model sampler (NUTS, VI), defer the
     pointwise log-likelihood, and assemble the Posterior (``extras``: NumPyro's names)."""
@@ -601,7 +601,14 @@ def posterior_from_draws(
     extras = {k: np.asarray(v) for k, v in (extras or {}).items()}
     divergences = int(np.sum(extras["diverging"])) if "diverging" in extras else None
     advice, suggested = parameterization_advice(built, tasks, model, shown)
-    diag = check_fit(shown, divergences, warn=warn, energy=extras.get("energy"), advice=advice)
+    diag = check_fit(
+        shown,
+        divergences,
+        warn=warn,
+        energy=extras.get("energy"),
+        advice=advice,
+        **(check_kw or {}),
+    )
     if "advice" in diag:
         diag["suggested_parameterization"] = suggested
     if built.observed is not None:
