@@ -69,8 +69,10 @@ def _check_inputs(result, posterior, who: str) -> None:
             f"result: expected bm.estimators.random_effects(...) without moderators "
             f"(a MetaAnalysis), got {type(result).__name__}"
         )
-    if posterior is not None and not isinstance(posterior, Posterior):
-        raise ValueError(f"posterior: expected a bm.Posterior, got {type(posterior).__name__}")
+    if posterior is not None:
+        if not isinstance(posterior, Posterior):
+            raise ValueError(f"posterior: expected a bm.Posterior, got {type(posterior).__name__}")
+        _task_draws(posterior)  # one scalar effect per task, before anything is drawn
 
 
 def _task_draws(posterior: Posterior) -> np.ndarray:
@@ -108,16 +110,20 @@ def _population_mean(posterior: Posterior) -> np.ndarray:
 
 
 def _predictive_draws(posterior: Posterior, seed: int) -> np.ndarray | None:
-    """Draws of a new task's effect from the learned population (None when the posterior
-    has no population to draw from)."""
+    """Draws of a new task's effect from the learned population, ``posterior.population()``
+    (None when the posterior has no population to draw from)."""
     import jax
 
     try:
         pop = posterior.population()
     except ValueError:
         return None
+    # the population is an equal-weight mixture over the hyperparameter draws: drawing every
+    # component a few times is a draw from the mixture, without sampling the categorical
     num = posterior.num_chains * posterior.num_draws
-    return np.asarray(pop.sample(jax.random.PRNGKey(seed), (max(num, 4000),))).reshape(-1)
+    reps = max(1, -(-4000 // num))
+    draws = pop.component_distribution.sample(jax.random.PRNGKey(seed), (reps,))
+    return np.asarray(draws).reshape(-1)
 
 
 def _same_tasks(result, labels: list[str], posterior: Posterior) -> None:
