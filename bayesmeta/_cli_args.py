@@ -63,11 +63,12 @@ def int_at_least(low: int):
     return parse
 
 
-def plot_failure(command: str, err: Exception) -> str:
-    """The one line printed on stderr when ``--plot`` fails (matplotlib missing, or a plot
+def plot_failure(command: str, err: Exception, missing: str) -> str:
+    """The one line printed on stderr when ``--plot`` fails: ``missing`` (how to install
+    matplotlib) when matplotlib cannot be imported, else the error's first line (a plot
     that does not fit the model)."""
     text = str(err)
-    if isinstance(err, ImportError) and "matplotlib" in text and "pip install" not in text:
-        text = "the plot needs matplotlib, which is not installed: pip install matplotlib"
+    if isinstance(err, ImportError) and "matplotlib" in text:
+        text = missing
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return f"bayesmeta {command}: error: --plot: {first}"

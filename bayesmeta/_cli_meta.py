@@ -197,7 +197,7 @@ def _draw(command: str, draw, path: str, to_stderr: bool) -> int:
 
         fig = draw()
     except (ImportError, ValueError) as err:
-        print(plot_failure(command, err), file=sys.stderr)
+        print(plot_failure(command, err, plots.MATPLOTLIB_MISSING), file=sys.stderr)
         return EXIT_FAILURE
     if fig is not None and not isinstance(fig, str):
         plt.close(fig)

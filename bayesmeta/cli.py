@@ -316,7 +316,7 @@ def _fit_plot(post, args) -> int:
         else:
             fig = getattr(bm.plots, kind)(posterior=post, path=args.plot)
     except (ImportError, ValueError) as err:
-        print(plot_failure("fit", err), file=sys.stderr)
+        print(plot_failure("fit", err, bm.plots.MATPLOTLIB_MISSING), file=sys.stderr)
         return EXIT_FAILURE
     plt.close(fig)
     print(f"saved {args.plot} ({kind} plot)", file=sys.stderr if args.json else sys.stdout)

@@ -192,11 +192,15 @@ def forest(
     Returns:
       The matplotlib Figure.
 
+    >>> import matplotlib; matplotlib.use("Agg")
     >>> import bayesmeta as bm
-    >>> tasks = bm.datasets.bcg()
-    >>> res = bm.estimators.random_effects(tasks)
-    >>> fig = bm.plots.forest(res, xlabel="log risk ratio")  # doctest: +SKIP
-    >>> fig.savefig("forest.png")  # doctest: +SKIP
+    >>> res = bm.estimators.random_effects(bm.datasets.bcg())
+    >>> fig = bm.plots.forest(res, xlabel="log risk ratio")
+    >>> [t.get_text() for t in fig.axes[0].get_yticklabels()][-2:]
+    ['RE model (REML)', '95% prediction interval']
+
+    With a posterior of the same tasks (e.g. ``post = bm.fit(*bm.load_model("models/bcg.py"))``),
+    ``bm.plots.forest(res, post, path="forest.png")`` draws both side by side.
     """
     _check_inputs(result, posterior, "forest")
     level = _level(level, result)
@@ -364,9 +368,12 @@ def funnel(
     Returns:
       The matplotlib Figure.
 
+    >>> import matplotlib; matplotlib.use("Agg")
     >>> import bayesmeta as bm
     >>> res = bm.estimators.random_effects(bm.datasets.eight_schools())
-    >>> fig = bm.plots.funnel(res, xlabel="effect (points)")  # doctest: +SKIP
+    >>> fig = bm.plots.funnel(res, xlabel="effect (points)", annotate=True)
+    >>> fig.axes[0].get_ylabel()
+    'standard error'
     """
     _check_inputs(result, posterior, "funnel")
     level = _level(level, result)
@@ -431,9 +438,12 @@ def shrinkage(
     Returns:
       The matplotlib Figure.
 
+    >>> import matplotlib; matplotlib.use("Agg")
     >>> import bayesmeta as bm
     >>> res = bm.estimators.random_effects(bm.datasets.eight_schools())
-    >>> fig = bm.plots.shrinkage(res)  # doctest: +SKIP
+    >>> fig = bm.plots.shrinkage(res)
+    >>> len(fig.axes[0].get_yticklabels())  # one row per school
+    8
     """
     _check_inputs(result, posterior, "shrinkage")
     y, se, labels = _observed(result, posterior)

@@ -212,3 +212,20 @@ def test_bad_input_is_a_value_error_naming_the_field(case):
     meta_regression = bm.estimators.random_effects(bm.datasets.bcg(), mods=["ablat"])
     with pytest.raises(ValueError, match="result: expected"):
         bm.plots.forest(meta_regression)
+
+
+@pytest.mark.slow
+def test_example_script_writes_the_six_pngs(tmp_path, capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "meta_plots.py"
+    spec = importlib.util.spec_from_file_location("meta_plots", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--quick", "--out", str(tmp_path)]) == 0
+    for name in ("bcg", "eight_schools"):
+        for kind in ("forest", "funnel", "shrinkage"):
+            png = tmp_path / f"{name}_{kind}.png"
+            assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "REML mu" in capsys.readouterr().out
