@@ -4,7 +4,7 @@ Fit a population prior over many small related tasks, get honest posteriors for 
 task, adapt to brand-new tasks from a few observations, and inspect it all in ArviZ.
 """
 
-from bayesmeta import datasets, estimators, exact, likelihoods, meta, populations
+from bayesmeta import datasets, estimators, exact, likelihoods, meta, plots, populations
 from bayesmeta.gallery import load_model
 from bayesmeta.inference import fit
 from bayesmeta.model import Hierarchical, Pooled, Unpooled, pooled, unpooled
@@ -37,5 +37,6 @@ __all__ = [
     "meta",
     "likelihoods",
     "populations",
+    "plots",
 ]
 from bayesmeta._version import __version__  # noqa: E402, F401  (bm.__version__)

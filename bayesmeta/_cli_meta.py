@@ -2,16 +2,22 @@
 
 ``bayesmeta meta-analysis CSV --estimate COL (--se COL | --variance COL) [--label COL]
 [--mods COL [COL ...]] [--method REML] [--knapp-hartung] [--level 0.95] [--prediction t|z]
-[--json]`` runs a random-effects meta-analysis of one estimate per row; ``--dataset bcg``
+[--plot FILE.png [--plot-kind forest|funnel|shrinkage]] [--json]``
+runs a random-effects meta-analysis of one estimate per row; ``--dataset bcg``
 (or ``eight_schools``) uses a built-in data set instead of a CSV. With ``--mods`` it is a
 mixed-effects meta-regression on those moderator columns (of the CSV, or of the BCG table:
-``--dataset bcg --mods ablat year``), printed like metafor's ``rma(..., mods = )``.
+``--dataset bcg --mods ablat year``), printed like metafor's ``rma(..., mods = )``. ``--plot``
+draws ``bm.plots.forest`` (default), ``funnel`` or ``shrinkage`` of the result (not with
+``--mods``).
 
 ``bayesmeta study [--num-tasks 8] [--tau 0.5] [--noise 1] [--num-obs 5] [--imbalance 20]
 [--num-reps 400] [--seed 0] [--no-exact] [--quick] [--plot FILE.png] [--json]`` runs the
 estimator study (``bayesmeta.study``).
 
-With ``--json`` the last printed line is one JSON object.
+With ``--json`` the only output on stdout is one JSON document (the result's fields:
+estimates, ``ci_low``/``ci_high`` and ``pi_low``/``pi_high`` at ``level``, per-task
+``labels``, ...); messages go to stderr. ``--plot`` is drawn after the output: without
+matplotlib it prints one line on stderr and the command exits 1 (see ``bayesmeta.cli``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import json
 import math
 import sys
 
-from bayesmeta import datasets, estimators
+from bayesmeta import datasets, estimators, plots
+from bayesmeta._cli_args import EXIT_FAILURE, EXIT_STATUS_HELP, HelpFormatter, plot_failure
 from bayesmeta._cli_args import int_at_least as _int_at_least
 from bayesmeta.estimators import TAU2_METHODS
 from bayesmeta.study import study
@@ -179,9 +186,30 @@ def _error(command: str, message: str) -> int:
     return 2
 
 
+def _draw(command: str, draw, path: str, to_stderr: bool) -> int:
+    """Run ``draw()`` (which saves a figure to ``path``) last: a missing matplotlib or a plot
+    that cannot be drawn is one line on stderr and exit 1."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # the command only writes files
+        import matplotlib.pyplot as plt
+
+        fig = draw()
+    except (ImportError, ValueError) as err:
+        print(plot_failure(command, err, plots.MATPLOTLIB_MISSING), file=sys.stderr)
+        return EXIT_FAILURE
+    if fig is not None and not isinstance(fig, str):
+        plt.close(fig)
+    print(f"figure saved to {path}", file=sys.stderr if to_stderr else sys.stdout)
+    return 0
+
+
 def _cmd_meta_analysis(args) -> int:
 
     try:
+        if args.plot and args.mods is not None:
+            raise ValueError("--plot: the plots draw a meta-analysis without --mods")
         if args.dataset is not None:
             if args.csv is not None:
                 raise ValueError("CSV/--dataset: give one of them, not both")
@@ -209,11 +237,15 @@ def _cmd_meta_analysis(args) -> int:
         )
     except ValueError as err:
         return _error("meta-analysis", str(err))
-    print(res)
     if args.json:
         payload = dict(res.to_dict(), command="meta-analysis")
         print(json.dumps(payload))
-    return 0
+    else:
+        print(res)
+    if not args.plot:
+        return 0
+    plot = getattr(plots, args.plot_kind)
+    return _draw("meta-analysis", lambda: plot(res, path=args.plot), args.plot, args.json)
 
 
 def add_meta_analysis_parser(subparsers) -> argparse.ArgumentParser:
@@ -226,6 +258,8 @@ def add_meta_analysis_parser(subparsers) -> argparse.ArgumentParser:
         " Hedges, Sidik-Jonkman, empirical Bayes) with Q, I^2, H^2, a Q-profile "
         "interval for tau^2, a prediction interval and per-task BLUPs; with --mods, a "
         "mixed-effects meta-regression (QE, QM, residual I^2 and H^2, R^2).",
+        epilog=EXIT_STATUS_HELP + ".",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("csv", nargs="?", help="CSV file with a header row")
     p.add_argument("--estimate", help="column of the per-task estimates")
@@ -249,21 +283,30 @@ def add_meta_analysis_parser(subparsers) -> argparse.ArgumentParser:
         "--method",
         default="REML",
         choices=list(TAU2_METHODS),
-        help="tau^2 estimator (default REML)",
+        help="tau^2 estimator",
     )
     p.add_argument(
         "--knapp-hartung",
         action="store_true",
         help="Knapp-Hartung (HKSJ) standard error and t interval",
     )
-    p.add_argument("--level", type=_level, default=0.95, help="interval level (0.95)")
+    p.add_argument("--level", type=_level, default=0.95, help="level of every interval")
     p.add_argument(
         "--prediction",
         choices=["t", "z"],
         default="t",
-        help="prediction interval with t on k-2 df (default) or z",
+        help="prediction interval with t on k-2 df or z",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object last")
+    p.add_argument("--plot", metavar="FILE.png", help="save a plot to this file, after the output")
+    p.add_argument(
+        "--plot-kind",
+        default="forest",
+        choices=["forest", "funnel", "shrinkage"],
+        help="which plot of bm.plots --plot draws",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout, nothing else"
+    )
     p.set_defaults(func=_cmd_meta_analysis)
     return p
 
@@ -285,13 +328,13 @@ def _cmd_study(args) -> int:
         )
     except ValueError as err:
         return _error("study", str(err))
-    print(table)
-    if args.plot:
-        table.plot(args.plot)
-        print(f"figure saved to {args.plot}")
     if args.json:
         print(json.dumps(dict(table.to_dict(), command="study")))
-    return 0
+    else:
+        print(table)
+    if not args.plot:
+        return 0
+    return _draw("study", lambda: table.plot(args.plot), args.plot, args.json)
 
 
 def add_study_parser(subparsers) -> argparse.ArgumentParser:
@@ -302,8 +345,10 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
         description="Simulate task collections (one dominant task with many times the data) "
         "and report bias, RMSE and coverage of every estimator of the centre and "
         "of each task, with the exact Bayes posterior as the yardstick.",
+        epilog=EXIT_STATUS_HELP + ".",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--num-tasks", type=_int_at_least(4), default=8)
+    p.add_argument("--num-tasks", type=_int_at_least(4), default=8, help="tasks per collection")
     p.add_argument("--tau", type=_nonneg_float, default=0.5, help="between-task sd")
     p.add_argument("--noise", type=_nonneg_float, default=1.0, help="within-task sd")
     p.add_argument(
@@ -321,11 +366,13 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="replications (default 400; 100 with --quick)",
     )
-    p.add_argument("--seed", type=_int_at_least(0), default=0)
-    p.add_argument("--level", type=_level, default=0.95)
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed")
+    p.add_argument("--level", type=_level, default=0.95, help="level of the intervals")
     p.add_argument("--no-exact", action="store_true", help="skip the exact Bayes rows")
     p.add_argument("--quick", action="store_true", help="100 replications")
     p.add_argument("--plot", help="save the figure to this PNG file")
-    p.add_argument("--json", action="store_true", help="print one JSON object last")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout, nothing else"
+    )
     p.set_defaults(func=_cmd_study)
     return p

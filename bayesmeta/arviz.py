@@ -42,6 +42,7 @@ __all__ = [
     "ess_rhat",
     "group_arrays",
     "group_names",
+    "interval_columns",
     "loo",
     "plot_forest",
     "posterior_group",
@@ -49,12 +50,13 @@ __all__ = [
     "to_arviz",
 ]
 
-#: Columns of :func:`summary`, in order, on both ArviZ lines.
+#: Columns of :func:`summary` with its defaults, in order, on both ArviZ lines (the interval
+#: columns follow ``ci_prob`` and ``ci_kind``: see :func:`interval_columns`).
 SUMMARY_COLUMNS = (
     "mean",
     "sd",
-    "ci_low",
-    "ci_high",
+    "hdi_3%",
+    "hdi_97%",
     "mcse_mean",
     "mcse_sd",
     "ess_bulk",
@@ -379,6 +381,36 @@ def posterior_group(data) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- statistics
 
 
+def interval_columns(ci_prob: float = 0.94, ci_kind: str = "hdi") -> tuple[str, str]:
+    """ArviZ 0.x's names of the two interval columns of a summary at ``ci_prob``.
+
+    >>> interval_columns()
+    ('hdi_3%', 'hdi_97%')
+    >>> interval_columns(0.9, "eti")
+    ('eti_5%', 'eti_95%')
+    """
+    tail = 100 * (1 - ci_prob) / 2
+    return f"{ci_kind}_{tail:g}%", f"{ci_kind}_{100 - tail:g}%"
+
+
+def _check_round_to(round_to) -> None:
+    if round_to is None or (isinstance(round_to, str) and round_to.lower() == "none"):
+        return
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 0:
+        raise ValueError(f"round_to: expected None, an int >= 0 or 'none', got {round_to!r}")
+
+
+def _round_summary(df, round_to):
+    """Round as ArviZ 0.x's ``az.summary`` does: ``None`` -> 3 decimals, ESS whole, R-hat 2
+    decimals; an int -> that many decimals everywhere; ``"none"`` -> raw numbers."""
+    if isinstance(round_to, str):
+        return df
+    if round_to is None:
+        decimals = {c: 0 if c.startswith("ess") else 2 if c == "r_hat" else 3 for c in df.columns}
+        return df.round(decimals)
+    return df.round(round_to)
+
+
 def summary(
     data,
     var_names: Sequence[str] | None = None,
@@ -386,25 +418,33 @@ def summary(
     group: str = "posterior",
     ci_prob: float = 0.94,
     ci_kind: str = "hdi",
+    round_to: int | str | None = None,
 ):
-    """``az.summary`` with the same columns, defaults and unrounded numbers on both lines.
+    """``az.summary`` with the same columns, defaults and rounding on both ArviZ lines.
 
     Returns a ``pandas.DataFrame`` with one row per scalar (``"theta[A]"``, ``"beta[A, 0]"``)
-    and the columns :data:`SUMMARY_COLUMNS`:
+    and the columns ``mean``, ``sd``, the two interval bounds, ``mcse_mean``, ``mcse_sd``,
+    ``ess_bulk``, ``ess_tail``, ``r_hat`` (:data:`SUMMARY_COLUMNS` with the defaults).
 
-    ``mean``, ``sd`` (``ddof=1``); ``ci_low``, ``ci_high``: the ``ci_prob`` credible interval,
-    ``ci_kind="hdi"`` (highest density, ArviZ 0.x ``hdi_3%``/``hdi_97%``, 1.x
-    ``hdi94_lb``/``hdi94_ub``) or ``"eti"`` (equal tails, ``np.quantile`` at
-    ``(1 -+ ci_prob) / 2``); ``mcse_mean``, ``mcse_sd``, ``ess_bulk``, ``ess_tail``,
-    ``r_hat`` (rank-normalised split R-hat; NaN with one chain). ``df.attrs`` records
-    ``ci_prob`` and ``ci_kind``. The defaults are fixed here (ArviZ 1.x's own default is an
-    89% ETI) so that both lines give the same table.
+    ``mean``, ``sd`` (``ddof=1``); the ``ci_prob`` credible interval, named as ArviZ 0.x
+    names it (:func:`interval_columns`: ``hdi_3%``/``hdi_97%`` by default, ``eti_5%``/
+    ``eti_95%`` for a 90% ETI), ``ci_kind="hdi"`` (highest density) or ``"eti"`` (equal
+    tails, ``np.quantile`` at ``(1 -+ ci_prob) / 2``); ``mcse_mean``, ``mcse_sd``,
+    ``ess_bulk``, ``ess_tail``, ``r_hat`` (rank-normalised split R-hat; NaN with one chain).
+    ``df.attrs`` records ``ci_prob``, ``ci_kind`` and ``ci_columns``. The defaults are fixed
+    here (ArviZ 1.x's own default is an 89% ETI) so that both lines give the same table.
+
+    ``round_to`` rounds as ArviZ 0.x does: ``None`` (default) gives 3 decimals, whole ESS
+    and R-hat to 2 decimals; an int that many decimals; ``"none"`` the raw numbers (use it
+    when computing with the table).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> data = to_arviz({"mu": rng.normal(size=(2, 100))})
     >>> list(summary(data).columns) == list(SUMMARY_COLUMNS)
     True
+    >>> list(summary(data, ci_prob=0.9, ci_kind="eti").columns[2:4])
+    ['eti_5%', 'eti_95%']
     """
     if ci_kind not in ("hdi", "eti"):
         raise ValueError(f"ci_kind: expected 'hdi' or 'eti', got {ci_kind!r}")
@@ -412,6 +452,7 @@ def summary(
         raise ValueError(f"ci_prob: expected a probability in (0, 1), got {ci_prob!r}")
     if group not in group_names(data):
         raise ValueError(f"group: '{group}' not in the data; groups are {group_names(data)}")
+    _check_round_to(round_to)
     az = _az()
     common = {"var_names": var_names, "group": group, "round_to": "none"}
     if arviz_major() == 0:
@@ -425,9 +466,11 @@ def summary(
     else:
         df = az.summary(data, ci_prob=ci_prob, ci_kind=ci_kind, kind="all", **common)
         bounds = [c for c in df.columns if c.endswith("_lb") or c.endswith("_ub")]
-    df = df.rename(columns=dict(zip(bounds, ["ci_low", "ci_high"], strict=True)))
-    df = df[list(SUMMARY_COLUMNS)].astype(float)
-    df.attrs = {"ci_prob": float(ci_prob), "ci_kind": ci_kind}
+    names = interval_columns(ci_prob, ci_kind)
+    df = df.rename(columns=dict(zip(bounds, names, strict=True)))
+    columns = [*SUMMARY_COLUMNS[:2], *names, *SUMMARY_COLUMNS[4:]]
+    df = _round_summary(df[columns].astype(float), round_to)
+    df.attrs = {"ci_prob": float(ci_prob), "ci_kind": ci_kind, "ci_columns": names}
     return df
 
 

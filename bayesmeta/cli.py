@@ -1,12 +1,33 @@
 """The ``bayesmeta`` command.
 
 ``bayesmeta fit [MODEL_FILE] [--method nuts|vi|exact|collapsed|laplace|auto] [--chains N]
-[--warmup N] [--draws N] [--seed S] [--out FILE.nc] [--checkpoint FILE.npz] [--plot FILE.png]
-[--json]``
-fits a gallery model file (with no file: the built-in eight schools) and prints a summary;
-``--json`` prints one JSON object as the last line. Further subcommands:
-``meta-analysis`` (classical random-effects estimators on a CSV) and ``study``
-(the estimator study), when available.
+[--warmup N] [--draws N] [--seed S] [--ci-prob 0.94] [--out FILE.nc] [--checkpoint FILE.npz]
+[--checkpoint-every N] [--plot FILE.png
+[--plot-kind auto|forest|funnel|shrinkage|arviz]] [--json]`` fits a gallery model file (with
+no file: the built-in eight schools) and prints a summary table (mean, sd, the ``--ci-prob``
+highest density interval, bulk ESS, R-hat; vector entries with their task labels). Further
+subcommands: ``meta-analysis`` (classical random-effects estimators on a CSV or a built-in
+data set) and ``study`` (the estimator study); ``bayesmeta --version`` prints the version.
+
+``--json`` (every subcommand) prints exactly one JSON document on stdout and nothing else;
+warnings and messages go to stderr. ``fit --json`` carries, per parameter entry, ``mean``,
+``sd``, the interval bounds named as ArviZ names them (``hdi_3%``/``hdi_97%`` at the default
+``--ci-prob 0.94``), ``ess_bulk``, ``r_hat`` and, for a vector entry, its ``label`` (the task
+label; ``"AITKIN, floor"`` for a task and coefficient).
+
+``--out FILE.nc`` writes ``Posterior.save``'s format (``bm.load_posterior`` reloads it
+whole; ``arviz.from_netcdf`` reads it as ArviZ data). ``--checkpoint FILE`` makes a NUTS fit
+resumable: its state and draws are saved every ``--checkpoint-every`` iterations, and
+rerunning the same command resumes. All output paths are checked before the fit starts.
+
+``--plot FILE`` draws a plot after everything else is written; ``fit --plot-kind auto``
+draws the meta-analysis forest plot (``bm.plots.forest``) when the model has one scalar
+effect per task and ArviZ's forest plot of all parameters otherwise. matplotlib is
+optional: without it the plot step prints one line on stderr and the command exits 1.
+
+Exit status: 0 ok; 2 usage error (bad arguments, missing or invalid input); 1 failure (the
+run could not finish, e.g. ``--plot`` without matplotlib; the summary, the ``--json`` output
+and ``--out`` are written before the plot is tried).
 
 ``bayesmeta fit`` keeps JAX's persistent compilation cache in ``$BAYESMETA_CACHE_DIR``
 (default ``$XDG_CACHE_HOME/bayesmeta/jax``, else ``~/.cache/bayesmeta/jax``), so a second
@@ -26,8 +47,9 @@ import warnings
 
 import bayesmeta as bm
 from bayesmeta import _cli_meta
+from bayesmeta._cli_args import EXIT_FAILURE, EXIT_STATUS_HELP, HelpFormatter, plot_failure
 from bayesmeta._cli_args import int_at_least as _int_at_least
-from bayesmeta.arviz import plot_forest
+from bayesmeta.arviz import interval_columns, plot_forest
 from bayesmeta.gallery import load_options
 from bayesmeta.inference import METHODS
 from bayesmeta.inference.diagnostics import ess_bulk, rhat
@@ -47,18 +69,38 @@ def _default_model():
     return model, bm.datasets.eight_schools()
 
 
-def _flatten_summary(post) -> dict:
-    """``{name: {mean, sd, ess_bulk, r_hat}}`` with vector entries as ``theta[0]``, ...
+def _hdi(draws, prob: float):
+    """Highest density interval of each column of ``draws`` ``(n, m)``: the shortest window
+    holding ``floor(prob * n)`` sorted draws (the rule of ArviZ's ``hdi``)."""
+    import numpy as np
+
+    x = np.sort(draws, axis=0)
+    n = x.shape[0]
+    inc = min(max(int(np.floor(prob * n)), 1), n - 1)
+    widths = x[inc:] - x[: n - inc]
+    i = np.argmin(widths, axis=0)
+    cols = np.arange(x.shape[1])
+    return x[i, cols], x[i + inc, cols]
+
+
+def _flatten_summary(post, ci_prob: float = 0.94, labels: dict | None = None) -> dict:
+    """``{name: {mean, sd, hdi_3%, hdi_97%, ess_bulk, r_hat[, label]}}`` with vector entries
+    as ``theta[0]``, ...; the interval keys follow ``ci_prob`` (``interval_columns``) and
+    ``label`` is the entry's label from ``labels`` (see ``_task_labels``) when it has one.
 
     Computed from the draws with the same rank-normalised diagnostics as the fit's check,
     so the JSON does not depend on the installed ArviZ line's column names."""
     import numpy as np
 
+    low_name, high_name = interval_columns(ci_prob)
+    labels = labels or {}
     out = {}
     for name, x in post.samples.items():
         shape = x.shape[2:]
         flat = x.reshape(x.shape[0], x.shape[1], -1)
-        mean, sd = flat.mean(axis=(0, 1)), flat.reshape(-1, flat.shape[-1]).std(axis=0, ddof=1)
+        pooled = flat.reshape(-1, flat.shape[-1])
+        mean, sd = flat.mean(axis=(0, 1)), pooled.std(axis=0, ddof=1)
+        low, high = _hdi(pooled, ci_prob)
         ess = ess_bulk(flat) if x.shape[1] >= 4 else np.full(flat.shape[-1], np.nan)
         rh = rhat(flat) if x.shape[0] > 1 and x.shape[1] >= 4 else np.full(flat.shape[-1], np.nan)
         for i, idx in enumerate(np.ndindex(*shape) if shape else [()]):
@@ -68,17 +110,25 @@ def _flatten_summary(post) -> dict:
                 for k, v in (
                     ("mean", mean[i]),
                     ("sd", sd[i]),
+                    (low_name, low[i]),
+                    (high_name, high[i]),
                     ("ess_bulk", ess[i]),
                     ("r_hat", rh[i]),
                 )
             }
+            if key in labels:
+                out[key]["label"] = labels[key]
     return out
 
 
-def _print_table(post, labels: dict) -> None:
-    rows = _flatten_summary(post)
+def _print_table(post, labels: dict, ci_prob: float = 0.94) -> None:
+    rows = _flatten_summary(post, ci_prob)
+    low_name, high_name = interval_columns(ci_prob)
     width = max(len(k) + len(labels.get(k, "")) + 3 for k in rows)
-    print(f"{'parameter':<{width}} {'mean':>10} {'sd':>10} {'ess_bulk':>9} {'r_hat':>7}")
+    print(
+        f"{'parameter':<{width}} {'mean':>10} {'sd':>10} {low_name:>10} {high_name:>10} "
+        f"{'ess_bulk':>9} {'r_hat':>7}"
+    )
     for key, r in rows.items():
         name = key + (f" ({labels[key]})" if key in labels else "")
 
@@ -87,6 +137,7 @@ def _print_table(post, labels: dict) -> None:
 
         print(
             f"{name:<{width}} {fmt(r['mean'], '10.3f')} {fmt(r['sd'], '10.3f')} "
+            f"{fmt(r[low_name], '10.3f')} {fmt(r[high_name], '10.3f')} "
             f"{fmt(r['ess_bulk'], '9.0f')} {fmt(r['r_hat'], '7.3f')}"
         )
 
@@ -218,21 +269,17 @@ def _cmd_fit(args) -> int:
         except (ValueError, ImportError, OSError) as err:
             print(f"bayesmeta fit: error: could not write {args.out}: {err}", file=sys.stderr)
             return 2
-    if args.plot:
-        plot_forest(post.to_arviz(), args.plot)
     if not args.json:
         print(
             f"{name}: {tasks.num_tasks} tasks, {tasks.num_obs} rows; method {post.method}, "
             f"{post.num_chains} chain(s) x {post.num_draws} draws"
         )
-        _print_table(post, _task_labels(post))
+        _print_table(post, _task_labels(post), args.ci_prob)
         if divergences is not None:
             print(f"divergences: {divergences}")
         if args.out:
             print(f"saved {args.out}")
-        if args.plot:
-            print(f"saved {args.plot}")
-        return 0
+        return _fit_plot(post, args)
     timing = post.info.get("timing", {})
     diagnostics = {
         "num_chains": post.num_chains,
@@ -248,7 +295,8 @@ def _cmd_fit(args) -> int:
         "model": name,
         "num_tasks": tasks.num_tasks,
         "labels": list(tasks.labels),
-        "parameters": _flatten_summary(post),
+        "ci_prob": args.ci_prob,
+        "parameters": _flatten_summary(post, args.ci_prob, _task_labels(post)),
         "diagnostics": diagnostics,
         "timing": {k: v for k, v in timing.items() if isinstance(v, float | bool)},
         "compile_cache": cache,
@@ -256,17 +304,97 @@ def _cmd_fit(args) -> int:
     if "checkpoint" in post.info:
         payload["checkpoint"] = dict(post.info["checkpoint"], resumed_at=timing.get("resumed_at"))
     print(json.dumps(payload))
+    return _fit_plot(post, args)
+
+
+#: ``fit --plot-kind`` choices; ``auto`` picks ``forest`` or ``arviz`` (see _plot_kind).
+PLOT_KINDS = ("auto", "forest", "funnel", "shrinkage", "arviz")
+
+
+def _plot_kind(post, kind: str) -> str:
+    """``auto``: the meta-analysis forest plot when the posterior has one scalar effect per
+    task (``theta`` over ``task``, a scalar ``mu``) and per-task estimates to draw, else
+    ArviZ's forest plot of every parameter."""
+    if kind != "auto":
+        return kind
+    theta, mu = post.samples.get("theta"), post.samples.get("mu")
+    if (
+        theta is None
+        or theta.ndim != 3
+        or post.dims.get("theta") != ["task"]
+        or mu is None
+        or mu.ndim != 2
+        or post.tasks is None
+    ):
+        return "arviz"
+    try:
+        post.tasks.per_task_estimates()
+    except ValueError:
+        return "arviz"
+    return "forest"
+
+
+def _fit_plot(post, args) -> int:
+    """Draw ``--plot`` last, after the table, the JSON and ``--out`` are written; a missing
+    matplotlib or a plot that does not fit the model is one line on stderr and exit 1."""
+    if not args.plot:
+        return 0
+    kind = _plot_kind(post, args.plot_kind)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # the command only writes files
+        import matplotlib.pyplot as plt
+
+        if kind == "arviz":
+            fig = plot_forest(post.to_arviz(), args.plot)
+        else:
+            fig = getattr(bm.plots, kind)(posterior=post, path=args.plot)
+    except (ImportError, ValueError) as err:
+        print(plot_failure("fit", err, bm.plots.MATPLOTLIB_MISSING), file=sys.stderr)
+        return EXIT_FAILURE
+    plt.close(fig)
+    print(f"saved {args.plot} ({kind} plot)", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bayesmeta", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    fit = sub.add_parser("fit", help="fit a gallery model file (default: eight schools)")
-    fit.add_argument("model_file", nargs="?", help="a models/NAME.py file")
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {text}")
+    return value
 
-    fit.add_argument("--method", default="nuts", choices=list(METHODS))
-    fit.add_argument("--chains", type=_positive_int, default=4)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bayesmeta",
+        description="Bayesian meta-learning and meta-analysis on JAX and NumPyro: fit a "
+        "hierarchical model to many small related tasks (fit), run a classical "
+        "random-effects meta-analysis (meta-analysis), or the estimator study (study). "
+        "Run 'bayesmeta COMMAND --help' for a command's options.",
+        epilog="--json prints exactly one JSON document on stdout (messages go to stderr). "
+        + EXIT_STATUS_HELP
+        + ".",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"bayesmeta {bm.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fit = sub.add_parser(
+        "fit",
+        help="fit a gallery model file (default: eight schools)",
+        description="Fit a gallery model file (a models/NAME.py defining a model and its "
+        "tasks; with no file, the built-in eight schools) and print a summary table with "
+        "task labels.",
+        epilog=EXIT_STATUS_HELP + ".",
+        formatter_class=HelpFormatter,
+    )
+    fit.add_argument("model_file", nargs="?", help="a models/NAME.py file (default: eight schools)")
+
+    fit.add_argument("--method", default="nuts", choices=list(METHODS), help="inference method")
+    fit.add_argument("--chains", type=_positive_int, default=4, help="chains")
     fit.add_argument(
         "--warmup",
         type=_nonneg_int,
@@ -274,7 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="NUTS warmup steps (VI: optimisation steps when given)",
     )
     fit.add_argument("--draws", type=_positive_int, default=1000, help="draws per chain")
-    fit.add_argument("--seed", type=_nonneg_int, default=0)
+    fit.add_argument("--seed", type=_nonneg_int, default=0, help="random seed")
+    fit.add_argument(
+        "--ci-prob",
+        type=_probability,
+        default=0.94,
+        help="probability of the highest density interval in the table and the JSON",
+    )
     fit.add_argument(
         "--out",
         help="save the posterior to this NetCDF file (bm.load_posterior reloads it whole; "
@@ -291,8 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="iterations between checkpoints",
     )
-    fit.add_argument("--plot", help="save a forest plot to this PNG file")
-    fit.add_argument("--json", action="store_true", help="print one JSON object last")
+    fit.add_argument(
+        "--plot", metavar="FILE.png", help="save a plot to this file, after the summary"
+    )
+    fit.add_argument(
+        "--plot-kind",
+        default="auto",
+        choices=PLOT_KINDS,
+        help="forest, funnel, shrinkage: the meta-analysis plots of bm.plots (one scalar "
+        "effect per task); arviz: ArviZ's forest plot of every parameter; auto: forest "
+        "when the model has one scalar effect per task, else arviz",
+    )
+    fit.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout, nothing else"
+    )
     fit.add_argument(
         "--no-cache",
         action="store_true",

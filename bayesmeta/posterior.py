@@ -242,7 +242,13 @@ class Posterior:
         return path
 
     def summary(self, var_names: list[str] | None = None, **kwargs):
-        """ArviZ's summary table (a pandas DataFrame) of the posterior group."""
+        """ArviZ's summary table (a pandas DataFrame) of the posterior group.
+
+        Rounded as ArviZ rounds it (3 decimals, whole ESS, R-hat to 2 decimals), with
+        ArviZ's interval columns ``hdi_3%``/``hdi_97%``; keyword arguments go to
+        :func:`bayesmeta.arviz.summary` (``ci_prob``, ``ci_kind``, ``round_to="none"`` for
+        raw numbers, ``group``).
+        """
 
         return bm_arviz.summary(self.to_arviz(), var_names=var_names, **kwargs)
 

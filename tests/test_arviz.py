@@ -172,9 +172,9 @@ def _hdi_reference(x, prob):
 
 
 def test_summary_matches_numpy(data, draws):
-    df = bma.summary(data, var_names=["mu", "theta", "beta"])
+    df = bma.summary(data, var_names=["mu", "theta", "beta"], round_to="none")
     assert list(df.columns) == list(bma.SUMMARY_COLUMNS)
-    assert df.attrs == {"ci_prob": 0.94, "ci_kind": "hdi"}
+    assert df.attrs == {"ci_prob": 0.94, "ci_kind": "hdi", "ci_columns": ("hdi_3%", "hdi_97%")}
     post = draws["posterior"]
     rows = {"mu": post["mu"]}
     rows.update({f"theta[{lab}]": post["theta"][..., j] for j, lab in enumerate(LABELS)})
@@ -190,26 +190,39 @@ def test_summary_matches_numpy(data, draws):
         np.testing.assert_allclose(df.loc[row, "mean"], x.mean(), rtol=1e-12)
         np.testing.assert_allclose(df.loc[row, "sd"], x.std(ddof=1), rtol=1e-12)
         low, high = _hdi_reference(x, 0.94)
-        assert df.loc[row, "ci_low"] == pytest.approx(low, rel=1e-12)
-        assert df.loc[row, "ci_high"] == pytest.approx(high, rel=1e-12)
+        assert df.loc[row, "hdi_3%"] == pytest.approx(low, rel=1e-12)
+        assert df.loc[row, "hdi_97%"] == pytest.approx(high, rel=1e-12)
     assert np.all(df["ess_bulk"] > 0) and np.all(df["ess_tail"] > 0)
     assert np.all(np.isfinite(df["r_hat"]))
 
 
 def test_summary_eti_is_the_quantile_interval(data, draws):
-    df = bma.summary(data, var_names=["tau"], ci_kind="eti", ci_prob=0.8)
+    df = bma.summary(data, var_names=["tau"], ci_kind="eti", ci_prob=0.8, round_to="none")
     tau = draws["posterior"]["tau"].ravel()
     # Equal-tailed 80% interval: 10% and 90% sample quantiles (numpy's default interpolation).
     np.testing.assert_allclose(
-        df.loc["tau", ["ci_low", "ci_high"]].to_numpy(float),
+        df.loc["tau", ["eti_10%", "eti_90%"]].to_numpy(float),
         np.quantile(tau, [0.1, 0.9]),
         rtol=1e-12,
     )
     np.testing.assert_allclose(df.loc["tau", "mean"], tau.mean(), rtol=1e-12)
 
 
+def test_summary_rounds_as_arviz_0x_does(data):
+    raw = bma.summary(data, var_names=["mu", "tau"], round_to="none")
+    table = bma.summary(data, var_names=["mu", "tau"])
+    # ArviZ 0.x's az.summary default: 3 decimals, whole ESS, R-hat to 2 decimals
+    expected = raw.round({c: 0 if c.startswith("ess") else 2 if c == "r_hat" else 3 for c in raw})
+    np.testing.assert_array_equal(table.to_numpy(), expected.to_numpy())
+    assert not np.array_equal(table.to_numpy(), raw.to_numpy())
+    np.testing.assert_array_equal(
+        bma.summary(data, var_names=["mu"], round_to=1).to_numpy(),
+        raw.loc[["mu"]].round(1).to_numpy(),
+    )
+
+
 def test_summary_of_prior_group(data, draws):
-    df = bma.summary(data, var_names=["mu"], group="prior")
+    df = bma.summary(data, var_names=["mu"], group="prior", round_to="none")
     np.testing.assert_allclose(df.loc["mu", "mean"], draws["prior"]["mu"].mean(), rtol=1e-12)
     assert np.isnan(df.loc["mu", "r_hat"])  # one prior chain: R-hat is undefined
 
@@ -458,3 +471,5 @@ def test_summary_rejects_bad_options(data):
         bma.summary(data, ci_prob=1.5)
     with pytest.raises(ValueError, match="group"):
         bma.summary(data, group="predictions")
+    with pytest.raises(ValueError, match="round_to"):
+        bma.summary(data, round_to="auto")

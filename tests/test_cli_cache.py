@@ -23,7 +23,7 @@ def _run(env_extra, *extra):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout)  # --json: the whole of stdout is one JSON document
 
 
 def _entries(path):

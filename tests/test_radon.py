@@ -71,7 +71,7 @@ def mixedlm(radon):
 
 
 def _means(post, var_names):
-    table = summary(post.to_arviz(), var_names=var_names)
+    table = summary(post.to_arviz(), var_names=var_names, round_to="none")
     return table["mean"], table["mcse_mean"], table["sd"]
 
 
