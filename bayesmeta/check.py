@@ -273,6 +273,21 @@ def _total_draws(engine, options: dict) -> int:
         return -1  # the engine's own check names the bad option
 
 
+def _check_fit_options(engine, fit_options: dict, L: int) -> None:
+    unknown = sorted(set(fit_options) - set(engine.options))
+    if unknown:
+        raise ValueError(
+            f"fit_options: unknown option(s) {unknown} for method {engine.name!r}; known: "
+            f"{sorted(engine.options)}"
+        )
+    total = _total_draws(engine, fit_options)
+    if 0 <= total < L:
+        raise ValueError(
+            f"num_rank_draws: {L} is more than the {total} posterior draws of each fit; "
+            "lower it or raise num_samples"
+        )
+
+
 def _task_selection(task_params, tasks: TaskSet) -> list[int]:
     if _is_int(task_params):
         if task_params < 0:
@@ -386,25 +401,21 @@ def sbc(
     L = num_rank_draws
     _check_args(model, tasks_like, num_simulations, method, seed, fit_model, L, num_bins)
     task_ids = _task_selection(task_params, tasks_like)
+    # the engine's options first (plain Python checks), then the models and data
+    if method != "auto":
+        _check_fit_options(ENGINES[method], fit_options, L)
     built = model.build(tasks_like)
-    fit_built = fit_model.build(tasks_like)
+    try:
+        fit_built = fit_model.build(tasks_like)
+    except ValueError as err:
+        raise ValueError(f"fit_model: {err}") from None
     engine_name = resolve_method(method, fit_model, tasks_like)
     engine = ENGINES[engine_name]
-    unknown = sorted(set(fit_options) - set(engine.options))
-    if unknown:
-        raise ValueError(
-            f"fit_options: unknown option(s) {unknown} for method {engine_name!r}; known: "
-            f"{sorted(engine.options)}"
-        )
+    if method == "auto":
+        _check_fit_options(engine, fit_options, L)
     why = engine.why_not(fit_model, tasks_like)
     if why is not None:
         raise ValueError(f"method: {engine_name!r} cannot fit fit_model: {why}")
-    total = _total_draws(engine, fit_options)
-    if 0 <= total < L:
-        raise ValueError(
-            f"num_rank_draws: {L} is more than the {total} posterior draws of each fit; "
-            "lower it or raise num_samples"
-        )
     if "progress_bar" in engine.options:
         fit_options.setdefault("progress_bar", False)
     num_bins = _default_bins(num_simulations, L) if num_bins is None else int(num_bins)
@@ -419,7 +430,9 @@ def sbc(
     prior = {k: np.asarray(v) for k, v in prior.items()}
     prior_seconds = time.perf_counter() - t0
     sites = [k for k in prior if k != "y" and k not in built.hidden and k in built.dims]
-    missing = [k for k in sites if k not in fit_built.dims]
+    # a hyperparameter fit_model fixes (a number, not a prior) keeps its dims but is no site
+    fixed = set(model.hyper_sites()) - set(fit_model.hyper_sites())
+    missing = [k for k in sites if k not in fit_built.dims or k in fixed]
     if missing:
         raise ValueError(
             f"fit_model: it has no site(s) {missing} that model draws; SBC ranks the same "
@@ -463,14 +476,18 @@ def sbc(
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         compiled.append(_compiled(post))
+        absent = sorted({s for s, _, _ in ranked} - set(post.samples))
+        if absent:
+            raise ValueError(f"fit_model: its posterior has no draws of {absent} to rank")
         draws = np.stack(
             [post.samples[s][(slice(None), slice(None), *idx)] for s, idx, _ in ranked], axis=-1
         )  # (chain, draw, P)
         finite = np.isfinite(draws).all(axis=(0, 1))
         if not finite.all():
+            bad_name = names[int(np.argmin(finite))]
             raise FloatingPointError(
-                f"sbc: simulation {i}: the {engine_name} posterior of {names[int(np.argmin(finite))]}"
-                " has non-finite draws"
+                f"sbc: simulation {i}: the {engine_name} posterior of {bad_name} has "
+                "non-finite draws"
             )
         chains, num = draws.shape[:2]
         if chains * num < L:
