@@ -135,12 +135,10 @@ class SBCResult(NamedTuple):
         lower, upper = ecdf_bands(self.num_simulations, self.num_rank_draws, alpha=alpha)
         ncol = min(len(names), 4)
         nrow = -(-len(names) // ncol)
-        fig, axes = plt.subplots(
-            nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False, sharex=True
-        )
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
         for ax in axes.ravel()[len(names) :]:
             ax.set_visible(False)
-        for ax, name in zip(axes.ravel(), names, strict=False):
+        for k, (ax, name) in enumerate(zip(axes.ravel(), names, strict=False)):
             j = self.names.index(name)
             ax.fill_between(
                 z,
@@ -154,10 +152,10 @@ class SBCResult(NamedTuple):
             ax.axhline(0.0, color="0.4", lw=0.6)
             ax.set_title(f"{name}  (p = {self.p_values[name]:.2g})", fontsize=9)
             ax.tick_params(labelsize=7)
-        for ax in axes[-1]:
-            ax.set_xlabel("fractional rank", fontsize=8)
-        for ax in axes[:, 0]:
-            ax.set_ylabel("ECDF - uniform", fontsize=8)
+            if k + ncol >= len(names):  # the lowest plot of its column
+                ax.set_xlabel("fractional rank", fontsize=8)
+            if k % ncol == 0:
+                ax.set_ylabel("ECDF - uniform", fontsize=8)
         axes[0, 0].legend(fontsize=7, loc="lower left")
         fig.suptitle(
             f"SBC, method {self.method!r}: {self.num_simulations} simulations, "
@@ -424,7 +422,8 @@ def sbc(
 
     t0 = time.perf_counter()
     data = {k: v for k, v in built.data.items() if k != "y"}
-    prior = Predictive(built.fn, num_samples=int(num_simulations))(
+    # vectorised and run op by op: no program to compile per call (the ops are cached)
+    prior = Predictive(built.fn, num_samples=int(num_simulations), parallel=True)(
         jax.random.PRNGKey(int(seed)), y=None, _prior=True, **data
     )
     prior = {k: np.asarray(v) for k, v in prior.items()}
