@@ -366,7 +366,10 @@ def sbc(
     ``min p < alpha / P``) and with :meth:`SBCResult.plot`.
 
     Compiled programs are reused: every simulation fits the same ``fit_model`` object on
-    data of one shape, so NUTS and collapsed NUTS compile once (``info["compiled"]``).
+    data of one shape, so NUTS, collapsed NUTS and VI compile once (``info["compiled"]``).
+    With a population's ``parameterization="auto"`` the centring follows each data set, and
+    each form it takes (all centred, all non-centred, mixed) compiles once; a fixed
+    ``parameterization="noncentered"`` (or ``"centered"``) compiles once in all.
     Progress bars are off unless ``progress_bar`` is given. Diagnostics warnings of the
     individual fits are counted (``info["fit_warnings"]``) and summarised in one
     ``FitWarning``.
