@@ -4,7 +4,7 @@ Fit a population prior over many small related tasks, get honest posteriors for 
 task, adapt to brand-new tasks from a few observations, and inspect it all in ArviZ.
 """
 
-from bayesmeta import datasets, estimators, exact, likelihoods, meta, plots, populations
+from bayesmeta import check, datasets, estimators, exact, likelihoods, meta, plots, populations
 from bayesmeta.gallery import load_model
 from bayesmeta.inference import fit
 from bayesmeta.model import Hierarchical, Pooled, Unpooled, pooled, unpooled
@@ -31,6 +31,7 @@ __all__ = [
     "Posterior",
     "load_posterior",
     "load_model",
+    "check",
     "datasets",
     "estimators",
     "exact",

@@ -801,6 +801,33 @@ class TaskSet:
             self.feature_names,
         )
 
+    def with_y(self, y: Any) -> TaskSet:
+        """A copy with new responses ``y`` ``(num_obs,)`` in the stored row order and
+        everything else (tasks, rows, ``x``, noise scales / standard errors, covariates)
+        kept: simulated data shaped like this TaskSet, validated as any TaskSet.
+
+        >>> import bayesmeta as bm
+        >>> bm.datasets.eight_schools().with_y([0.0] * 8).y[:3]
+        array([0., 0., 0.])
+        """
+        y_arr = _as_float_array("y", y)
+        if y_arr.shape != (self.num_obs,):
+            raise ValueError(
+                f"y: expected shape ({self.num_obs},) (one value per row), got {y_arr.shape}"
+            )
+        return TaskSet(
+            y_arr,
+            self.task_index,
+            self.labels,
+            self.x,
+            self.noise_scale,
+            self.is_estimates,
+            self.row_ids,
+            self.task_x,
+            self.task_x_names,
+            self.feature_names,
+        )
+
 
 def _index_labels(message: str, index: list) -> str:
     """Rewrite ``row N`` (a position) in ``message`` as the DataFrame's index label."""

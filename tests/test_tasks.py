@@ -179,3 +179,24 @@ def test_from_dataframe_keeps_names_and_names_bad_cells():
     bad.loc[11, "floor"] = "first"
     with pytest.raises(ValueError, match="column 'floor' has 'first', not a number, at task 'a'"):
         bm.TaskSet.from_dataframe(bad, task="g", y="y", x=["floor"])
+
+
+def test_with_y_replaces_only_the_responses():
+    ts = bm.TaskSet.from_arrays(
+        y=[1.0, 2.0, 3.0], task=["b", "a", "b"], x=[[0.1], [0.2], [0.3]], noise_scale=[1, 2, 3]
+    ).with_task_x({"z": [5.0, 6.0]})
+    new = ts.with_y([7.0, 8.0, 9.0])
+    assert new.y.tolist() == [7.0, 8.0, 9.0] and ts.y.tolist() != new.y.tolist()
+    assert new.labels == ts.labels and new.task_index.tolist() == ts.task_index.tolist()
+    np.testing.assert_array_equal(new.x, ts.x)
+    np.testing.assert_array_equal(new.noise_scale, ts.noise_scale)
+    np.testing.assert_array_equal(new.task_x, ts.task_x)
+    est = bm.datasets.eight_schools().with_y(np.zeros(8))
+    assert (
+        est.is_estimates
+        and est.noise_scale.tolist() == bm.datasets.eight_schools().noise_scale.tolist()
+    )
+    with pytest.raises(ValueError, match=r"y: expected shape \(3,\)"):
+        ts.with_y([1.0, 2.0])
+    with pytest.raises(ValueError, match="y: non-finite value nan at task"):
+        ts.with_y([1.0, np.nan, 2.0])

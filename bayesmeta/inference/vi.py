@@ -92,12 +92,9 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
     progress = opts["progress_bar"]
     if progress is None:
         progress = sys.stderr.isatty()
-    guide = GUIDES[opts["guide"]](built.fn)
-    optimizer = opts["optimizer"] or optax.adam(float(opts["learning_rate"]))
-    svi = SVI(built.fn, guide, optimizer, loss=Trace_ELBO(num_particles=int(opts["num_particles"])))
     key_fit, key_draw = jax.random.split(jax.random.PRNGKey(seed))
-    result = svi.run(key_fit, int(opts["num_steps"]), progress_bar=bool(progress), **built.data)
-    elbo = -np.asarray(result.losses)
+    draw, params, losses, compiled = _run_svi(model, built, opts, bool(progress), key_fit)
+    elbo = -np.asarray(losses)
     if not np.all(np.isfinite(elbo[-max(len(elbo) // 10, 1) :])):
         raise FloatingPointError(
             "vi: the ELBO became non-finite; lower learning_rate or check the model's priors"
@@ -111,14 +108,8 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
             FitWarning,
             stacklevel=user_stacklevel(),
         )
-    draws = Predictive(guide, params=result.params, num_samples=int(opts["num_samples"]))(
-        key_draw, **built.data
-    )
     # deterministic sites (theta from theta_raw) come from replaying the model on guide draws
-    latent = dict(draws)
-    replay = Predictive(
-        built.fn, posterior_samples=latent, return_sites=[k for k in built.dims if k != "y"]
-    )(key_draw, **built.data)
+    latent, replay = draw(key_draw, params, built.data)
     samples = {k: np.asarray(v)[None] for k, v in replay.items() if k != "y"}
     for k, v in latent.items():
         samples.setdefault(k, np.asarray(v)[None])
@@ -127,7 +118,8 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
         "elbo": elbo,
         "converged": converged,
         "elbo_change": change,
-        "guide_params": result.params,
+        "guide_params": params,
+        "timing": {"compiled": compiled},
     }
     return posterior_from_draws(
         built,
@@ -140,6 +132,71 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
         info=info,
         info_type=VIInfo,
     )
+
+
+def _svi_key(built, opts: dict):
+    """What the compiled optimisation depends on besides its inputs (None: not reusable,
+    e.g. a user's optimizer object)."""
+    if built.structure is None or opts["optimizer"] is not None:
+        return None
+    key = (
+        built.structure,
+        opts["guide"],
+        float(opts["learning_rate"]),
+        int(opts["num_steps"]),
+        int(opts["num_particles"]),
+        int(opts["num_samples"]),
+    )
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _run_svi(model, built, opts: dict, progress: bool, key):
+    """``(draw, params, losses, compiled)``, ``draw(key, params, data) -> (guide draws,
+    model replayed on them)``. Without a progress bar the optimisation loop and the
+    draws are compiled programs kept on ``model`` per structure and options, so a refit of the
+    same model on new data of the same shapes (a simulation study, calibration runs)
+    reuses it; ``compiled`` says whether this fit compiled it."""
+    program_key = None if progress else _svi_key(built, opts)
+    store = None if model is None else model.__dict__.setdefault("_vi_programs", {})
+    if store is not None and program_key is not None and program_key in store:
+        svi, run, draw = store[program_key]
+        compiled = False
+    else:
+        guide = GUIDES[opts["guide"]](built.fn)
+        optimizer = opts["optimizer"] or optax.adam(float(opts["learning_rate"]))
+        loss = Trace_ELBO(num_particles=int(opts["num_particles"]))
+        svi = SVI(built.fn, guide, optimizer, loss=loss)
+        num_steps = int(opts["num_steps"])
+
+        @jax.jit
+        def run(state, data):
+            def step(s, _):
+                return svi.update(s, **data)
+
+            return jax.lax.scan(step, state, None, length=num_steps)
+
+        num_samples = int(opts["num_samples"])
+        sites = [k for k in built.dims if k != "y"]
+
+        @jax.jit
+        def draw(key, params, data):
+            latent = Predictive(guide, params=params, num_samples=num_samples)(key, **data)
+            replay = Predictive(built.fn, posterior_samples=latent, return_sites=sites)(key, **data)
+            return latent, replay
+
+        compiled = True
+        if store is not None and program_key is not None:
+            store[program_key] = (svi, run, draw)
+    if progress:
+        result = svi.run(key, int(opts["num_steps"]), progress_bar=True, **built.data)
+        return draw, result.params, result.losses, True
+    state = svi.init(key, **built.data)
+    state, losses = run(state, built.data)
+    return draw, svi.get_params(state), losses, compiled
 
 
 def _fit_engine(model, tasks, seed: int, **options):
