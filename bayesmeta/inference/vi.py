@@ -20,8 +20,12 @@ jitter). The fit counts as converged when all three hold:
    on the log scale (about 10%) over the same half.
 
 The ELBO alone is not enough: a large ELBO changes little in relative terms while a
-hierarchical scale is still drifting (a varying slope's ``tau`` at 2.0 after 3,000 steps,
-0.09 after 15,000, NUTS 0.09), which (2) catches.
+hierarchical scale is still drifting. On a linear regression with a varying slope (30
+tasks, tests/inference/test_vi.py) 3,000 steps leave the ELBO flat to 0.5% with
+``tau = (2.0, 2.1)``, against ``(0.39, 0.08)`` after 15,000 steps and NUTS's
+``(0.42, 0.09)``; (2) catches it (the locations moved 2.2 sd over the last half).
+Averaging in windows keeps Adam's jitter out, so a guide that has stopped moving passes:
+the same fit after 60,000 steps moved less than 0.1 sd.
 """
 
 from __future__ import annotations
