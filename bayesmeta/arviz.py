@@ -43,6 +43,7 @@ __all__ = [
     "group_arrays",
     "group_names",
     "interval_columns",
+    "library_attrs",
     "loo",
     "plot_forest",
     "posterior_group",
@@ -203,6 +204,11 @@ def to_arviz(
     constant_data: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any] | None = None,
     obs_coords: Mapping[str, Sequence] | None = None,
+    predictions: Mapping[str, Any] | None = None,
+    predictions_constant_data: Mapping[str, Any] | None = None,
+    pred_dims: Mapping[str, Sequence[str]] | None = None,
+    pred_coords: Mapping[str, Sequence] | None = None,
+    pred_obs_coords: Mapping[str, Sequence] | None = None,
 ):
     """Convert draws to ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (1.x).
 
@@ -228,12 +234,21 @@ def to_arviz(
       prior_predictive: ``{name: array (chain, draw, *obs_shape)}``, the prior's
         ``(chain, draw)`` when ``prior`` is given.
       posterior_predictive: ``{name: array (chain, draw, *obs_shape)}``.
-      attrs: global attributes, e.g. ``{"inference_library": "numpyro", "method": "nuts"}``;
-        also written on the ``posterior`` and ``sample_stats`` groups, where ArviZ's own
-        converters put ``inference_library``.
+      attrs: attributes, e.g. ``{"method": "nuts"}``, written on the root and on every
+        group, next to ``creation_library`` (``"bayesmeta"``),
+        ``creation_library_version`` (bayesmeta's version), ``creation_library_language``,
+        ``inference_library`` (``"numpyro"``) and ``inference_library_version``, which
+        ``attrs`` may override; ArviZ adds ``created_at`` (and, on 0.x, ``arviz_version``).
       obs_coords: extra (non-index) coordinates along the ``obs`` dim of the
-        ``observed_data`` and ``log_likelihood`` groups, e.g. ``{"task": label of each
-        row, "row": the caller's row number}``, so each row maps back to its task.
+        ``observed_data``, ``log_likelihood``, ``posterior_predictive`` and
+        ``constant_data`` groups, e.g. ``{"task": label of each row, "row": the caller's
+        row number}``, so each row maps back to its task.
+      predictions: ``{name: array (chain, draw, *shape)}``, draws at new rows (out of
+        sample), with the posterior's ``(chain, draw)``.
+      predictions_constant_data: ``{name: array}``, the new rows' inputs.
+      pred_dims, pred_coords: ``dims`` and ``coords`` of the two prediction groups (their
+        own, e.g. an ``obs`` dim of the new rows' size).
+      pred_obs_coords: as ``obs_coords``, for the two prediction groups.
 
     Returns:
       ``arviz.InferenceData`` under ArviZ 0.x, ``xarray.DataTree`` under ArviZ 1.x, with the
@@ -247,21 +262,8 @@ def to_arviz(
     >>> group_names(data)
     ['posterior']
     """
-    dims_ = {}
-    for name, names in (dims or {}).items():
-        if isinstance(names, str) or not all(isinstance(d, str) for d in names):
-            raise ValueError(f"dims['{name}']: expected a list of dim names, got {names!r}")
-        if set(names) & set(_SAMPLE_DIMS):
-            raise ValueError(f"dims['{name}']: name only the dims after (chain, draw): {names}")
-        dims_[name] = list(names)
-    coords_ = {}
-    for dim, labels in (coords or {}).items():
-        labels = np.asarray(labels)
-        if labels.ndim != 1:
-            raise ValueError(f"coords['{dim}']: expected a 1-D list of labels")
-        if len(np.unique(labels)) != len(labels):
-            raise ValueError(f"coords['{dim}']: labels are not unique")
-        coords_[dim] = labels.tolist()
+    dims_ = _as_dims(dims)
+    coords_ = _as_coords(coords)
 
     groups: dict[str, dict[str, np.ndarray]] = {}
     groups["posterior"] = _as_arrays("posterior", posterior)
@@ -293,32 +295,113 @@ def to_arviz(
     for group, arrays in groups.items():
         num_sample_dims = 0 if group.endswith("_data") else 2
         _check_dims(group, arrays, dims_, coords_, num_sample_dims)
+    pred_dims_ = _as_dims(pred_dims)
+    pred_coords_ = _as_coords(pred_coords)
+    pred_groups: dict[str, dict[str, np.ndarray]] = {}
+    if predictions:
+        pred_groups["predictions"] = _as_arrays("predictions", predictions)
+        _check_sampled("predictions", pred_groups["predictions"], lead)
+    if predictions_constant_data:
+        arrays = _as_arrays("predictions_constant_data", predictions_constant_data)
+        pred_groups["predictions_constant_data"] = arrays
+    for group, arrays in pred_groups.items():
+        num_sample_dims = 0 if group.endswith("_data") else 2
+        _check_dims(group, arrays, pred_dims_, pred_coords_, num_sample_dims)
 
-    attrs_ = dict(attrs or {})
-    az = _az()
-    if arviz_major() == 0:
-        data = az.from_dict(
-            **groups,
-            dims=dims_,
-            coords=coords_,
-            attrs=dict(attrs_),
-            posterior_attrs=dict(attrs_),
-            sample_stats_attrs=dict(attrs_),
-        )
-    else:
-        group_attrs = {"/": dict(attrs_)}
-        for group in ("posterior", "sample_stats"):
-            if group in groups:
-                group_attrs[group] = dict(attrs_)
-        data = az.from_dict(groups, dims=dims_, coords=coords_, attrs=group_attrs)
+    attrs_ = {**library_attrs(), **dict(attrs or {})}
+    data = _from_dict(groups, dims_, coords_, attrs_)
     if obs_coords:
         _add_obs_coords(data, obs_coords)
+    if pred_groups:
+        # built apart: the new rows have their own ``obs`` dim, and ArviZ 0.x would apply
+        # prediction coords to every group
+        extra = _from_dict(pred_groups, pred_dims_, pred_coords_, attrs_)
+        if pred_obs_coords:
+            _add_obs_coords(extra, pred_obs_coords, tuple(pred_groups))
+        if arviz_major() == 0:
+            data.extend(extra)
+        else:
+            for group in pred_groups:
+                data[group] = extra[group]
     return data
 
 
-def _add_obs_coords(data, obs_coords: Mapping[str, Sequence]) -> None:
+def _from_dict(groups, dims, coords, attrs):
+    """ArviZ's own dictionary converter on either line, ``attrs`` on the root and groups."""
+    az = _az()
+    if arviz_major() == 0:
+        return az.from_dict(
+            **groups,
+            dims=dims,
+            coords=coords,
+            attrs=dict(attrs),
+            **{f"{group}_attrs": dict(attrs) for group in groups},
+        )
+    group_attrs = {"/": dict(attrs)}
+    for group in groups:
+        group_attrs[group] = dict(attrs)
+    # ArviZ 1.x reads the prediction groups' dims and coords from pred_dims/pred_coords
+    return az.from_dict(
+        groups,
+        dims=dims,
+        coords=coords,
+        pred_dims=dims,
+        pred_coords=coords,
+        attrs=group_attrs,
+    )
+
+
+def library_attrs() -> dict[str, str]:
+    """The attributes naming who made an export: bayesmeta (creation) and NumPyro (inference).
+
+    >>> library_attrs()["creation_library"], library_attrs()["inference_library"]
+    ('bayesmeta', 'numpyro')
+    """
+    import numpyro
+
+    # the package root is always imported before this module; read, not imported, so this
+    # low layer does not depend on the top one
+    version = importlib.import_module("bayesmeta").__version__
+    return {
+        "creation_library": "bayesmeta",
+        "creation_library_version": str(version),
+        "creation_library_language": "Python",
+        "inference_library": "numpyro",
+        "inference_library_version": str(numpyro.__version__),
+    }
+
+
+def _as_dims(dims: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
+    out = {}
+    for name, names in (dims or {}).items():
+        if isinstance(names, str) or not all(isinstance(d, str) for d in names):
+            raise ValueError(f"dims['{name}']: expected a list of dim names, got {names!r}")
+        if set(names) & set(_SAMPLE_DIMS):
+            raise ValueError(f"dims['{name}']: name only the dims after (chain, draw): {names}")
+        out[name] = list(names)
+    return out
+
+
+def _as_coords(coords: Mapping[str, Sequence] | None) -> dict[str, list]:
+    out = {}
+    for dim, labels in (coords or {}).items():
+        labels = np.asarray(labels)
+        if labels.ndim != 1:
+            raise ValueError(f"coords['{dim}']: expected a 1-D list of labels")
+        if len(np.unique(labels)) != len(labels):
+            raise ValueError(f"coords['{dim}']: labels are not unique")
+        out[dim] = labels.tolist()
+    return out
+
+
+_OBS_GROUPS = ("observed_data", "log_likelihood", "posterior_predictive", "constant_data")
+
+
+def _add_obs_coords(
+    data, obs_coords: Mapping[str, Sequence], groups: Sequence[str] = _OBS_GROUPS
+) -> None:
     """Attach non-index coordinates along ``obs`` to the groups that have that dim."""
-    for group in ("observed_data", "log_likelihood"):
+    for group in groups:
         if group not in group_names(data):
             continue
         ds = data[group] if arviz_major() else getattr(data, group)

@@ -14,7 +14,7 @@ record                 fields (beyond ``options``, ``diagnostics``, ``extra``)
 :class:`LaplaceInfo`   ``laplace`` (per task: Newton convergence, importance ESS), and
                        ``timing``, ``chain_method``, ``target_accept``, ``retried`` as NUTS
 :class:`VIInfo`        ``elbo`` (per step), ``converged``, ``elbo_change``,
-                       ``guide_params``
+                       ``guide_params``, ``convergence`` (the criterion's values)
 :class:`ExactInfo`     ``exact`` (the :class:`~bayesmeta.exact.NormalNormalResult`)
 :class:`AdaptInfo`     ``adapt`` (per task: method, ESS, ...)
 :class:`MetaInfo`      ``gaussians`` (per-task Gaussians), ``prior``
@@ -107,6 +107,7 @@ class VIInfo(FitInfo):
     converged: bool | None = None
     elbo_change: float | None = None
     guide_params: dict | None = None
+    convergence: dict | None = None
 
 
 @dataclass

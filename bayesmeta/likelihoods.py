@@ -770,6 +770,14 @@ class Binomial(_CanonicalGLM):
     def _dist_eta(self, eta, data, extras_rows):
         return dist.Binomial(total_count=data["x"][..., 0], logits=eta)
 
+    def simulate_rows(self, key, theta_rows, data, extras_rows):
+        # NumPyro's binomial sampler looks the trial count up in a table: it must be an
+        # integer array (a float count fails under float64)
+        logits = self.row_dist(theta_rows, data, extras_rows).logits
+        trials = jnp.asarray(data["x"][..., 0]).astype(int)  # the default integer type
+        draws = dist.Binomial(total_count=trials, logits=logits).sample(key)
+        return draws.astype(logits.dtype)
+
     def _mean_weight(self, eta, tasks):
         p, n = _sigmoid(eta), tasks.x[:, 0]
         return n * p, n * p * (1.0 - p)

@@ -25,10 +25,20 @@ import numpyro.distributions as dist
 from bayesmeta import arviz as bm_arviz
 from bayesmeta import saving
 from bayesmeta.info import FitInfo, info_from
+from bayesmeta.likelihoods import Binomial
 from bayesmeta.model import Hierarchical
 from bayesmeta.tasks import TaskSet
 
 __all__ = ["Posterior", "load_posterior"]
+
+
+def _row_coords(tasks: TaskSet) -> dict:
+    """Each stored row's task label and the caller's label of that row."""
+    labels = np.asarray(tasks.labels, dtype=object)[tasks.task_index].astype(str)
+    rows = np.asarray(tasks.row_ids)
+    if not np.issubdtype(rows.dtype, np.number):  # a DataFrame's non-numeric index
+        rows = rows.astype(str)
+    return {"task": labels, "row": rows}
 
 
 class Posterior:
@@ -142,42 +152,253 @@ class Posterior:
         )
 
     # ------------------------------------------------------------------ ArviZ
-    def to_arviz(self, prior: bool = False, num_prior_draws: int = 500, seed: int = 0):
+    def to_arviz(
+        self,
+        prior: bool = False,
+        num_prior_draws: int = 500,
+        seed: int = 0,
+        *,
+        posterior_predictive: bool = False,
+        predictions: Any = None,
+    ):
         """Export through ArviZ's own converters: ``InferenceData`` on ArviZ 0.x, a
-        ``DataTree`` on ArviZ 1.x. Groups: posterior, sample_stats (when the sampler has
-        them), observed_data, log_likelihood (pointwise) and, with ``prior=True``, prior
-        draws of every parameter (and the prior predictive of ``y``)."""
+        ``DataTree`` on ArviZ 1.x.
+
+        Groups:
+
+        - ``posterior``; ``sample_stats`` when the sampler has them;
+        - ``observed_data``: ``y`` on dim ``obs`` (rows) or ``task`` (one estimate per
+          task), with non-index coordinates ``task`` (each row's task label) and ``row``
+          (the caller's row label: a position, or a DataFrame's index label) on ``obs``;
+        - ``log_likelihood``: pointwise ``y``, same dims and coordinates;
+        - ``constant_data``: ``task_index`` (``obs``, the position of each row's task on the
+          ``task`` coordinate), ``x`` (``obs``, ``feature``; column names as coordinates),
+          ``trials`` (``obs``, Binomial), ``noise_scale`` (``obs``, the known noise sd of each
+          row) or ``se`` (``task``, the standard errors of a meta-analysis), ``task_x``
+          (``task``, ``task_covariate``);
+        - ``posterior_predictive`` (``posterior_predictive=True``): one replicate of ``y``
+          per posterior draw, drawn from the model's likelihood given that draw (as
+          :meth:`predict`), same dims and coordinates as ``observed_data``; needed by
+          ``az.plot_ppc`` and ``az.plot_loo_pit``. Off by default: it costs one simulation
+          of every row per draw (``chain x draw x obs`` values);
+        - ``predictions`` and ``predictions_constant_data`` (``predictions=``): draws of
+          ``y`` at new rows, dim ``obs`` (its own ``0..m-1``) with coordinates ``task`` and
+          ``row``, and the new rows' ``x``/``noise_scale``/``task_index``. ``predictions`` is
+          a TaskSet of query rows (their ``y`` is not used): a task whose label is one of
+          this posterior's tasks (the fitted ones, or the new ones of ``post.adapt(...)``)
+          is predicted from its own draws, any other label as a brand-new task from
+          :meth:`population` (with the TaskSet's ``task_x`` when the population regresses
+          on them). Or a dict of :meth:`predict`'s arguments (``x``, ``task``,
+          ``noise_scale``, ``num_obs``, ``task_x``) for one block of rows;
+        - ``prior`` (``prior=True``): prior draws of every parameter and the prior
+          predictive of ``y``.
+
+        Every group with an ``obs`` dim lists the rows in the caller's order (the order of
+        the CSV file, DataFrame or arrays the TaskSet was built from), although the TaskSet
+        stores them sorted by task. Attributes: ``creation_library`` ``"bayesmeta"`` with
+        its version, ``inference_library`` ``"numpyro"`` with its version, ``method``.
+
+        >>> import bayesmeta as bm
+        >>> post = bm.fit(bm.Hierarchical(bm.likelihoods.NormalKnownNoise()),
+        ...               bm.datasets.eight_schools(), num_chains=2, num_samples=100,
+        ...               num_warmup=100)  # doctest: +SKIP
+        >>> data = post.to_arviz(posterior_predictive=True)  # doctest: +SKIP
+        >>> az.plot_ppc(data)  # doctest: +SKIP
+        """
+        order = self._row_order()
+
+        def rows(values, axis=-1):  # stored (task-sorted) rows -> the caller's order
+            values = np.asarray(values)
+            return values if order is None else np.take(values, order, axis=axis)
 
         prior_draws, prior_pred = None, None
         if prior:
             prior_draws, prior_pred = self._prior_draws(num_prior_draws, seed)
+            if prior_pred is not None:
+                prior_pred = {k: rows(v) for k, v in prior_pred.items()}
+        observed = {k: rows(v) for k, v in self.observed_data.items()}
+        loglik = {k: rows(v) for k, v in self.log_likelihood.items()}
+        pp = None
+        if posterior_predictive:
+            pp = {"y": rows(self._replicate_y(seed))}
+        constant, const_dims, const_coords = self._constant_data(self.tasks, rows)
+        dims = dict(self.dims)
+        coords = dict(self.coords)
+        for name, names in const_dims.items():
+            dims.setdefault(name, names)
+        for dim, labels in const_coords.items():
+            coords.setdefault(dim, labels)
+        pred = self._predictions(predictions, seed) if predictions is not None else None
+        obs_coords = self._obs_coords()
+        if obs_coords is not None:
+            obs_coords = {k: rows(v) for k, v in obs_coords.items()}
         return bm_arviz.to_arviz(
             self.samples,
-            dims=self.dims,
-            coords=self.coords,
+            dims=dims,
+            coords=coords,
             sample_stats=self.sample_stats or None,
-            log_likelihood=self.log_likelihood or None,
-            observed_data=self.observed_data or None,
+            log_likelihood=loglik or None,
+            observed_data=observed or None,
+            posterior_predictive=pp,
+            constant_data=constant or None,
             prior=prior_draws,
             prior_predictive=prior_pred,
-            attrs={
-                "inference_library": "numpyro",
-                "creation_library": "bayesmeta",
-                "method": self.method,
-            },
-            obs_coords=self._obs_coords(),
+            predictions=None if pred is None else pred["predictions"],
+            predictions_constant_data=None if pred is None else pred["constant"],
+            pred_dims=None if pred is None else pred["dims"],
+            pred_coords=None if pred is None else pred["coords"],
+            pred_obs_coords=None if pred is None else pred["obs_coords"],
+            attrs={"method": self.method},
+            obs_coords=obs_coords,
         )
 
+    def _row_order(self) -> np.ndarray | None:
+        """Stored-row indices in the caller's order, when ``y`` has one value per row."""
+        if self.tasks is None or self.dims.get("y") != ["obs"]:
+            return None
+        order = self.tasks.input_order
+        return None if np.array_equal(order, np.arange(order.shape[0])) else order
+
     def _obs_coords(self) -> dict | None:
-        """The task label and the caller's row number of every observed row (``obs``)."""
+        """The task label and the caller's row label of every stored row (``obs``)."""
         tasks = self.tasks
         if tasks is None or self.dims.get("y") != ["obs"]:
             return None
-        labels = np.asarray(tasks.labels, dtype=object)[tasks.task_index].astype(str)
-        rows = np.asarray(tasks.row_ids)
-        if not np.issubdtype(rows.dtype, np.number):  # a DataFrame's non-numeric index
+        return _row_coords(tasks)
+
+    def _replicate_y(self, seed: int) -> np.ndarray:
+        """One draw of every observed row's ``y`` per posterior draw, stored order."""
+        from bayesmeta.inference.adapt import check_seed, predict
+
+        if self.tasks is None or not hasattr(self.model, "likelihood"):
+            raise ValueError(
+                "posterior_predictive: needs a posterior of a bayesmeta model (this one came "
+                f"from {self.method!r} with model {type(self.model).__name__})"
+            )
+        key = jax.random.PRNGKey(check_seed(seed, "Posterior.to_arviz"))
+        y = predict(self, jax.random.fold_in(key, 1))
+        observed = self.observed_data.get("y")
+        if observed is not None and y.shape[2:] != observed.shape:
+            raise ValueError(
+                f"posterior_predictive: the likelihood simulates {y.shape[2:]} values but "
+                f"observed_data['y'] has shape {observed.shape}"
+            )
+        return y
+
+    def _constant_data(self, tasks: TaskSet | None, rows: Callable) -> tuple[dict, dict, dict]:
+        """``constant_data`` arrays with their dims and coords (rows via ``rows``)."""
+        if tasks is None:
+            return {}, {}, {}
+        lik = getattr(self.model, "likelihood", None)
+        arrays = lik.data_arrays(tasks) if lik is not None else {}
+        x = arrays.get("x", tasks.x)
+        noise = arrays.get("noise_scale", tasks.noise_scale)
+        out, dims, coords = {}, {}, {}
+        obs_dim = self.dims.get("y", ["obs"])[0] if self.dims.get("y") else "obs"
+        if tasks.is_estimates or obs_dim == "task":
+            if noise is not None and np.shape(noise) == (tasks.num_tasks,):
+                name = "se" if tasks.is_estimates else "noise_scale"
+                out[name], dims[name] = np.asarray(noise, float), ["task"]
+        else:
+            out["task_index"], dims["task_index"] = rows(tasks.task_index), ["obs"]
+            if x is not None:
+                x = np.asarray(x, float)
+                names = list(tasks.feature_names or [f"x{i}" for i in range(x.shape[1])])
+                if isinstance(lik, Binomial) and x.ndim == 2:
+                    out["trials"], dims["trials"] = rows(x[:, 0]), ["obs"]
+                out["x"], dims["x"] = rows(x, axis=0), ["obs", "feature"]
+                if x.ndim == 2 and len(names) == x.shape[1]:
+                    coords["feature"] = names
+            if noise is not None and np.shape(noise) == (tasks.num_obs,):
+                out["noise_scale"], dims["noise_scale"] = rows(noise), ["obs"]
+        if tasks.task_x is not None:
+            out["task_x"], dims["task_x"] = tasks.task_x, ["task", "task_covariate"]
+            coords["task_covariate"] = list(tasks.task_x_names)
+        # a site of the model with the same name keeps its name; the data gives way
+        clash = [k for k in out if k in self.samples or k in self.observed_data]
+        for name in clash:
+            out.pop(name)
+            dims.pop(name)
+        return out, dims, coords
+
+    def _predictions(self, predictions: Any, seed: int) -> dict:
+        """The ``predictions`` and ``predictions_constant_data`` groups (see to_arviz)."""
+        from bayesmeta.inference.adapt import check_seed, predict
+
+        key = jax.random.PRNGKey(check_seed(seed, "Posterior.to_arviz"))
+        key = jax.random.fold_in(key, 2)
+        known = set(self.tasks.labels) if self.tasks is not None else set()
+        blocks = []  # (predict kwargs, task label, row labels)
+        if isinstance(predictions, TaskSet):
+            query = predictions
+            for t, label in enumerate(query.labels):
+                sl = query.task_rows(t)
+                kwargs = {"num_obs": int(sl.stop - sl.start)}
+                if query.x is not None:
+                    kwargs["x"] = query.x[sl]
+                if query.noise_scale is not None:
+                    kwargs["noise_scale"] = query.noise_scale[sl]
+                if label in known:
+                    kwargs["task"] = label
+                elif query.task_x is not None:
+                    kwargs["task_x"] = dict(zip(query.task_x_names, query.task_x[t], strict=True))
+                blocks.append((kwargs, label, query.row_ids[sl], query.row_order[sl]))
+        elif isinstance(predictions, dict):
+            allowed = {"x", "task", "noise_scale", "num_obs", "task_x"}
+            unknown = sorted(set(predictions) - allowed)
+            if unknown:
+                raise ValueError(
+                    f"predictions: unknown keys {unknown}; expected some of {sorted(allowed)}"
+                )
+            kwargs = dict(predictions)
+            task = kwargs.get("task")
+            label = "new" if task is None else self.tasks.labels[self.tasks._index_of(task)]
+            blocks.append((kwargs, label, None, None))
+        else:
+            raise ValueError(
+                "predictions: expected a bm.TaskSet of query rows or a dict of "
+                f"Posterior.predict's arguments, got {type(predictions).__name__}"
+            )
+        ys, labels, row_ids, row_order, xs, noises, task_index = [], [], [], [], [], [], []
+        for b, (kwargs, label, ids, positions) in enumerate(blocks):
+            if kwargs.get("x") is None and kwargs.get("num_obs") is None:
+                raise ValueError("predictions: give x (or num_obs for tasks without inputs)")
+            y = predict(self, jax.random.fold_in(key, b), **kwargs)
+            n = y.shape[2]
+            ys.append(y)
+            labels += [label] * n
+            row_ids.append(np.arange(n) if ids is None else np.asarray(ids))
+            # a dict gives one block, already in the caller's order
+            row_order.append(np.arange(n) if positions is None else np.asarray(positions))
+            if kwargs.get("x") is not None:
+                x = np.asarray(kwargs["x"], float)
+                xs.append(x[:, None] if x.ndim == 1 else x)
+            if kwargs.get("noise_scale") is not None:
+                noises.append(np.broadcast_to(np.asarray(kwargs["noise_scale"], float), (n,)))
+            task_index += [b] * n
+        order = np.argsort(np.concatenate(row_order), kind="stable")
+        group = {"y": np.concatenate(ys, axis=2)[..., order]}
+        constant = {"task_index": np.asarray(task_index)[order]}
+        dims = {"y": ["obs"], "task_index": ["obs"]}
+        coords = {"obs": list(range(len(order)))}
+        if xs and len(xs) == len(blocks):
+            constant["x"], dims["x"] = np.concatenate(xs)[order], ["obs", "feature"]
+            names = getattr(self.tasks, "feature_names", None)
+            if names is not None and len(names) == constant["x"].shape[1]:
+                coords["feature"] = list(names)
+        if noises and len(noises) == len(blocks):
+            constant["noise_scale"], dims["noise_scale"] = np.concatenate(noises)[order], ["obs"]
+        rows = np.concatenate(row_ids)[order]
+        if not np.issubdtype(rows.dtype, np.number):
             rows = rows.astype(str)
-        return {"task": labels, "row": rows}
+        obs_coords = {"task": np.asarray(labels, dtype=object)[order].astype(str), "row": rows}
+        return {
+            "predictions": group,
+            "constant": constant,
+            "dims": dims,
+            "coords": coords,
+            "obs_coords": obs_coords,
+        }
 
     def _prior_draws(self, num_draws: int, seed: int):
         from numpyro.infer import Predictive

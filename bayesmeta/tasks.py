@@ -67,6 +67,10 @@ class TaskSet:
       task_x       # shape=(T, q) or None: task-level covariates (one row per task)
       task_x_names # tuple of q str, or None: their names (``z0``.. when not given)
       feature_names # tuple of str or None: names of the columns of x (``x0``.. when None)
+      row_ids      # shape=(N,): the caller's label of each row (a position, or a DataFrame's
+                   # index label), for messages and the ArviZ ``row`` coordinate
+      row_order    # shape=(N,), int: position of each stored row in the caller's input;
+                   # ``np.argsort(row_order)`` (:attr:`input_order`) gives the caller's order
 
     Use the constructors (``from_arrays``, ``from_tasks``, ``from_estimates``,
     ``from_csv``, ``from_dataframe``) rather than ``__init__``; they validate their input
@@ -85,6 +89,7 @@ class TaskSet:
         task_x: np.ndarray | None = None,
         task_x_names: Sequence[str] | None = None,
         feature_names: Sequence[str] | None = None,
+        row_order: np.ndarray | None = None,
     ):
         self.y = np.asarray(y, dtype=float)
         self.task_index = np.asarray(task_index, dtype=np.int32)
@@ -94,6 +99,11 @@ class TaskSet:
         self.is_estimates = bool(is_estimates)
         # the caller's row number of each stored row, for error messages
         self.row_ids = np.arange(self.y.shape[0]) if row_ids is None else np.asarray(row_ids)
+        # where each stored row sat in the caller's input (the stored rows are task-sorted)
+        n = self.y.shape[0]
+        self.row_order = np.arange(n) if row_order is None else np.asarray(row_order, dtype=int)
+        if self.row_order.shape != self.y.shape[:1]:
+            raise ValueError(f"row_order: expected {n} positions, got shape {self.row_order.shape}")
         self.task_x = None if task_x is None else np.asarray(task_x, dtype=float)
         self.task_x_names = None
         if self.task_x is not None:
@@ -287,6 +297,7 @@ class TaskSet:
             x=None if x_arr is None else x_arr[order],
             noise_scale=None if ns_arr is None else ns_arr[order],
             row_ids=order,
+            row_order=order,
             task_x=tx,
             task_x_names=tx_names,
             feature_names=x_names,
@@ -593,6 +604,18 @@ class TaskSet:
         return np.concatenate([[0], np.cumsum(self.counts)])
 
     @property
+    def input_order(self) -> np.ndarray:
+        """Stored-row indices in the caller's order: ``tasks.y[tasks.input_order]`` are the
+        responses as they were given (rows of a CSV file or DataFrame, or of ``from_arrays``;
+        ``from_tasks`` and ``from_estimates`` give them in task order already).
+
+        >>> ts = TaskSet.from_arrays(y=[1.0, 2.0, 3.0], task=["b", "a", "b"])
+        >>> ts.y.tolist(), ts.y[ts.input_order].tolist()
+        ([1.0, 3.0, 2.0], [1.0, 2.0, 3.0])
+        """
+        return np.argsort(self.row_order, kind="stable")
+
+    @property
     def feature_shape(self) -> tuple[int, ...]:
         return () if self.x is None else tuple(self.x.shape[1:])
 
@@ -656,6 +679,7 @@ class TaskSet:
             task_x=task_x,
             task_x_names=self.task_x_names,
             feature_names=self.feature_names,
+            row_order=self.row_order[rows],
         )
 
     def subset(self, tasks: Sequence[int | str]) -> TaskSet:
@@ -780,6 +804,7 @@ class TaskSet:
             self.task_x,
             self.task_x_names,
             self.feature_names,
+            self.row_order,
         )
 
     def with_task_x(self, task_x: Any, names: Sequence[str] | None = None) -> TaskSet:
@@ -799,6 +824,7 @@ class TaskSet:
             tx,
             names,
             self.feature_names,
+            self.row_order,
         )
 
     def with_y(self, y: Any) -> TaskSet:

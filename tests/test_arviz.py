@@ -135,6 +135,47 @@ def test_attrs_on_root_and_posterior(data):
     assert data["posterior"].attrs["method"] == "nuts"
 
 
+def test_library_attrs_on_every_group_and_the_root(data):
+    """creation_library(_version) name bayesmeta, not ArviZ (1.x writes arviz_base's own
+    name and version unless told), inference_library numpyro, on both lines."""
+    import numpyro
+
+    import bayesmeta
+
+    for node in [data] + [data[group] for group in bma.group_names(data)]:
+        attrs = node.attrs
+        assert attrs["creation_library"] == "bayesmeta"
+        assert attrs["creation_library_version"] == bayesmeta.__version__
+        assert attrs["inference_library"] == "numpyro"
+        assert attrs["inference_library_version"] == numpyro.__version__
+
+
+def test_prediction_groups_keep_their_own_obs_dim():
+    """predictions / predictions_constant_data: their own obs size and coordinates, next to
+    an observed_data with another obs size, with non-index coords on obs."""
+    rng = np.random.default_rng(0)
+    out = bma.to_arviz(
+        {"mu": rng.normal(size=(2, 10))},
+        dims={"y": ["obs"]},
+        coords={"obs": [0, 1, 2]},
+        observed_data={"y": np.arange(3.0)},
+        predictions={"y": rng.normal(size=(2, 10, 2))},
+        predictions_constant_data={"x": np.array([5.0, 6.0])},
+        pred_dims={"y": ["obs"], "x": ["obs"]},
+        pred_coords={"obs": [0, 1]},
+        pred_obs_coords={"task": np.array(["a", "b"])},
+    )
+    groups = bma.group_names(out)
+    assert {"predictions", "predictions_constant_data", "observed_data"} <= set(groups)
+    pred = out["predictions"]["y"]
+    assert pred.dims == ("chain", "draw", "obs") and pred.shape == (2, 10, 2)
+    assert out["predictions"]["task"].values.tolist() == ["a", "b"]
+    assert out["predictions_constant_data"]["x"].values.tolist() == [5.0, 6.0]
+    assert out["observed_data"]["y"].shape == (3,)
+    with pytest.raises(ValueError, match="predictions"):
+        bma.to_arviz({"mu": np.zeros((2, 10))}, predictions={"y": np.zeros((1, 10, 2))})
+
+
 def test_sample_stats_use_arviz_names(data, draws):
     got = bma.group_arrays(data, "sample_stats")
     raw = draws["sample_stats"]

@@ -200,3 +200,33 @@ def test_with_y_replaces_only_the_responses():
         ts.with_y([1.0, 2.0])
     with pytest.raises(ValueError, match="y: non-finite value nan at task"):
         ts.with_y([1.0, np.nan, 2.0])
+
+
+def test_input_order_recovers_the_callers_rows(tmp_path):
+    TaskSet = bm.TaskSet
+    """Rows are stored task-sorted; ``input_order`` gives them back as they were given, and
+    survives the copies (``with_noise_scale``, ``with_task_x``, ``subset`` of all tasks)."""
+    import pandas as pd
+
+    y = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    task = np.array(["b", "a", "c", "a", "b"])
+    ts = TaskSet.from_arrays(y=y, task=task, x=np.arange(5.0))
+    assert ts.y.tolist() != y.tolist()  # stored in task order b, b, a, a, c
+    np.testing.assert_array_equal(ts.y[ts.input_order], y)
+    np.testing.assert_array_equal(ts.x[ts.input_order, 0], np.arange(5.0))
+    for copy in (ts.with_noise_scale(1.0), ts.with_task_x([[0.0], [1.0], [2.0]])):
+        np.testing.assert_array_equal(copy.y[copy.input_order], y)
+    sub = ts.subset(["a", "c", "b"])
+    np.testing.assert_array_equal(sub.y[sub.input_order], y)
+    # a frame with an unsorted, non-numeric index: positions, not labels, give the order
+    df = pd.DataFrame({"g": task, "y": y}, index=["r5", "r1", "r4", "r2", "r3"])
+    ts = TaskSet.from_dataframe(df, task="g", y="y")
+    np.testing.assert_array_equal(ts.y[ts.input_order], y)
+    assert ts.row_ids[ts.input_order].tolist() == ["r5", "r1", "r4", "r2", "r3"]
+    path = tmp_path / "rows.csv"
+    df.to_csv(path, index=False)
+    ts = TaskSet.from_csv(str(path), task="g", y="y")
+    np.testing.assert_array_equal(ts.y[ts.input_order], y)
+    # from_tasks is given task by task: stored order is the caller's
+    ts = TaskSet.from_tasks([[1.0, 2.0], [3.0]])
+    assert ts.input_order.tolist() == [0, 1, 2]

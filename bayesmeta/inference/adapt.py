@@ -447,6 +447,12 @@ def predict(
     lik = model.likelihood
     if getattr(lik, "sample_fn", True) is None:  # fail before any compiling
         raise ValueError("predict: a Custom likelihood needs sample_fn= to simulate data")
+    missing = [k for k in lik.global_priors() if k not in post.samples]
+    if missing:
+        raise ValueError(
+            f"predict: this posterior has no draws of the likelihood's shared {missing} (a "
+            "posterior from adapt() does not carry them); predict from the fitted posterior"
+        )
     num = post.num_chains * post.num_draws
     theta_site = getattr(model, "theta_site", "theta")
     shared = {k: jnp.asarray(post.flat(k)) for k in lik.global_priors()}

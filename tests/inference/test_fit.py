@@ -123,10 +123,22 @@ def test_vi_recovers_logistic_population_mean():
     mod = util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     post = bm.fit(
-        model, tasks, method="vi", seed=0, num_steps=3000, learning_rate=0.02, num_samples=2000
+        model,
+        tasks,
+        method="vi",
+        seed=0,
+        num_steps=3000,
+        learning_rate=0.02,
+        num_samples=2000,
+        warn=False,
     )
     assert post.num_chains == 1 and post.num_draws == 2000
-    assert post.info["converged"]
+    # The ELBO is flat after 3,000 steps, but the guide's log tau still moves about half its
+    # sd over the last half of the run (tau 0.46 here, 0.48 after 30,000 steps, where the
+    # criterion passes), so the run is honestly reported as not converged.
+    crit = post.info["convergence"]
+    assert crit["elbo_change"] < 0.01
+    assert not post.info["converged"] and crit["loc_drift"] > 0.1
     assert len(post.info["elbo"]) == 3000
     mean = post.mean("mu")
     # The truth is one draw of a data set: even the exact posterior puts it within 1 sd only
