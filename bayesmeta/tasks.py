@@ -62,8 +62,8 @@ class TaskSet:
       x            # shape=(N, *feature_shape) or None: inputs
       task_index   # shape=(N,), int32: task of each row, non-decreasing
       noise_scale  # shape=(N,) or None: known observation noise sd per row
-      labels       # tuple of str, one per task
-      is_estimates # True when built by from_estimates (one estimate + se per task)
+      labels       # tuple of str: one per task
+      is_estimates # bool: True when built by from_estimates (one estimate + se per task)
       task_x       # shape=(T, q) or None: task-level covariates (one row per task)
       task_x_names # tuple of q str, or None: their names (``z0``.. when not given)
       feature_names # tuple of str or None: names of the columns of x (``x0``.. when None)

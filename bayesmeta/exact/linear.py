@@ -112,9 +112,11 @@ def linear_sufficient_stats(
     """Segment sums of ``x x^T``, ``x y``, ``y^2`` (divided by ``s^2``) per task.
 
     Args:
-      x: ``(N, p)`` inputs; y: ``(N,)``; task_index: ``(N,)`` ints in ``[0, num_tasks)``;
-      num_tasks: static number of tasks; noise_scale: ``(N,)`` known relative noise scales
-      ``s_r`` or None (all ones).
+      x: ``(N, p)`` inputs.
+      y: ``(N,)``.
+      task_index: ``(N,)`` ints in ``[0, num_tasks)``.
+      num_tasks: static number of tasks.
+      noise_scale: ``(N,)`` known relative noise scales ``s_r`` or None (all ones).
     Returns:
       :class:`LinearStats`.
     """

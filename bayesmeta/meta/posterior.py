@@ -215,7 +215,7 @@ def implied_prior_cov(hessian: Any, inner_lr: Any, num_steps: int) -> np.ndarray
       and ``Q diag(l) Q^T = S H S`` (``k`` on ``l = 0``).
 
     Raises:
-      ValueError if some ``l > 0`` has ``(1 - l)^k`` outside ``(0, 1)`` (the steps
+      ValueError: if some ``l > 0`` has ``(1 - l)^k`` outside ``(0, 1)`` (the steps
       overshoot: no Gaussian prior is implied).
     """
     h = np.asarray(hessian, dtype=float)
