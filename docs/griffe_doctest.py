@@ -4,7 +4,9 @@ code.
 The code base writes doctest examples as plain ``>>>`` lines (run by
 ``tests/test_doctests.py``), without an ``Examples:`` section; rendered as Markdown they
 would run together as one paragraph. This wraps each run of non-blank lines that starts
-with ``>>>`` (a doctest example and its expected output) in a ``pycon`` fence.
+with ``>>>`` (a doctest example and its expected output) in a ``pycon`` fence, and shows
+the reST cross-reference roles the docstrings use (``:class:`X```, ``:func:`~a.b```) as
+code (``X``, ``b``), as Sphinx would.
 """
 
 import re
@@ -12,6 +14,12 @@ import re
 import griffe
 
 _FLAGS = re.compile(r"\s*# doctest:.*$")
+_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|obj|exc):`(~?)([^`]+)`")
+
+
+def _role(match: re.Match) -> str:
+    target = match.group(2)
+    return f"`{target.rsplit('.', 1)[-1] if match.group(1) else target}`"
 
 
 def _fence(text: str) -> str:
@@ -32,8 +40,11 @@ def _fence(text: str) -> str:
 
 
 class DoctestBlocks(griffe.Extension):
-    """Fences the ``>>>`` examples of every docstring before it is parsed."""
+    """Fences the ``>>>`` examples of every docstring, and rewrites its reST roles, before
+    it is parsed."""
 
     def on_object(self, *, obj, **kwargs) -> None:
-        if obj.docstring is not None and ">>>" in obj.docstring.value:
-            obj.docstring.value = _fence(obj.docstring.value)
+        if obj.docstring is None:
+            return
+        text = _ROLE.sub(_role, obj.docstring.value)
+        obj.docstring.value = _fence(text) if ">>>" in text else text

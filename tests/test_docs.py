@@ -79,3 +79,17 @@ def test_pages_of_missing_modules_say_so():
     assert "not part of this version" in out
     present = "<!-- needs: bayesmeta.tasks -->\n# bayesmeta.tasks\n\n::: bayesmeta.tasks\n"
     assert hooks.on_page_markdown(present, page=None, config=None, files=None) == present
+
+
+def test_examples_are_fenced_and_roles_shown_as_code():
+    """The docs' Griffe extension: a ``>>>`` run (example and output, up to a blank line)
+    becomes one ``pycon`` block; ``:class:`~a.B``` becomes ```B```."""
+    pytest.importorskip("griffe")
+    spec = importlib.util.spec_from_file_location(
+        "docs_griffe", ROOT / "docs" / "griffe_doctest.py"
+    )
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    text = "Text.\n\n  >>> f(1)  # doctest: +SKIP\n  2\n\nMore."
+    assert ext._fence(text) == "Text.\n\n  ```pycon\n  >>> f(1)\n  2\n  ```\n\nMore."
+    assert ext._ROLE.sub(ext._role, "a :class:`~x.y.B` and :func:`f`") == "a `B` and `f`"
