@@ -291,6 +291,11 @@ def tau2_estimate(y: Any, se: Any, method: str = "REML") -> np.ndarray:
 
     ``y``, ``se``: arrays ``(..., k)`` (leading axes are independent meta-analyses, e.g.
     simulation replications); returns ``(...)``.
+
+    >>> import bayesmeta as bm
+    >>> # DerSimonian-Laird: (Q - (k - 1)) / (sum w - sum w^2 / sum w) = (8 - 2) / (3 - 1)
+    >>> round(float(bm.estimators.tau2_estimate([0.0, 2.0, 4.0], [1.0] * 3, method="DL")), 4)
+    3.0
     """
     y = np.asarray(y, dtype=float)
     v = np.broadcast_to(np.asarray(se, dtype=float) ** 2, y.shape)
@@ -606,6 +611,11 @@ class PooledEstimate:
 
     Fields: ``method``, ``mu``, ``se``, ``ci_low``, ``ci_high``, ``level``, ``df`` (``inf``
     for a normal interval), ``k`` (tasks), ``weights`` (``(k,)``, summing to 1).
+
+    >>> import bayesmeta as bm
+    >>> res = bm.estimators.complete_pooling([1.0, 3.0], [1.0, 3.0])
+    >>> isinstance(res, bm.estimators.PooledEstimate), [round(float(w), 4) for w in res.weights]
+    (True, [0.9, 0.1])
     """
 
     method: str
@@ -630,7 +640,13 @@ class PooledEstimate:
 class PerTaskEstimates:
     """One estimate per task: ``labels``, ``estimate``, ``se``, ``ci_low``, ``ci_high``
     (each ``(k,)``; ``nan`` where an estimator has no standard error), ``method``,
-    ``level`` and ``shrinkage`` (the factor toward the common target; 0 for none)."""
+    ``level`` and ``shrinkage`` (the factor toward the common target; 0 for none).
+
+    >>> import bayesmeta as bm
+    >>> res = bm.estimators.no_pooling([1.0, 3.0], [1.0, 2.0], labels=["a", "b"])
+    >>> isinstance(res, bm.estimators.PerTaskEstimates), list(res.labels), res.estimate.tolist()
+    (True, ['a', 'b'], [1.0, 3.0])
+    """
 
     method: str
     labels: tuple[str, ...]
@@ -673,6 +689,11 @@ class MetaAnalysis:
       weights           (k,) weights of the tasks in mu, summing to 1
       y, y_se           (k,) the per-task estimates and standard errors analysed
       labels, level, knapp_hartung, prediction
+
+    >>> import bayesmeta as bm
+    >>> res = bm.estimators.random_effects(bm.datasets.bcg(), method="DL")
+    >>> isinstance(res, bm.estimators.MetaAnalysis), res.method, res.k
+    (True, 'DL', 13)
     """
 
     method: str
@@ -758,6 +779,12 @@ class MetaRegressionPrediction:
     (prediction interval of a new task's effect, ``pred +- crit sqrt(se^2 + tau^2)``), each
     ``(m,)``; ``level``, ``df`` (of the confidence interval), ``pi_df`` (of the prediction
     interval; ``inf`` for z) and ``coef_names``.
+
+    >>> import bayesmeta as bm
+    >>> res = bm.estimators.random_effects(bm.datasets.bcg(), mods=["ablat"])
+    >>> pred = res.predict({"ablat": [10.0, 50.0]})
+    >>> isinstance(pred, bm.estimators.MetaRegressionPrediction), pred.pred.shape
+    (True, (2,))
     """
 
     x: np.ndarray
@@ -824,6 +851,11 @@ class MetaRegression:
       x                   (k, p) design matrix (the intercept column first)
       y, y_se             (k,) the per-task estimates and standard errors analysed
       labels, level, knapp_hartung, prediction
+
+    >>> import numpy as np, bayesmeta as bm
+    >>> res = bm.estimators.random_effects(bm.datasets.bcg(), mods=["ablat"])  # REML
+    >>> res.coef_names, [round(float(c), 4) for c in res.coef]  # metafor: 0.2515, -0.0291
+    (('intrcpt', 'ablat'), [0.2515, -0.0291])
     """
 
     method: str
@@ -1052,6 +1084,11 @@ def complete_pooling(y: Any, se: Any = None, level: float = 0.95) -> PooledEstim
     one i.i.d. sample (``sd(all rows) / sqrt(N)``) or, with known noise scales, uses them
     (inverse-variance over rows). Heterogeneity between tasks is ignored, so the interval is
     too narrow when tasks differ; a large task dominates.
+
+    >>> import bayesmeta as bm
+    >>> res = bm.estimators.complete_pooling([1.0, 3.0], [1.0, 1.0])
+    >>> round(res.mu, 4), round(res.se, 4)  # inverse-variance mean, 1 / sqrt(2)
+    (2.0, 0.7071)
     """
 
     level = _check_level(level)
@@ -1093,7 +1130,13 @@ def complete_pooling(y: Any, se: Any = None, level: float = 0.95) -> PooledEstim
 
 
 def no_pooling(y: Any, se: Any = None, level: float = 0.95, labels: Any = None) -> PerTaskEstimates:
-    """Each task on its own: ``y_i`` with normal interval ``y_i +- z s_i``."""
+    """Each task on its own: ``y_i`` with normal interval ``y_i +- z s_i``.
+
+    >>> import bayesmeta as bm
+    >>> res = bm.estimators.no_pooling([1.0, 3.0], [1.0, 2.0])
+    >>> [round(float(v), 2) for v in res.ci_low]  # y - 1.96 se
+    [-0.96, -0.92]
+    """
     level = _check_level(level)
     est, s, labels = _estimates(y, se, labels)
     z = float(ndtri(0.5 + level / 2))
@@ -1107,6 +1150,11 @@ def mean_of_estimates(y: Any, se: Any = None, level: float = 0.95) -> PooledEsti
     which contains both within-task noise and between-task heterogeneity), with a t interval
     on ``k - 1`` df. ``se`` is needed only to accept the same inputs as the other
     estimators (and to reduce a TaskSet). Needs ``k >= 2``.
+
+    >>> import bayesmeta as bm
+    >>> res = bm.estimators.mean_of_estimates([1.0, 3.0, 8.0], [1.0, 1.0, 1.0])
+    >>> round(res.mu, 4), round(res.se, 4)  # mean 4, sd(y) / sqrt(3) = sqrt(13 / 3)
+    (4.0, 2.0817)
     """
     level = _check_level(level)
     est, _, _ = _estimates(y, se)
@@ -1133,6 +1181,11 @@ def fixed_effect(y: Any, se: Any = None, level: float = 0.95, labels: Any = None
     """Fixed-effect (common-effect) inverse-variance meta-analysis with Q, I^2, H^2.
 
     ``I^2 = 100 max(0, (Q - (k-1)) / Q)`` and ``H^2 = Q / (k-1)`` (Higgins & Thompson 2002).
+
+    >>> import bayesmeta as bm
+    >>> res = bm.estimators.fixed_effect([0.0, 2.0, 4.0], [1.0, 1.0, 1.0])
+    >>> round(res.mu, 4), round(res.q, 4), round(res.i2, 4), round(res.h2, 4)  # Q = 4 + 0 + 4
+    (2.0, 8.0, 75.0, 4.0)
     """
     level = _check_level(level)
     est, s, labels = _estimates(y, se, labels)
@@ -1404,6 +1457,12 @@ def james_stein(
     equal standard errors this is the classic Efron-Morris form
     ``ybar + (1 - (k-3) s^2 / sum (y - ybar)^2)_+ (y - ybar)``. Needs ``k >= 4``. The
     estimator has no simple standard error: ``se`` and the interval fields are nan.
+
+    >>> import bayesmeta as bm
+    >>> res = bm.estimators.james_stein([0.0, 1.0, 2.0, 7.0], [1.0] * 4)
+    >>> # m = 2.5, Q = 29, B = (4 - 3) / 29: theta = 2.5 + (28 / 29) (y - 2.5)
+    >>> [round(float(v), 4) for v in res.estimate]
+    [0.0862, 1.0517, 2.0172, 6.8448]
     """
     level = _check_level(level)
     est, s, labels = _estimates(y, se, labels)

@@ -14,6 +14,20 @@ def load_model(path: str):
     The file must define ``model`` (a ``bm.Hierarchical`` or a NumPyro model function) and
     ``tasks()`` returning a ``bm.TaskSet``; it may define ``FIT_OPTIONS`` (a dict of default
     ``bm.fit`` options), available as ``load_model.last_options``.
+
+    >>> import os, tempfile, bayesmeta as bm
+    >>> path = os.path.join(tempfile.mkdtemp(), "two_schools.py")
+    >>> lines = [
+    ...     "import bayesmeta as bm",
+    ...     "model = bm.Hierarchical(bm.likelihoods.NormalKnownNoise(), bm.populations.Normal())",
+    ...     "def tasks():",
+    ...     "    return bm.TaskSet.from_estimates(y=[28.0, 8.0], se=[15.0, 10.0])",
+    ... ]
+    >>> with open(path, "w") as f:
+    ...     print(*lines, sep=chr(10), file=f)
+    >>> model, tasks = bm.load_model(path)
+    >>> type(model).__name__, tasks.num_tasks
+    ('Hierarchical', 2)
     """
     if not os.path.isfile(path):
         raise ValueError(f"model file: {path!r} does not exist")

@@ -396,7 +396,13 @@ def _expand_prior(prior, param_shape):
 
 class Pooled(_TaskModel):
     """Complete pooling: one ``theta`` shared by every task, prior ``prior``
-    (default ``Normal(0, 10)`` per component)."""
+    (default ``Normal(0, 10)`` per component).
+
+    >>> import bayesmeta as bm
+    >>> model = bm.Pooled(bm.likelihoods.NormalKnownNoise())
+    >>> model.hyper_sites()  # one theta for every task
+    ['theta']
+    """
 
     def __init__(self, likelihood: lk.Likelihood, prior: dist.Distribution | None = None):
         self.likelihood = _check_likelihood(likelihood)
@@ -416,7 +422,13 @@ class Pooled(_TaskModel):
 
 
 class Unpooled(_TaskModel):
-    """No pooling: ``theta_t ~ prior`` independently per task (default ``Normal(0, 10)``)."""
+    """No pooling: ``theta_t ~ prior`` independently per task (default ``Normal(0, 10)``).
+
+    >>> import bayesmeta as bm
+    >>> model = bm.Unpooled(bm.likelihoods.NormalKnownNoise())
+    >>> model.hyper_sites()  # no population: nothing shared between tasks
+    []
+    """
 
     def __init__(self, likelihood: lk.Likelihood, prior: dist.Distribution | None = None):
         self.likelihood = _check_likelihood(likelihood)
@@ -434,12 +446,22 @@ class Unpooled(_TaskModel):
 
 
 def pooled(likelihood: lk.Likelihood, prior: dist.Distribution | None = None) -> Pooled:
-    """Complete pooling of ``likelihood`` (see :class:`Pooled`)."""
+    """Complete pooling of ``likelihood`` (see :class:`Pooled`).
+
+    >>> import bayesmeta as bm
+    >>> isinstance(bm.pooled(bm.likelihoods.NormalKnownNoise()), bm.Pooled)
+    True
+    """
     return Pooled(likelihood, prior)
 
 
 def unpooled(likelihood: lk.Likelihood, prior: dist.Distribution | None = None) -> Unpooled:
-    """No pooling of ``likelihood`` (see :class:`Unpooled`)."""
+    """No pooling of ``likelihood`` (see :class:`Unpooled`).
+
+    >>> import bayesmeta as bm
+    >>> isinstance(bm.unpooled(bm.likelihoods.NormalKnownNoise()), bm.Unpooled)
+    True
+    """
     return Unpooled(likelihood, prior)
 
 

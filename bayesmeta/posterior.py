@@ -60,6 +60,16 @@ class Posterior:
       info: what the engine reports besides the draws: a typed record of
         :mod:`bayesmeta.info` (a plain mapping becomes a :class:`~bayesmeta.info.FitInfo`,
         its unknown keys in ``extra``); read as ``post.info.timing`` or ``post.info["timing"]``.
+
+    >>> import bayesmeta as bm
+    >>> model = bm.Hierarchical(bm.likelihoods.NormalKnownNoise(), bm.populations.Normal())
+    >>> post = bm.fit(model, bm.datasets.eight_schools(), method="exact", num_samples=100)
+    >>> isinstance(post, bm.Posterior), post.dims["theta"], post.samples["mu"].shape
+    (True, ['task'], (4, 100))
+    >>> new = bm.TaskSet.from_estimates(y=[5.0], se=[10.0], labels=["new school"])
+    >>> # a new task's posterior, without refitting (it compiles: seconds)
+    >>> post.adapt(new).labels  # doctest: +SKIP
+    ('new school',)
     """
 
     def __init__(
@@ -630,6 +640,15 @@ def load_posterior(path: str) -> Posterior:
       ValueError: the file does not exist, is truncated or damaged, was not written by
         ``Posterior.save`` (read plain ArviZ files with ``arviz.from_netcdf``), or is in
         another format version than this bayesmeta reads.
+
+    >>> import os, tempfile, numpy as np, bayesmeta as bm
+    >>> model = bm.Hierarchical(bm.likelihoods.NormalKnownNoise(), bm.populations.Normal())
+    >>> post = bm.fit(model, bm.datasets.eight_schools(), method="exact", num_samples=50)
+    >>> path = os.path.join(tempfile.mkdtemp(), "fit.nc")
+    >>> _ = post.save(path)
+    >>> again = bm.load_posterior(path)
+    >>> again.method, bool(np.array_equal(again.samples["theta"], post.samples["theta"]))
+    ('exact', True)
     """
     record, arrays = saving.read_posterior(path)
     return Posterior(

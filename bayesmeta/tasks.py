@@ -34,6 +34,11 @@ class PaddedTasks(NamedTuple):
       x            # shape=(T, M, *feature_shape) or None, padded with 0
       noise_scale  # shape=(T, M) or None, padded with 1
       mask         # shape=(T, M), bool, True on real rows
+
+    >>> import bayesmeta as bm
+    >>> padded = bm.TaskSet.from_arrays(y=[1.0, 2.0, 4.0], task=[0, 0, 1]).padded()
+    >>> padded.y.tolist(), padded.mask.tolist()
+    ([[1.0, 2.0], [4.0, 0.0]], [[True, True], [True, False]])
     """
 
     y: np.ndarray
@@ -62,8 +67,8 @@ class TaskSet:
       x            # shape=(N, *feature_shape) or None: inputs
       task_index   # shape=(N,), int32: task of each row, non-decreasing
       noise_scale  # shape=(N,) or None: known observation noise sd per row
-      labels       # tuple of str, one per task
-      is_estimates # True when built by from_estimates (one estimate + se per task)
+      labels       # tuple of str: one per task
+      is_estimates # bool: True when built by from_estimates (one estimate + se per task)
       task_x       # shape=(T, q) or None: task-level covariates (one row per task)
       task_x_names # tuple of q str, or None: their names (``z0``.. when not given)
       feature_names # tuple of str or None: names of the columns of x (``x0``.. when None)
@@ -75,6 +80,13 @@ class TaskSet:
     Use the constructors (``from_arrays``, ``from_tasks``, ``from_estimates``,
     ``from_csv``, ``from_dataframe``) rather than ``__init__``; they validate their input
     and name the field, task and row of the first problem.
+
+    >>> import bayesmeta as bm
+    >>> tasks = bm.TaskSet.from_arrays(y=[1.0, 2.0, 4.0], task=["b", "a", "b"])
+    >>> tasks.num_tasks, tasks.labels, tasks.counts.tolist()  # tasks in order of appearance
+    (2, ('b', 'a'), [2, 1])
+    >>> bm.TaskSet.from_estimates(y=[28.0, 8.0], se=[15.0, 10.0], labels=["A", "B"]).is_estimates
+    True
     """
 
     def __init__(

@@ -71,6 +71,12 @@ class LinearStats(NamedTuple):
     yty        # shape=(T,):      sum_r y_r^2 / s_r^2
     count      # shape=(T,):      rows per task
     log_scale  # shape=(T,):      sum_r log s_r (0 with unit noise scales)
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> x, y, task = jnp.ones((3, 1)), jnp.array([1.0, 2.0, 4.0]), jnp.array([0, 0, 1])
+    >>> stats = bm.exact.linear_sufficient_stats(x, y, task, 2)  # an intercept per task
+    >>> isinstance(stats, bm.exact.LinearStats), stats._fields
+    (True, ('xtx', 'xty', 'yty', 'count', 'log_scale'))
     """
 
     xtx: jnp.ndarray
@@ -87,6 +93,13 @@ class LinearHyper(NamedTuple):
                 #   regression on task covariates)
     scale_tril  # shape=(p, p): lower-triangular L with Sigma = L L^T
     noise       # shape=():     noise sd sigma (multiplies the per-row scales s_r)
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> x, y, task = jnp.ones((3, 1)), jnp.array([1.0, 2.0, 4.0]), jnp.array([0, 0, 1])
+    >>> stats = bm.exact.linear_sufficient_stats(x, y, task, 2)  # an intercept per task
+    >>> hyper = bm.exact.LinearHyper(mu=jnp.zeros(1), scale_tril=jnp.eye(1), noise=jnp.asarray(1.0))
+    >>> hyper.scale_tril.shape, float(hyper.noise)
+    ((1, 1), 1.0)
     """
 
     mu: jnp.ndarray
@@ -100,7 +113,13 @@ class LinearHyper(NamedTuple):
 
 
 class GaussianPosterior(NamedTuple):
-    """A Gaussian: ``mean`` ``(..., d)`` and ``cov`` ``(..., d, d)``."""
+    """A Gaussian: ``mean`` ``(..., d)`` and ``cov`` ``(..., d, d)``.
+
+    >>> import jax.numpy as jnp, bayesmeta as bm
+    >>> g = bm.exact.GaussianPosterior(mean=jnp.zeros(2), cov=jnp.eye(2))
+    >>> g.mean.shape, g.cov.shape
+    ((2,), (2, 2))
+    """
 
     mean: jnp.ndarray
     cov: jnp.ndarray
@@ -112,11 +131,21 @@ def linear_sufficient_stats(
     """Segment sums of ``x x^T``, ``x y``, ``y^2`` (divided by ``s^2``) per task.
 
     Args:
-      x: ``(N, p)`` inputs; y: ``(N,)``; task_index: ``(N,)`` ints in ``[0, num_tasks)``;
-      num_tasks: static number of tasks; noise_scale: ``(N,)`` known relative noise scales
-      ``s_r`` or None (all ones).
+      x: ``(N, p)`` inputs.
+      y: ``(N,)``.
+      task_index: ``(N,)`` ints in ``[0, num_tasks)``.
+      num_tasks: static number of tasks.
+      noise_scale: ``(N,)`` known relative noise scales ``s_r`` or None (all ones).
     Returns:
       :class:`LinearStats`.
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> x, y, task = jnp.ones((3, 1)), jnp.array([1.0, 2.0, 4.0]), jnp.array([0, 0, 1])
+    >>> stats = bm.exact.linear_sufficient_stats(x, y, task, 2)  # an intercept per task
+    >>> np.asarray(stats.xtx).ravel().tolist(), np.asarray(stats.xty).ravel().tolist()
+    ([2.0, 1.0], [3.0, 4.0])
+    >>> np.asarray(stats.yty).tolist()  # 1 + 4, 16
+    [5.0, 16.0]
     """
     x = jnp.asarray(x)
     y = jnp.asarray(y)
@@ -146,7 +175,17 @@ def linear_residual_stats(stats: LinearStats, num_varying: int, beta=None) -> Li
     ``yty``); ``beta`` None: no common part, ``stats`` as they are.
 
     ``A = X_v'X_v``, ``b = X_v'y - X_v'X_c beta``,
-    ``c = y'y - 2 beta'X_c'y + beta'X_c'X_c beta`` (all weighted by ``1/s^2``)."""
+    ``c = y'y - 2 beta'X_c'y + beta'X_c'X_c beta`` (all weighted by ``1/s^2``).
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> y, task, xc = jnp.array([1.0, 2.0, 4.0]), jnp.array([0, 0, 1]), jnp.array([0.0, 1.0, 2.0])
+    >>> design = jnp.stack([jnp.ones(3), xc], axis=1)  # varying intercept, then a common slope
+    >>> full = bm.exact.linear_sufficient_stats(design, y, task, 2)
+    >>> res = bm.exact.linear_residual_stats(full, 1, beta=jnp.array([0.5]))
+    >>> direct = bm.exact.linear_sufficient_stats(jnp.ones((3, 1)), y - 0.5 * xc, task, 2)
+    >>> bool(np.allclose(res.xty, direct.xty) and np.allclose(res.yty, direct.yty))
+    True
+    """
     if beta is None:
         return stats
     p = num_varying
@@ -186,6 +225,17 @@ def linear_log_marginal(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
     """Exact ``log p(y_t | mu, Sigma, sigma)`` per task, shape ``(T,)`` (see module doc).
 
     Differentiable in ``hyper`` (and in the statistics).
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> x, y, task = jnp.ones((3, 1)), jnp.array([1.0, 2.0, 4.0]), jnp.array([0, 0, 1])
+    >>> stats = bm.exact.linear_sufficient_stats(x, y, task, 2)  # an intercept per task
+    >>> hyper = bm.exact.LinearHyper(mu=jnp.zeros(1), scale_tril=jnp.eye(1), noise=jnp.asarray(1.0))
+    >>> from scipy import stats as st
+    >>> lp = np.asarray(bm.exact.linear_log_marginal(stats, hyper))
+    >>> ref = [st.multivariate_normal([0, 0], np.eye(2) + 1).logpdf([1, 2]),  # X Sigma X' + I
+    ...        st.norm(0, np.sqrt(2)).logpdf(4)]
+    >>> bool(np.allclose(lp, ref, rtol=1e-5))
+    True
     """
     mu = _task_mu(stats, hyper.mu)
     s2, _, chol, _, z = _pieces(stats, hyper)
@@ -206,7 +256,18 @@ def linear_log_marginal(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
 
 def linear_task_posterior(stats: LinearStats, hyper: LinearHyper) -> GaussianPosterior:
     """Exact ``theta_t | y_t, mu, Sigma, sigma`` for every task: mean ``(T, p)``, cov
-    ``(T, p, p)``; ``cov = L M^{-1} L^T``, ``mean = mu + cov g`` (module doc)."""
+    ``(T, p, p)``; ``cov = L M^{-1} L^T``, ``mean = mu + cov g`` (module doc).
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> x, y, task = jnp.ones((3, 1)), jnp.array([1.0, 2.0, 4.0]), jnp.array([0, 0, 1])
+    >>> stats = bm.exact.linear_sufficient_stats(x, y, task, 2)  # an intercept per task
+    >>> hyper = bm.exact.LinearHyper(mu=jnp.zeros(1), scale_tril=jnp.eye(1), noise=jnp.asarray(1.0))
+    >>> post = bm.exact.linear_task_posterior(stats, hyper)
+    >>> [round(float(v), 4) for v in post.mean.ravel()]  # N(0, 1) prior: sum y / (n + 1)
+    [1.0, 2.0]
+    >>> [round(float(v), 4) for v in post.cov.ravel()]  # 1 / (n + 1)
+    [0.3333, 0.5]
+    """
     L = hyper.scale_tril
     _, _, chol, _, z = _pieces(stats, hyper)
     w = solve_triangular(jnp.swapaxes(chol, -1, -2), z[..., None], lower=False)[..., 0]
@@ -221,7 +282,14 @@ def linear_new_task(
 ) -> GaussianPosterior:
     """Exact posterior of a brand-new task's ``theta`` from its data ``x`` ``(n, p)``,
     ``y`` ``(n,)`` under the population ``hyper``: mean ``(p,)``, cov ``(p, p)``.
-    With ``n = 0`` rows it is the population itself."""
+    With ``n = 0`` rows it is the population itself.
+
+    >>> import jax.numpy as jnp, bayesmeta as bm
+    >>> hyper = bm.exact.LinearHyper(mu=jnp.zeros(1), scale_tril=jnp.eye(1), noise=jnp.asarray(1.0))
+    >>> post = bm.exact.linear_new_task(hyper, jnp.ones((2, 1)), jnp.array([1.0, 2.0]))
+    >>> round(float(post.mean[0]), 4), round(float(post.cov[0, 0]), 4)  # 3 / 3, 1 / 3
+    (1.0, 0.3333)
+    """
     x = jnp.asarray(x)
     y = jnp.asarray(y)
     if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
@@ -246,7 +314,14 @@ def linear_predictive(
     """Predictive at new inputs ``x_new`` ``(m, p)`` from a Gaussian over ``theta``:
     ``N(x_new mean, x_new cov x_new^T)`` for the regression function, plus
     ``noise**2 diag(noise_scale**2)`` for new observations when ``noise`` is given.
-    Returns mean ``(m,)`` and cov ``(m, m)``."""
+    Returns mean ``(m,)`` and cov ``(m, m)``.
+
+    >>> import jax.numpy as jnp, bayesmeta as bm
+    >>> theta = bm.exact.GaussianPosterior(mean=jnp.array([1.0]), cov=jnp.array([[0.5]]))
+    >>> pred = bm.exact.linear_predictive(theta, jnp.array([[1.0], [2.0]]), noise=1.0)
+    >>> [round(float(v), 4) for v in pred.mean], [round(float(v), 4) for v in pred.cov.ravel()]
+    ([1.0, 2.0], [1.5, 1.0, 1.0, 3.0])
+    """
     x_new = jnp.asarray(x_new)
     if x_new.ndim != 2 or x_new.shape[1] != posterior.mean.shape[-1]:
         raise ValueError(
@@ -329,6 +404,14 @@ def fit_linear_gaussian(
       ``(hyper, info)``: the :class:`LinearHyper` at the optimum (``L`` with a non-negative
       diagonal), and ``info`` with ``log_marginal_likelihood``, ``num_iterations``,
       ``grad_norm``, ``converged`` and ``fitted`` (names of the fitted hyperparameters).
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> x, y, task = jnp.ones((3, 1)), jnp.array([1.0, 2.0, 4.0]), jnp.array([0, 0, 1])
+    >>> stats = bm.exact.linear_sufficient_stats(x, y, task, 2)  # an intercept per task
+    >>> hyper, info = bm.exact.fit_linear_gaussian(stats, scale_tril=jnp.eye(1), noise=1.0)
+    >>> # Sigma and sigma held: mu is the GLS mean sum 1'V_t^-1 y_t / sum 1'V_t^-1 1 = 18/7
+    >>> round(float(hyper.mu[0]), 3), info["fitted"]
+    (2.571, ('mu',))
     """
     p = stats.xty.shape[-1]
     dtype = stats.xty.dtype
@@ -478,6 +561,12 @@ class LinearGaussianResult(NamedTuple):
                              #   least squares at the fitted variances)
     beta_task                # shape=(p, q) or None: B of the population mean mu + B z_t
     task_location            # shape=(T, p): the population mean of each task
+
+    >>> import numpy as np, bayesmeta as bm
+    >>> tasks = bm.TaskSet.from_arrays(x=np.ones((3, 1)), y=[1.0, 2.0, 4.0], task=[0, 0, 1])
+    >>> res = bm.exact.linear_gaussian(tasks, mu=[0.0], cov=[[1.0]], noise=1.0)
+    >>> isinstance(res, bm.exact.LinearGaussianResult), res.task_mean.shape, res.labels
+    (True, (2, 1), ('0', '1'))
     """
 
     hyper: LinearHyper
@@ -562,6 +651,14 @@ def linear_gaussian(
 
     Returns:
       :class:`LinearGaussianResult`.
+
+    >>> import numpy as np, bayesmeta as bm
+    >>> tasks = bm.TaskSet.from_arrays(x=np.ones((3, 1)), y=[1.0, 2.0, 4.0], task=[0, 0, 1])
+    >>> res = bm.exact.linear_gaussian(tasks, mu=[0.0], cov=[[1.0]], noise=1.0)  # all given
+    >>> [round(float(v), 4) for v in res.task_mean.ravel()]  # N(0, 1) prior: sum y / (n + 1)
+    [1.0, 2.0]
+    >>> [round(float(v), 4) for v in res.task_cov.ravel()]
+    [0.3333, 0.5]
     """
 
     if not isinstance(tasks, TaskSet):

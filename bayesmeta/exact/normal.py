@@ -129,6 +129,14 @@ def log_marginal_tau(
     ``mu ~ N(loc_mean, loc_sd**2)``, or flat when ``loc_sd`` is None (then the value is a
     density relative to Lebesgue measure on ``mu``). Shapes: ``y``, ``se`` ``(T,)``; ``tau``
     scalar or ``(...)``; returns ``(...)``. See the module docstring for the formula.
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> from scipy import stats
+    >>> y, se = jnp.array([0.5, -1.0]), jnp.array([1.0, 2.0])
+    >>> lp = bm.exact.log_marginal_tau(y, se, 0.5, loc_mean=0.0, loc_sd=1.0)
+    >>> cov = np.diag([1.25, 4.25]) + 1.0  # diag(se^2 + tau^2) + loc_sd^2: mu integrated out
+    >>> bool(np.isclose(float(lp), stats.multivariate_normal([0, 0], cov).logpdf(y), rtol=1e-5))
+    True
     """
     y = jnp.asarray(y)
     se = jnp.asarray(se)
@@ -147,6 +155,11 @@ def mu_conditional(
     """Mean and sd of ``mu | tau, y`` (JAX): precision ``1/loc_sd**2 + sum 1/(se**2+tau**2)``.
 
     Shapes as :func:`log_marginal_tau`; returns two arrays of shape ``(...)``.
+
+    >>> import jax.numpy as jnp, bayesmeta as bm
+    >>> m, s = bm.exact.mu_conditional(jnp.array([1.0, 3.0]), jnp.array([1.0, 1.0]), 1.0)
+    >>> round(float(m), 4), round(float(s), 4)  # flat prior: precision 2 / (1 + 1) = 1
+    (2.0, 1.0)
     """
     y = jnp.asarray(y)
     se = jnp.asarray(se)
@@ -161,6 +174,11 @@ def theta_conditional(y: Any, se: Any, mu: Any, tau: Any) -> tuple[jnp.ndarray, 
     ``mean = B mu + (1 - B) y`` and ``sd = se tau / sqrt(se**2 + tau**2)`` with
     ``B = se**2 / (se**2 + tau**2)``. Shapes: ``y``, ``se`` ``(T,)``; ``mu``, ``tau`` scalars
     or ``(...)``; returns two arrays ``(..., T)``. ``tau = 0`` gives ``theta = mu``.
+
+    >>> import jax.numpy as jnp, bayesmeta as bm
+    >>> m, s = bm.exact.theta_conditional(jnp.array([2.0]), jnp.array([1.0]), 0.0, 1.0)
+    >>> round(float(m[0]), 4), round(float(s[0]), 4)  # B = 1/2: halfway to mu; sd 1/sqrt(2)
+    (1.0, 0.7071)
     """
     y = jnp.asarray(y)
     se = jnp.asarray(se)
@@ -665,6 +683,13 @@ class NormalNormalResult:
     ``theta_marginal``), the predictive of a new task's ``theta`` and of a new observation
     (``predictive``), the exact density, CDF and quantiles of ``tau`` and exact i.i.d. draws
     (``sample``).
+
+    >>> import numpy as np, bayesmeta as bm
+    >>> res = bm.exact.solve_normal_normal([1.0, 3.0], 1.0, loc_prior="flat", scale_prior=1.0)
+    >>> round(res.mu_mean, 4), round(res.mu_sd, 4)  # tau held at 1: mu | y ~ N(2, 1)
+    (2.0, 1.0)
+    >>> np.round(res.theta_mean, 4).tolist()  # halfway between each estimate and mu
+    [1.5, 2.5]
     """
 
     labels: tuple[str, ...]

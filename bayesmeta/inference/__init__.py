@@ -91,6 +91,16 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
       seed: integer seed of the run.
       **options: the engine's options (unknown names are rejected); see ``fit_nuts``,
         ``fit_vi``, ``fit_collapsed``, ``fit_exact``.
+
+    >>> import numpyro.distributions as dist, bayesmeta as bm
+    >>> model = bm.Hierarchical(
+    ...     likelihood=bm.likelihoods.NormalKnownNoise(),
+    ...     population=bm.populations.Normal(loc=dist.Normal(0, 5), scale=dist.HalfCauchy(5)),
+    ... )
+    >>> post = bm.fit(model, bm.datasets.eight_schools(), method="exact", seed=0)  # closed form
+    >>> post.method, post.samples["theta"].shape, post.coords["task"][:2]  # (chain, draw, task)
+    ('exact', (4, 1000, 8), ['A', 'B'])
+    >>> post = bm.fit(model, bm.datasets.eight_schools(), method="nuts", seed=0)  # doctest: +SKIP
     """
     if method not in METHODS:
         raise ValueError(f"method: must be one of {METHODS}, got {method!r}")

@@ -168,7 +168,16 @@ def normal_normal(
 
 def why_not_exact(model: Any) -> str | None:
     """``None`` when ``model`` is a normal-normal hierarchical model that
-    :func:`fit_exact` can solve, else the reason it cannot."""
+    :func:`fit_exact` can solve, else the reason it cannot.
+
+    >>> import bayesmeta as bm
+    >>> model = bm.Hierarchical(bm.likelihoods.NormalKnownNoise(), bm.populations.Normal())
+    >>> bm.exact.why_not_exact(model) is None
+    True
+    >>> bad = bm.Hierarchical(bm.likelihoods.NormalKnownNoise(), bm.populations.StudentT())
+    >>> isinstance(bm.exact.why_not_exact(bad), str)  # the reason, in words
+    True
+    """
     if type(model).__name__ != "Hierarchical" or not hasattr(model, "population"):
         return f"the model is a {type(model).__name__}, not a bm.Hierarchical"
     lik = type(model.likelihood).__name__
@@ -219,6 +228,12 @@ def fit_exact(model: Any, tasks: Any, seed: Any = 0, **options):
 
     Raises:
       ValueError: naming why the model is not eligible, or an unknown option.
+
+    >>> import bayesmeta as bm
+    >>> model = bm.Hierarchical(bm.likelihoods.NormalKnownNoise(), bm.populations.Normal())
+    >>> post = bm.exact.fit_exact(model, bm.datasets.eight_schools(), num_chains=1, num_samples=200)
+    >>> post.method, post.samples["theta"].shape  # the same as bm.fit(..., method="exact")
+    ('exact', (1, 200, 8))
     """
     why = why_not_exact(model)
     if why is not None:

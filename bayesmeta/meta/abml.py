@@ -66,6 +66,14 @@ class GaussianPrior(NamedTuple):
     Fields:
       mean       # pytree like params
       log_scale  # pytree like params: log standard deviations
+
+    >>> import jax.numpy as jnp, bayesmeta as bm
+    >>> learner = bm.meta.abml(lambda p, y: jnp.sum((p - y) ** 2), init_scale=0.1)
+    >>> prior = learner.init(jnp.zeros(2)).params
+    >>> isinstance(prior, bm.meta.GaussianPrior)
+    True
+    >>> [round(float(s), 4) for s in jnp.exp(prior.log_scale)]  # standard deviations
+    [0.1, 0.1]
     """
 
     mean: PyTree
@@ -82,6 +90,10 @@ class ABMLInfo(NamedTuple):
       kl           # shape=(): mean KL(q || prior)
       task_losses  # shape=(B,): outer objective per task
       grad_norm    # shape=(): norm of the meta-gradient
+
+    >>> import bayesmeta as bm
+    >>> bm.meta.ABMLInfo._fields
+    ('loss', 'loss_before', 'nll', 'kl', 'task_losses', 'grad_norm')
     """
 
     loss: jax.Array
@@ -103,6 +115,10 @@ class ABML(NamedTuple):
 
     ``key`` is a JAX PRNG key (required: the adaptation is stochastic); ``posterior``
     takes an integer ``seed``.
+
+    >>> import jax.numpy as jnp, bayesmeta as bm
+    >>> bm.meta.abml(lambda p, y: jnp.sum((p - y) ** 2))._fields
+    ('init', 'step', 'adapt', 'gaussians', 'posterior')
     """
 
     init: Callable
@@ -165,6 +181,17 @@ def abml(
 
     The learner holds no random state: every draw of Monte Carlo noise comes from the
     ``key`` passed to ``step``, ``adapt`` and ``gaussians``.
+
+    >>> import jax, jax.numpy as jnp, bayesmeta as bm
+    >>> nll = lambda p, y: 0.5 * jnp.sum((p - y) ** 2)
+    >>> learner = bm.meta.abml(nll, inner_lr=0.5, num_inner_steps=3)
+    >>> state = learner.init(jnp.zeros(1))  # prior N(0, 0.1^2) on the one parameter
+    >>> q = learner.adapt(state, jnp.full((4, 1), 3.0), num_steps=0, key=jax.random.key(0))
+    >>> float(q.mean[0]), round(float(jnp.exp(q.log_scale[0])), 4)  # no steps: q is the prior
+    (0.0, 0.1)
+    >>> post = learner.posterior(state, jnp.full((2, 4, 1), 3.0), num_draws=50, seed=0)
+    >>> post.method, post.samples["theta"].shape  # (chain, draw, task, parameter)
+    ('abml', (1, 50, 2, 1))
     """
     _check_loss_fn(nll_fn)
     optimizer = _check_optimizer(optimizer)

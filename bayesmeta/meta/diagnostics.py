@@ -61,6 +61,15 @@ class InnerLoopCurve(NamedTuple):
       task_query_loss    # shape=(B, S+1)
       recommended_steps  # int: argmin of query_loss
       u_shaped           # bool: falls then rises, both by more than 2 paired SEs
+
+    >>> import numpy as np, bayesmeta as bm
+    >>> curve = bm.meta.diagnostics.InnerLoopCurve(
+    ...     steps=np.arange(3), query_loss=np.array([1.0, 0.5, 0.7]),
+    ...     query_loss_se=np.full(3, 0.05), support_loss=np.array([1.0, 0.4, 0.2]),
+    ...     task_query_loss=np.ones((2, 3)), recommended_steps=1, u_shaped=True,
+    ... )
+    >>> int(np.argmin(curve.query_loss)) == curve.recommended_steps
+    True
     """
 
     steps: np.ndarray
@@ -114,7 +123,22 @@ def inner_loop_curve(
     """Query loss after ``0 .. max_steps`` inner steps from ``params`` (or a ``MetaState``),
     averaged over the tasks of ``task_batch`` (``{"support", "query"}`` with a leading task
     axis). ``inner_lr`` is a scalar or a per-parameter pytree; ``prox_weight`` adds iMAML's
-    proximal term."""
+    proximal term.
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> q = bm.meta.quadratic
+    >>> # support optimum 2, query optimum 1: steps of 0.5 go 0 -> 1 -> 1.5 -> 1.75 -> 1.875
+    >>> batch = q.task_batch(
+    ...     jnp.stack([jnp.eye(1)] * 3), jnp.full((3, 1), 2.0), query_optima=jnp.full((3, 1), 1.0)
+    ... )
+    >>> curve = bm.meta.diagnostics.inner_loop_curve(
+    ...     q.loss, jnp.zeros(1), batch, inner_lr=0.5, max_steps=4
+    ... )
+    >>> [round(float(v), 3) for v in curve.query_loss]
+    [0.5, 0.0, 0.125, 0.281, 0.383]
+    >>> curve.recommended_steps, curve.u_shaped  # more steps overfit the support set
+    (1, True)
+    """
     _check_loss_fn(loss_fn)
     _check_int("max_steps", max_steps, 1)
     _check_task_batch(task_batch)
@@ -146,7 +170,21 @@ def inner_loop_curve(
 
 def plot_inner_loop_curve(curve: InnerLoopCurve, ax: Any = None, label: str | None = None):
     """Mean query loss with a 95% band against the number of inner steps; marks the
-    recommended number of steps. Returns the matplotlib axes."""
+    recommended number of steps. Returns the matplotlib axes.
+
+    >>> import numpy as np, bayesmeta as bm
+    >>> curve = bm.meta.diagnostics.InnerLoopCurve(
+    ...     steps=np.arange(3), query_loss=np.array([1.0, 0.5, 0.7]),
+    ...     query_loss_se=np.full(3, 0.05), support_loss=np.array([1.0, 0.4, 0.2]),
+    ...     task_query_loss=np.ones((2, 3)), recommended_steps=1, u_shaped=True,
+    ... )
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> ax = bm.meta.diagnostics.plot_inner_loop_curve(curve)
+    >>> ax.get_title()
+    'inner-loop curve (U-shaped); best = 1 steps'
+    >>> import matplotlib.pyplot as plt; plt.close(ax.figure)
+    """
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -187,6 +225,15 @@ class OverfittingGap(NamedTuple):
       test_se     # shape=(E,)
       gap         # shape=(E,): test_loss - train_loss
       state       # the final MetaState
+
+    >>> import numpy as np, bayesmeta as bm
+    >>> gap = bm.meta.diagnostics.OverfittingGap(
+    ...     steps=np.array([0, 10, 20]), train_loss=np.array([1.0, 0.4, 0.2]),
+    ...     test_loss=np.array([1.0, 0.6, 0.7]), train_se=np.full(3, 0.05),
+    ...     test_se=np.full(3, 0.05), gap=np.array([0.0, 0.2, 0.5]), state=None,
+    ... )
+    >>> np.allclose(gap.gap, gap.test_loss - gap.train_loss)
+    True
     """
 
     steps: np.ndarray
@@ -217,6 +264,18 @@ def meta_overfitting_gap(
 
     ``train_tasks``/``test_tasks`` are task batches (``{"support", "query"}``, leading task
     axis). ``learner.adapt`` must return parameters (MAML, Reptile, iMAML, Meta-SGD).
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> q = bm.meta.quadratic
+    >>> train_tasks = q.task_batch(jnp.stack([jnp.eye(1)] * 4), jnp.arange(4.0).reshape(4, 1))
+    >>> held_out = q.task_batch(jnp.stack([jnp.eye(1)] * 2), jnp.array([[0.5], [2.5]]))
+    >>> learner = bm.meta.maml(q.loss, optax.sgd(0.5), inner_lr=0.5)
+    >>> gap = bm.meta.diagnostics.meta_overfitting_gap(
+    ...     learner, q.loss, jnp.zeros(1), train_tasks, held_out,
+    ...     num_steps=20, meta_batch_size=2, eval_every=10,
+    ... )
+    >>> gap.steps.tolist(), bool(gap.test_loss[-1] < gap.test_loss[0])
+    ([0, 10, 20], True)
     """
 
     _check_loss_fn(loss_fn)
@@ -273,7 +332,21 @@ def meta_overfitting_gap(
 
 
 def plot_meta_overfitting_gap(gap: OverfittingGap, ax: Any = None):
-    """Meta-train and held-out post-adaptation loss (95% bands) over outer steps."""
+    """Meta-train and held-out post-adaptation loss (95% bands) over outer steps.
+
+    >>> import numpy as np, bayesmeta as bm
+    >>> gap = bm.meta.diagnostics.OverfittingGap(
+    ...     steps=np.array([0, 10, 20]), train_loss=np.array([1.0, 0.4, 0.2]),
+    ...     test_loss=np.array([1.0, 0.6, 0.7]), train_se=np.full(3, 0.05),
+    ...     test_se=np.full(3, 0.05), gap=np.array([0.0, 0.2, 0.5]), state=None,
+    ... )
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> ax = bm.meta.diagnostics.plot_meta_overfitting_gap(gap)
+    >>> ax.get_xlabel(), len(ax.get_lines())
+    ('outer steps', 2)
+    >>> import matplotlib.pyplot as plt; plt.close(ax.figure)
+    """
     import matplotlib.pyplot as plt
 
     if ax is None:

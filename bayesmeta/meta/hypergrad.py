@@ -62,7 +62,16 @@ def post_adaptation_loss(
     *,
     num_inner_steps: int,
 ) -> jax.Array:
-    """Mean query loss after ``num_inner_steps`` inner steps of size ``inner_lr``."""
+    """Mean query loss after ``num_inner_steps`` inner steps of size ``inner_lr``.
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)  # a task's optimum is its data point
+    >>> data = jnp.array([[1.0], [3.0]])  # two tasks, one point each
+    >>> batch = {"support": data, "query": data}
+    >>> f = bm.meta.post_adaptation_loss(loss, jnp.zeros(()), 0.5, batch, num_inner_steps=1)
+    >>> round(float(f), 4)  # mean of 1/2 (1 - 0.5)^2 b^2
+    0.625
+    """
     _check_task_batch(task_batch)
     _check_inner_lr(inner_lr, params)
     meta_loss = build_maml_loss(loss_fn, num_inner_steps=num_inner_steps)
@@ -77,7 +86,16 @@ def inner_lr_hypergradient(
     *,
     num_inner_steps: int,
 ) -> PyTree:
-    """``d/d alpha`` of :func:`post_adaptation_loss` (same structure as ``inner_lr``)."""
+    """``d/d alpha`` of :func:`post_adaptation_loss` (same structure as ``inner_lr``).
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)  # a task's optimum is its data point
+    >>> data = jnp.array([[1.0], [3.0]])  # two tasks, one point each
+    >>> batch = {"support": data, "query": data}
+    >>> g = bm.meta.inner_lr_hypergradient(loss, jnp.zeros(()), 0.5, batch, num_inner_steps=1)
+    >>> round(float(g), 4)  # d/da of 1/2 (1 - a)^2 mean(b^2) = -(1 - a) * 5
+    -2.5
+    """
     inner_lr = jax.tree.map(jnp.asarray, inner_lr)
     return jax.grad(
         lambda lr: post_adaptation_loss(
@@ -99,6 +117,15 @@ def inner_lr_learner(
     ``step`` descends the hypergradient of the post-adaptation loss; ``adapt(state,
     support)`` adapts ``params`` with the learned rate. Train it with
     :func:`bayesmeta.meta.train`, passing the initial rate as the parameters.
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)  # a task's optimum is its data point
+    >>> data = jnp.array([[1.0], [3.0]])  # two tasks, one point each
+    >>> batch = {"support": data, "query": data}
+    >>> learner = bm.meta.inner_lr_learner(loss, jnp.zeros(()), optax.sgd(0.1))
+    >>> state, info = learner.step(learner.init(jnp.asarray(0.5)), batch)
+    >>> round(float(state.params), 4)  # 0.5 - 0.1 * (-2.5)
+    0.75
     """
     _check_loss_fn(loss_fn)
     optimizer = _check_optimizer(optimizer)
@@ -151,6 +178,16 @@ def learn_inner_lr(
 
     Returns:
       ``(inner_lr, history)``.
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)  # a task's optimum is its data point
+    >>> data = jnp.array([[1.0], [3.0]])  # two tasks, one point each
+    >>> batch = {"support": data, "query": data}
+    >>> lr, history = bm.meta.learn_inner_lr(
+    ...     loss, jnp.zeros(()), batch, init_lr=0.5, optimizer=optax.sgd(0.1), num_steps=40
+    ... )
+    >>> round(float(lr), 4)  # one step of size 1 lands on every task's optimum
+    1.0
     """
 
     if isinstance(tasks, Mapping):
@@ -198,6 +235,13 @@ def implicit_hypergradient(
 
     Returns:
       a pytree like ``hyperparams``.
+
+    >>> import jax.numpy as jnp, bayesmeta as bm
+    >>> inner = lambda w, h: 0.5 * (w - 1.0) ** 2 + 0.5 * h * w**2  # w*(h) = 1 / (1 + h)
+    >>> outer = lambda w, h: 0.5 * w**2
+    >>> g = bm.meta.implicit_hypergradient(inner, outer, jnp.asarray(0.5), jnp.asarray(1.0))
+    >>> round(float(g), 4)  # d/dh 1 / (2 (1 + h)^2) = -1 / (1 + h)^3 at h = 1
+    -0.125
     """
     _check_int("num_cg_iters", num_cg_iters, 1)
     solution = jax.lax.stop_gradient(solution)

@@ -81,6 +81,11 @@ class MetaState(NamedTuple):
                  #   Meta-SGD; a GaussianPrior for ABML)
       opt_state  # the outer optax optimizer's state
       count      # shape=(), int32: number of outer steps taken
+
+    >>> import jax.numpy as jnp, bayesmeta as bm
+    >>> state = bm.meta.maml(lambda p, b: jnp.sum((p - b) ** 2)).init(jnp.zeros(2))
+    >>> state.params.shape, int(state.count)
+    ((2,), 0)
     """
 
     params: PyTree
@@ -96,6 +101,10 @@ class MetaInfo(NamedTuple):
       loss_before  # shape=(): mean query loss at the meta-parameters, before adaptation
       task_losses  # shape=(B,): query loss after adaptation, per task
       grad_norm    # shape=(): Euclidean norm of the meta-gradient
+
+    >>> import bayesmeta as bm
+    >>> bm.meta.MetaInfo._fields
+    ('loss', 'loss_before', 'task_losses', 'grad_norm')
     """
 
     loss: jax.Array
@@ -110,6 +119,11 @@ class MetaLearner(NamedTuple):
     init(params) -> MetaState
     step(state, task_batch) -> (MetaState, MetaInfo)
     adapt(params_or_state, support_batch, num_steps=None) -> adapted parameters
+
+    >>> import jax.numpy as jnp, bayesmeta as bm
+    >>> learner = bm.meta.reptile(lambda p, b: jnp.sum((p - b) ** 2))
+    >>> isinstance(learner, bm.meta.MetaLearner), learner._fields
+    (True, ('init', 'step', 'adapt'))
     """
 
     init: Callable[..., MetaState]
@@ -123,6 +137,14 @@ class MetaSGDParams(NamedTuple):
     Fields:
       init      # pytree like params: the initialisation theta_0
       inner_lr  # pytree like params: per-parameter inner learning rates alpha
+
+    >>> import jax.numpy as jnp, bayesmeta as bm
+    >>> learner = bm.meta.meta_sgd(lambda p, b: jnp.sum((p - b) ** 2), inner_lr=0.1)
+    >>> state = learner.init(jnp.zeros(2))
+    >>> isinstance(state.params, bm.meta.MetaSGDParams)
+    True
+    >>> [round(float(r), 4) for r in state.params.inner_lr]  # every rate starts at inner_lr
+    [0.1, 0.1]
     """
 
     init: PyTree
@@ -263,6 +285,15 @@ def build_maml_loss(
         mean_loss = 1/B sum_b L^q_b(phi_b),   phi_b = k inner steps of size inner_lr on L^s_b
 
     differentiable in ``params`` and ``inner_lr`` (scalar or per-parameter pytree).
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)  # a task's optimum is its data point
+    >>> data = jnp.array([[1.0], [3.0]])  # two tasks, one point each
+    >>> batch = {"support": data, "query": data}
+    >>> meta_loss = bm.meta.build_maml_loss(loss, num_inner_steps=1)
+    >>> mean, per_task = meta_loss(jnp.zeros(()), batch, 0.5)  # 1/2 (1 - 0.5)^2 b^2
+    >>> round(float(mean), 4), [round(float(v), 4) for v in per_task]
+    (0.625, [0.125, 1.125])
     """
     _check_loss_fn(loss_fn)
     _check_int("num_inner_steps", num_inner_steps, 0)
@@ -296,6 +327,18 @@ def build_maml_step(
 
     The meta-gradient is ``grad_theta 1/B sum_b L^q_b(phi_b(theta))`` through the
     ``lax.scan`` inner loop (second order), or first order with ``first_order=True``.
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)  # a task's optimum is its data point
+    >>> data = jnp.array([[1.0], [3.0]])  # two tasks, one point each
+    >>> batch = {"support": data, "query": data}
+    >>> opt = optax.sgd(1.0)
+    >>> step = bm.meta.build_maml_step(loss, opt, num_inner_steps=1)
+    >>> p = jnp.zeros(())
+    >>> state = bm.meta.MetaState(p, opt.init(p), jnp.zeros((), jnp.int32))
+    >>> state, info = step(state, batch, 0.5)  # the rate is an argument: it can be learned
+    >>> round(float(state.params), 4)  # gradient -(1 - 0.5)^2 mean(b) = -0.5
+    0.5
     """
     meta_loss = build_maml_loss(loss_fn, num_inner_steps=num_inner_steps, first_order=first_order)
 
@@ -347,6 +390,22 @@ def maml(
       a :class:`MetaLearner`; ``step`` takes ``task_batch = {"support", "query"}`` with a
       leading meta-batch axis; ``adapt(params_or_state, support, num_steps=None)`` runs
       ``num_steps`` (default ``num_inner_steps``) steps on one task.
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)  # a task's optimum is its data point
+    >>> data = jnp.array([[1.0], [3.0]])  # two tasks, one point each
+    >>> batch = {"support": data, "query": data}
+    >>> learner = bm.meta.maml(loss, optax.sgd(1.0), inner_lr=0.5, num_inner_steps=1)
+    >>> state, info = learner.step(learner.init(jnp.zeros(())), batch)
+    >>> round(float(state.params), 4)  # meta-gradient -(1 - 0.5)^2 mean(b) = -0.5
+    0.5
+    >>> round(float(info.loss_before), 4), round(float(info.loss), 4)  # before, after adapting
+    (2.5, 0.625)
+    >>> round(float(learner.adapt(state, jnp.array([5.0]))), 4)  # 0.5 + 0.5 * (5 - 0.5)
+    2.75
+    >>> fo = bm.meta.maml(loss, optax.sgd(1.0), inner_lr=0.5, first_order=True)
+    >>> round(float(fo.step(fo.init(jnp.zeros(())), batch)[0].params), 4)  # -(1 - 0.5) mean(b)
+    1.0
     """
     _check_loss_fn(loss_fn)
     optimizer = _check_optimizer(optimizer)
@@ -373,6 +432,17 @@ def build_reptile_step(
     The outer "gradient" is ``1/B sum_b (theta - phi_b)`` with ``phi_b`` reached by
     ``num_inner_steps`` steps on task ``b``'s support loss; with ``optax.sgd(eps)`` this is
     Reptile's interpolation ``theta <- theta + eps (mean phi - theta)``.
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)  # a task's optimum is its data point
+    >>> data = jnp.array([[1.0], [3.0]])  # two tasks, one point each
+    >>> batch = {"support": data, "query": data}
+    >>> opt = optax.sgd(1.0)
+    >>> step = bm.meta.build_reptile_step(loss, opt, num_inner_steps=2)
+    >>> p = jnp.zeros(())
+    >>> state, info = step(bm.meta.MetaState(p, opt.init(p), jnp.zeros((), jnp.int32)), batch, 0.5)
+    >>> round(float(state.params), 4)  # mean(phi) = (1 - 0.5^2) mean(b)
+    1.5
     """
     _check_loss_fn(loss_fn)
     _check_int("num_inner_steps", num_inner_steps, 1)
@@ -409,6 +479,15 @@ def reptile(
 
     ``optimizer`` defaults to ``optax.sgd(0.1)`` (outer step ``eps = 0.1``). The inner loop
     runs on each task's support set; the query set is only used to report losses.
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)  # a task's optimum is its data point
+    >>> data = jnp.array([[1.0], [3.0]])  # two tasks, one point each
+    >>> batch = {"support": data, "query": data}
+    >>> learner = bm.meta.reptile(loss, optax.sgd(1.0), inner_lr=0.5, num_inner_steps=2)
+    >>> state, info = learner.step(learner.init(jnp.zeros(())), batch)
+    >>> round(float(state.params), 4)  # theta + 1.0 * (mean(phi) - theta), phi = (1 - 0.5^2) b
+    1.5
     """
     _check_loss_fn(loss_fn)
     optimizer = optax.sgd(0.1) if optimizer is None else _check_optimizer(optimizer)
@@ -471,6 +550,18 @@ def build_imaml_step(
     ``num_inner_steps`` proximal gradient steps; implicit meta-gradient
     ``(I + H^s(phi)/lam)^-1 grad L^q(phi)`` by ``num_cg_iters`` conjugate-gradient
     iterations with Hessian-vector products (``lam`` = ``prox_weight``).
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)  # a task's optimum is its data point
+    >>> data = jnp.array([[1.0], [3.0]])  # two tasks, one point each
+    >>> batch = {"support": data, "query": data}
+    >>> opt = optax.sgd(1.0)
+    >>> step = bm.meta.build_imaml_step(loss, opt, num_inner_steps=1, num_cg_iters=1)
+    >>> p = jnp.zeros(())
+    >>> state = bm.meta.MetaState(p, opt.init(p), jnp.zeros((), jnp.int32))
+    >>> state, info = step(state, batch, 0.5, 1.0)  # inner_lr, prox_weight at call time
+    >>> round(float(state.params), 4)
+    0.5
     """
     _check_loss_fn(loss_fn)
     _check_int("num_inner_steps", num_inner_steps, 1)
@@ -511,6 +602,20 @@ def imaml(
 
     ``prox_weight`` is ``lam``, the precision of the Gaussian prior ``N(theta, I/lam)``
     that the proximal term encodes. ``adapt`` runs the same proximal inner loop.
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)  # a task's optimum is its data point
+    >>> data = jnp.array([[1.0], [3.0]])  # two tasks, one point each
+    >>> batch = {"support": data, "query": data}
+    >>> learner = bm.meta.imaml(
+    ...     loss, optax.sgd(1.0), inner_lr=0.5, num_inner_steps=1, prox_weight=1.0
+    ... )
+    >>> state, info = learner.step(learner.init(jnp.zeros(())), batch)
+    >>> # phi = b / 2 (exact after one step at this rate); gradient (1 + 1)^-1 (phi - b) = -b / 4
+    >>> round(float(state.params), 4)
+    0.5
+    >>> round(float(learner.adapt(state, jnp.array([4.5]))), 4)  # (4.5 + 0.5) / 2
+    2.5
     """
     _check_loss_fn(loss_fn)
     optimizer = _check_optimizer(optimizer)
@@ -552,7 +657,19 @@ def build_meta_sgd_step(
 ) -> Callable[[MetaState, Mapping], tuple[MetaState, MetaInfo]]:
     """Low-level Meta-SGD step: MAML's meta-objective differentiated with respect to both
     the initialisation and the per-parameter inner rates (``state.params`` is a
-    :class:`MetaSGDParams`)."""
+    :class:`MetaSGDParams`).
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)  # a task's optimum is its data point
+    >>> data = jnp.array([[1.0], [3.0]])  # two tasks, one point each
+    >>> batch = {"support": data, "query": data}
+    >>> opt = optax.sgd(0.1)
+    >>> step = bm.meta.build_meta_sgd_step(loss, opt, num_inner_steps=1)
+    >>> p = bm.meta.MetaSGDParams(jnp.zeros(()), jnp.asarray(0.5))
+    >>> state, info = step(bm.meta.MetaState(p, opt.init(p), jnp.zeros((), jnp.int32)), batch)
+    >>> round(float(state.params.init), 4), round(float(state.params.inner_lr), 4)
+    (0.05, 0.75)
+    """
     meta_loss = build_maml_loss(loss_fn, num_inner_steps=num_inner_steps, first_order=first_order)
 
     def objective(mp: MetaSGDParams, task_batch):
@@ -582,6 +699,18 @@ def meta_sgd(
 
     ``init(params)`` starts every rate at ``inner_lr`` (or takes a :class:`MetaSGDParams`
     to start from given rates); ``adapt`` uses the learned rates.
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)  # a task's optimum is its data point
+    >>> data = jnp.array([[1.0], [3.0]])  # two tasks, one point each
+    >>> batch = {"support": data, "query": data}
+    >>> learner = bm.meta.meta_sgd(loss, optax.sgd(0.1), inner_lr=0.5)
+    >>> state, info = learner.step(learner.init(jnp.zeros(())), batch)
+    >>> # d/dtheta = -(1 - a)^2 mean(b) = -0.5; d/da = -(1 - a) mean(b^2) = -2.5
+    >>> round(float(state.params.init), 4), round(float(state.params.inner_lr), 4)
+    (0.05, 0.75)
+    >>> round(float(learner.adapt(state, jnp.array([4.05]))), 4)  # 0.05 + 0.75 * 4
+    3.05
     """
     _check_loss_fn(loss_fn)
     optimizer = _check_optimizer(optimizer)

@@ -82,6 +82,13 @@ class TaskGaussians(NamedTuple):
       eigvals   # shape=(T, R): c, variances along V (before scaling)
       residual  # shape=(T, D): r, variances on the complement of V (before scaling)
       scale     # shape=(T, D): s, the diagonal scaling
+
+    >>> import jax, numpy as np, bayesmeta as bm
+    >>> g = bm.meta.TaskGaussians.from_moments(np.zeros((2, 1)), np.array([[[1.0]], [[4.0]]]))
+    >>> g.num_tasks, [round(float(v), 4) for v in g.variance().ravel()]
+    (2, [1.0, 4.0])
+    >>> g.sample(jax.random.PRNGKey(0), 3).shape  # (task, draw, parameter)
+    (2, 3, 1)
     """
 
     mean: Any
@@ -215,8 +222,13 @@ def implied_prior_cov(hessian: Any, inner_lr: Any, num_steps: int) -> np.ndarray
       and ``Q diag(l) Q^T = S H S`` (``k`` on ``l = 0``).
 
     Raises:
-      ValueError if some ``l > 0`` has ``(1 - l)^k`` outside ``(0, 1)`` (the steps
+      ValueError: if some ``l > 0`` has ``(1 - l)^k`` outside ``(0, 1)`` (the steps
       overshoot: no Gaussian prior is implied).
+
+    >>> import numpy as np, bayesmeta as bm
+    >>> # alpha h = 0.5, k = 2: alpha ((1 - 0.5)^-2 - 1) / 0.5 = 0.25 * 6
+    >>> round(float(bm.meta.implied_prior_cov(2.0 * np.eye(1), 0.25, 2)[0, 0]), 4)
+    1.5
     """
     h = np.asarray(hessian, dtype=float)
     if h.ndim < 2 or h.shape[-1] != h.shape[-2]:
@@ -237,7 +249,14 @@ def implied_prior_cov(hessian: Any, inner_lr: Any, num_steps: int) -> np.ndarray
 
 def implied_posterior_cov(hessian: Any, inner_lr: Any, num_steps: int) -> np.ndarray:
     """Posterior covariance ``(H + Sigma(alpha, k)^-1)^-1`` under the implied prior, in the
-    stable form ``S Q diag((1 - (1 - l)^k)/l) Q^T S``; shapes as :func:`implied_prior_cov`."""
+    stable form ``S Q diag((1 - (1 - l)^k)/l) Q^T S``; shapes as :func:`implied_prior_cov`.
+
+    >>> import numpy as np, bayesmeta as bm
+    >>> round(float(bm.meta.implied_posterior_cov(2.0 * np.eye(1), 0.25, 2)[0, 0]), 4)
+    0.375
+    >>> 1 / (2.0 + 1 / 1.5)  # (H + Sigma^-1)^-1 with Sigma = 1.5 (implied_prior_cov)
+    0.375
+    """
     h = np.asarray(hessian, dtype=float)
     if h.ndim < 2 or h.shape[-1] != h.shape[-2]:
         raise ValueError(f"hessian: expected shape (..., D, D), got {h.shape}")
@@ -527,6 +546,22 @@ def implied_prior(
       a ``Posterior`` (method ``"implied_prior"``) whose ``info`` holds ``gaussians``
       (:class:`TaskGaussians`), ``adapted`` (``(T, D)``, the ``k``-step iterates),
       ``prior_cov`` (``(T, D, D)``) and ``hessian`` (``(T, D, D)``).
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> nll = lambda p, y: 0.5 * jnp.sum((p - y) ** 2)  # curvature 2: two rows per task
+    >>> support = jnp.array([[0.0, 2.0], [2.0, 4.0]])  # two tasks, row means 1 and 3
+    >>> post = bm.meta.implied_prior(
+    ...     nll, jnp.zeros(()), support, inner_lr=0.25, num_inner_steps=2, num_draws=100
+    ... )
+    >>> # two steps go 1 - (1 - 0.25 * 2)^2 = 3/4 of the way to each task's row mean
+    >>> [round(float(v), 4) for v in post.info["adapted"].ravel()]
+    [0.75, 2.25]
+    >>> [round(float(v), 4) for v in post.info["gaussians"].mean.ravel()]  # = the posterior means
+    [0.75, 2.25]
+    >>> [round(float(v), 4) for v in post.info["prior_cov"].ravel()]
+    [1.5, 1.5]
+    >>> post.samples["theta"].shape  # (chain, draw, task)
+    (1, 100, 2)
     """
     _check_output(support, labels, num_draws)
     g, adapted, _ = _gaussians(
@@ -576,7 +611,17 @@ def llama_gaussians(
     on_invalid: str = "raise",
 ) -> TaskGaussians:
     """The LLAMA Gaussians without drawing samples (see :func:`llama`); for large models
-    use ``hessian="ggn"`` (rank at most the number of outputs) or ``"diag"``."""
+    use ``hessian="ggn"`` (rank at most the number of outputs) or ``"diag"``.
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> nll = lambda p, y: 0.5 * jnp.sum((p - y) ** 2)  # curvature 2: two rows per task
+    >>> support = jnp.array([[0.0, 2.0], [2.0, 4.0]])  # two tasks, row means 1 and 3
+    >>> g = bm.meta.llama_gaussians(nll, jnp.zeros(()), support, inner_lr=0.25, num_inner_steps=2)
+    >>> [round(float(v), 4) for v in g.mean.ravel()]
+    [0.75, 2.25]
+    >>> [round(float(v), 4) for v in g.variance().ravel()]
+    [0.375, 0.375]
+    """
     g, _, _ = _gaussians(
         loss_fn,
         init,
@@ -632,6 +677,19 @@ def llama(
 
     Returns:
       a ``Posterior`` (method ``"llama"``) with ``info["gaussians"]``.
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> nll = lambda p, y: 0.5 * jnp.sum((p - y) ** 2)  # curvature 2: two rows per task
+    >>> support = jnp.array([[0.0, 2.0], [2.0, 4.0]])  # two tasks, row means 1 and 3
+    >>> # proximal steps for lam = 1: argmin nll + 1/2 phi^2 = 2/3 of the row mean, variance 1/3
+    >>> post = bm.meta.llama(
+    ...     nll, jnp.zeros(()), support, inner_lr=1 / 3, num_inner_steps=1, prior_precision=1.0
+    ... )
+    >>> g = post.info["gaussians"]
+    >>> [round(float(v), 4) for v in g.mean.ravel()]
+    [0.6667, 2.0]
+    >>> [round(float(v), 4) for v in g.variance().ravel()]
+    [0.3333, 0.3333]
     """
     _check_output(support, labels, num_draws)
     g = llama_gaussians(
@@ -695,6 +753,12 @@ def to_posterior(
     or other container gives one site per leaf, named by its path (``"w1"``,
     ``"layer_0_b"``) with dims ``["task", "<name>_dim"]`` (1-D) or
     ``["task", "<name>_dim_0", ...]``. Draws have shape ``(1, num_draws, T, *leaf)``.
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> g = bm.meta.TaskGaussians.from_moments(np.zeros((3, 2)), np.stack([np.eye(2)] * 3))
+    >>> post = bm.meta.to_posterior(g, jnp.zeros(2), method="custom", num_draws=10)
+    >>> post.samples["theta"].shape, post.dims["theta"]
+    ((1, 10, 3, 2), ['task', 'theta_dim'])
     """
 
     _check_int("num_draws", num_draws, 1)
@@ -731,7 +795,13 @@ def linear_gaussian_nll(params: Any, batch: dict) -> Any:
     """Negative log-likelihood (constants dropped) of one linear-Gaussian task,
     ``sum_n mask_n (y_n - x_n . theta)^2 / (2 sigma_n^2)``, for
     ``batch = {"x": (n, d), "y": (n,), "noise_scale": (n,) or scalar, "mask": (n,)}``
-    (``mask`` optional: padded rows contribute nothing)."""
+    (``mask`` optional: padded rows contribute nothing).
+
+    >>> import jax.numpy as jnp, bayesmeta as bm
+    >>> batch = {"x": jnp.eye(2), "y": jnp.array([1.0, 0.0]), "noise_scale": 1.0}
+    >>> round(float(bm.meta.linear_gaussian_nll(jnp.array([1.0, 2.0]), batch)), 4)  # 1/2 * 2^2
+    2.0
+    """
     resid = batch["y"] - batch["x"] @ params
     terms = 0.5 * jnp.square(resid / batch["noise_scale"])
     if "mask" in batch:

@@ -118,6 +118,15 @@ def train(
       shape ``(num_steps,)``, one per scalar field of the step's info: for the
       gradient-based learners ``loss`` (query loss after adaptation), ``loss_before``
       (before adaptation) and ``grad_norm``.
+
+    >>> import jax.numpy as jnp, optax, bayesmeta as bm
+    >>> loss = lambda p, b: 0.5 * jnp.sum((p - b) ** 2)
+    >>> data = jnp.array([[1.0], [3.0]])
+    >>> sampler = lambda key: {"support": data, "query": data}  # the same two tasks each step
+    >>> learner = bm.meta.maml(loss, optax.sgd(1.0), inner_lr=0.5)
+    >>> state, history = bm.meta.train(learner, jnp.zeros(()), sampler, 60, progress_bar=False)
+    >>> round(float(state.params), 3), sorted(history), history["loss"].shape
+    (2.0, ['grad_norm', 'loss', 'loss_before'], (60,))
     """
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps: expected a positive integer, got {num_steps!r}")
