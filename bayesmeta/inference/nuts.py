@@ -417,7 +417,15 @@ def posterior_from_draws(
     extras = {k: np.asarray(v) for k, v in (extras or {}).items()}
     divergences = int(np.sum(extras["diverging"])) if "diverging" in extras else None
     advice, suggested = parameterization_advice(built, tasks, model, shown)
-    diag = check_fit(shown, divergences, warn=warn, energy=extras.get("energy"), advice=advice)
+    diag = check_fit(
+        shown,
+        divergences,
+        warn=warn,
+        energy=extras.get("energy"),
+        advice=advice,
+        dims=built.dims,
+        coords=built.coords,
+    )
     if "advice" in diag:
         diag["suggested_parameterization"] = suggested
     observed = {"y": np.asarray(built.data["y"])} if "y" in built.data else {}
