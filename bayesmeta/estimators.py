@@ -147,21 +147,22 @@ def _estimates(
 
 
 def _check_float64_range(est: np.ndarray, s: np.ndarray, labels: tuple[str, ...]) -> None:
-    """Every estimator squares the standard errors (variances, weights ``1/se^2``) and the
-    standardised deviations ``(y_i - y_j) / se``; where one of those squares leaves the
-    float64 range the result would be NaN or infinite, so it is refused here, naming the
-    field and the task. (The estimators are scale-equivariant: rescaling ``y`` and ``se``
-    by one factor rescales ``mu``, ``se`` by it and ``tau2`` by its square.)"""
+    """Every estimator squares the standard errors (variances, weights ``1/se^2`` and sums
+    of their squares) and the standardised deviations ``(y_i - y_j) / se``; where one of
+    those squares leaves the float64 range the result would be NaN or infinite, so it is
+    refused here, naming the field and the task. (The estimators are scale-equivariant:
+    rescaling ``y`` and ``se`` by one factor rescales ``mu``, ``se`` by it and ``tau2`` by
+    its square.)"""
     tiny, big = np.finfo(float).tiny, np.finfo(float).max
     with np.errstate(over="ignore", under="ignore"):
         var = s**2
-        bad = ~((var >= tiny) & (var <= big))
+        bad = ~((var**2 >= tiny) & (var**2 <= big))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(
-                f"se: task {labels[i]!r}: se = {s[i]:.3g}; its square (the sampling "
-                "variance) is outside the float64 range, so the weights 1/se^2 cannot be "
-                "computed; rescale y and se by a common factor"
+                f"se: task {labels[i]!r}: se = {s[i]:.3g}; the weights 1/se^2 and their "
+                "squares (in the tau^2 estimators) would leave the float64 range (se must "
+                "lie within 1e-77 to 1e77); rescale y and se by a common factor"
             )
         spread = np.max(est) - np.min(est)
         dev = np.where(np.isfinite(spread), spread, np.inf) / s

@@ -178,9 +178,10 @@ def log_marginal(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
         mu, tau, s2 = hyper.mu[..., 0], hyper.scale_tril[0, 0], hyper.noise**2
         sv = s2 * stats.variance
         total = sv + tau**2
-        spread = jnp.where(
-            stats.informed, jnp.log(total) - jnp.log(sv) + (stats.estimate - mu) ** 2 / total, 0.0
-        )
+        # the standardised deviation first: its square stays in range where (est - mu)^2
+        # and tau^2 / sigma^2 A would not
+        z = (stats.estimate - mu) / jnp.sqrt(total)
+        spread = jnp.where(stats.informed, jnp.log(total) - jnp.log(sv) + z**2, 0.0)
         return -0.5 * (
             stats.count * jnp.log(2.0 * jnp.pi * s2)
             + 2.0 * stats.log_scale
@@ -216,7 +217,7 @@ def scalar_posterior(stats: LinearStats, mu, tau, s2):
     if isinstance(stats, CentredStats):
         sv = s2 * stats.variance
         total = sv + tau**2
-        var = jnp.where(stats.informed, tau**2 * sv / total, tau**2)
+        var = jnp.where(stats.informed, tau**2 * (sv / total), tau**2)
         mean = jnp.where(stats.informed, mu + tau**2 * (stats.estimate - mu) / total, mu)
         return mean, var
     A, b = stats.xtx[:, 0, 0], stats.xty[..., 0]
