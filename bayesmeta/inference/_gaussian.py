@@ -218,7 +218,9 @@ def scalar_posterior(stats: LinearStats, mu, tau, s2):
         sv = s2 * stats.variance
         total = sv + tau**2
         var = jnp.where(stats.informed, tau**2 * (sv / total), tau**2)
-        mean = jnp.where(stats.informed, mu + tau**2 * (stats.estimate - mu) / total, mu)
+        # the weighted mean with both weights formed directly: mu + tau^2 (est - mu) / total
+        # cancels when one weight is near 1 and the far value is much larger
+        mean = jnp.where(stats.informed, mu * (sv / total) + stats.estimate * (tau**2 / total), mu)
         return mean, var
     A, b = stats.xtx[:, 0, 0], stats.xty[..., 0]
     den = s2 + tau**2 * A

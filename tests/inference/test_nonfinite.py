@@ -74,12 +74,15 @@ def test_assemble_of_finite_draws_adds_nothing():
 
 # ---------------------------------------------------------------- collapsed in float32
 @pytest.mark.parametrize("scale", [1e-10, 1.0, 1e10])
-def test_centred_scalar_marginal_is_accurate_in_float32(scale):
+@pytest.mark.parametrize("where", ["data", "prior"])
+def test_centred_scalar_marginal_is_accurate_in_float32(scale, where):
     """The collapsed marginal and theta posterior on eight-schools data rescaled by
     ``scale``, in float32, against the float64 closed form
-    ``log N(y_t | mu, se_t^2 + tau^2)`` and ``theta_t | y_t`` (normal-normal)."""
+    ``log N(y_t | mu, se_t^2 + tau^2)`` and ``theta_t | y_t`` (normal-normal), at
+    hyperparameters on the data's scale and on the prior's (mu = 1, tau = 2), where NUTS
+    starts and where the uncentred sums cancelled (``A mu^2 = 1e18`` at ``se = 1e-9``)."""
     tasks = bm.TaskSet.from_estimates(y=Y8 * scale, se=S8 * scale)
-    mu, tau = 7.0 * scale, 3.0 * scale
+    mu, tau = (7.0 * scale, 3.0 * scale) if where == "data" else (1.0, 2.0)
     with jax.enable_x64(False):
         stats = gauss.stable_task_stats(bm.likelihoods.NormalKnownNoise(), tasks)
         assert isinstance(stats, gauss.CentredStats) and stats.estimate.dtype == jnp.float32
