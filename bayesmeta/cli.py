@@ -253,6 +253,9 @@ def _cmd_fit(args) -> int:
         except ValueError as err:
             print(f"bayesmeta fit: error: {err}", file=sys.stderr)
             return 2
+        except bm.inference.diagnostics.FitError as err:  # every chain non-finite
+            print(f"bayesmeta fit: failed: {err}", file=sys.stderr)
+            return 1
     problems = [
         str(w.message)
         for w in caught

@@ -141,7 +141,40 @@ def _estimates(
         labels = [str(i) for i in range(est.size)]
     if len(labels) != est.size:
         raise ValueError(f"labels: {len(labels)} labels for {est.size} estimates")
-    return est, s, tuple(str(v) for v in labels)
+    labels = tuple(str(v) for v in labels)
+    _check_float64_range(est, s, labels)
+    return est, s, labels
+
+
+def _check_float64_range(est: np.ndarray, s: np.ndarray, labels: tuple[str, ...]) -> None:
+    """Every estimator squares the standard errors (variances, weights ``1/se^2`` and sums
+    of their squares) and the standardised deviations ``(y_i - y_j) / se``; where one of
+    those squares leaves the float64 range the result would be NaN or infinite, so it is
+    refused here, naming the field and the task. (The estimators are scale-equivariant:
+    rescaling ``y`` and ``se`` by one factor rescales ``mu``, ``se`` by it and ``tau2`` by
+    its square.)"""
+    tiny, big = np.finfo(float).tiny, np.finfo(float).max
+    with np.errstate(over="ignore", under="ignore"):
+        var = s**2
+        bad = ~((var**2 >= tiny) & (var**2 <= big))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"se: task {labels[i]!r}: se = {s[i]:.3g}; the weights 1/se^2 and their "
+                "squares (in the tau^2 estimators) would leave the float64 range (se must "
+                "lie within 1e-77 to 1e77); rescale y and se by a common factor"
+            )
+        spread = np.max(est) - np.min(est)
+        dev = np.where(np.isfinite(spread), spread, np.inf) / s
+        bad = ~np.isfinite(dev**2 * est.size) | ~np.isfinite(spread**2 * est.size)
+    if bad.any():
+        i = int(np.argmax(np.abs(est - np.median(est))))
+        raise ValueError(
+            f"y: task {labels[i]!r}: y = {est[i]:.3g}; the estimates span {spread:.3g}, "
+            f"which is {np.max(dev):.3g} standard errors, and its square (in the Q statistic "
+            "and the tau^2 estimators) overflows float64; rescale y and se by a common "
+            "factor or check the data"
+        )
 
 
 def _check_level(level: float) -> float:
@@ -1356,7 +1389,19 @@ def random_effects(
         knapp_hartung=bool(knapp_hartung),
         prediction=prediction,
     )
+    _check_finite_result(res, ("mu", "se", "tau2", "q", "i2"), method)
     return res
+
+
+def _check_finite_result(res: Any, fields: tuple[str, ...], method: str) -> None:
+    """No NaN or infinite estimate is returned silently: a ValueError names the field."""
+    for name in fields:
+        value = np.asarray(getattr(res, name), float)
+        if not np.all(np.isfinite(value)):
+            raise ValueError(
+                f"{name}: the {method} estimate is not finite ({value}); the data are "
+                "numerically degenerate (check the scale of y and se)"
+            )
 
 
 def _meta_regression(est, s, labels, z, names, method, knapp_hartung, level, prediction):
@@ -1409,7 +1454,7 @@ def _meta_regression(est, s, labels, z, names, method, knapp_hartung, level, pre
         pi_df = float(k - p - 1) if k - p - 1 >= 1 else math.nan
     else:
         pi_df = math.inf
-    return MetaRegression(
+    res = MetaRegression(
         method=method,
         k=k,
         num_coef=p,
@@ -1445,6 +1490,8 @@ def _meta_regression(est, s, labels, z, names, method, knapp_hartung, level, pre
         knapp_hartung=bool(knapp_hartung),
         prediction=prediction,
     )
+    _check_finite_result(res, ("coef", "se", "tau2", "qe"), method)
+    return res
 
 
 def james_stein(

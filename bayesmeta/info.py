@@ -21,8 +21,11 @@ record                 fields (beyond ``options``, ``diagnostics``, ``extra``)
 =====================  =====================================================================
 
 ``diagnostics`` (MCMC engines) holds ``divergences``, ``rhat`` and ``ess_bulk`` by site,
-``e_bfmi`` per chain, ``problems``, and after a funnel-shaped fit ``advice`` and
-``suggested_parameterization``.
+``e_bfmi`` per chain, ``problems``, ``bad_chains`` (chains with non-finite draws or a
+frozen parameter), ``frozen`` (site -> chains) when a chain never moved, and after a
+funnel-shaped fit ``advice`` and ``suggested_parameterization``. Any engine whose draws hold
+NaN or infinite values in some chains gets ``nonfinite`` (site -> count, chains, task labels)
+and ``bad_chains`` (:mod:`bayesmeta.inference.assemble`).
 """
 
 from __future__ import annotations

@@ -221,6 +221,19 @@ def _noise_prior(prior: Any) -> dist.Distribution:
         raise ValueError(
             f"noise_prior: expected a numpyro distribution, got {type(prior).__name__}"
         )
+    # sigma is a scale: a prior with mass below zero would give negative noise draws under
+    # collapsed and exact algebra (which square it) and a failed start under NUTS
+    support = prior.support
+    lower = getattr(support, "lower_bound", None)
+    ok = support in (dist.constraints.positive, dist.constraints.nonnegative) or (
+        lower is not None and float(np.min(lower)) >= 0
+    )
+    if not ok or prior.event_shape:
+        raise ValueError(
+            "noise_prior: the prior on the noise scale sigma must be a scalar distribution "
+            f"with positive support (e.g. dist.HalfNormal(5)), got {type(prior).__name__} "
+            f"with support {support}"
+        )
     return prior
 
 

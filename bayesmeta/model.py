@@ -31,7 +31,15 @@ from bayesmeta import likelihoods as lk
 from bayesmeta import populations as pops
 from bayesmeta.tasks import TaskSet
 
-__all__ = ["Hierarchical", "Pooled", "Unpooled", "pooled", "unpooled", "BuiltModel"]
+__all__ = [
+    "Hierarchical",
+    "Pooled",
+    "Unpooled",
+    "pooled",
+    "unpooled",
+    "BuiltModel",
+    "check_dtype_range",
+]
 
 
 class BuiltModel(NamedTuple):
@@ -82,6 +90,72 @@ def _check_tasks(tasks: Any) -> TaskSet:
     return tasks
 
 
+def check_dtype_range(tasks: TaskSet, dtype: Any = None) -> None:
+    """Refuse data the model cannot represent in the dtype it will run in (float32 unless
+    JAX's x64 mode is on), naming the field, the task and the row.
+
+    The rule, per value ``v`` (``tiny``/``max``: the dtype's smallest normal and largest
+    number):
+
+    - ``y``, ``x``, ``task_x``: ``|v| <= sqrt(max)`` (the log-densities square residuals and
+      the Gaussian algebra sums ``x x^T``, ``y^2``), and a nonzero ``|v| >= tiny`` (it would
+      flush to zero);
+    - ``se`` / ``noise_scale``: ``sqrt(tiny) <= v <= sqrt(max)``, since the algebra uses
+      the variance ``v^2`` and the precision ``1 / v^2``.
+
+    In float32 that is ``|y|, |x| <= 1.8e19`` and ``1.1e-19 <= se <= 1.8e19``; in float64
+    ``1.3e154`` and ``1.5e-154``. Rescale the data (a meta-analysis is scale-equivariant)
+    or enable float64 (``jax.config.update("jax_enable_x64", True)``) otherwise.
+
+    >>> import bayesmeta as bm
+    >>> check_dtype_range(bm.TaskSet.from_estimates(y=[1.0, 2.0], se=[1e-25, 1.0]))
+    Traceback (most recent call last):
+    ...
+    ValueError: se: 1e-25 at task '0', row 0 is outside the float32 range of a scale ...
+    """
+    dt = np.dtype(jnp.asarray(1.0).dtype if dtype is None else dtype)
+    fi = np.finfo(dt)
+    tiny, big = float(fi.tiny), float(fi.max)
+    root_tiny, root_big = np.sqrt(tiny), np.sqrt(big)
+    hint = "rescale the data" + ("" if dt == np.float64 else " or enable float64 (jax_enable_x64)")
+    fields = [("y", tasks.y)]
+    if tasks.x is not None:
+        fields.append(("x", np.asarray(tasks.x, float).reshape(tasks.num_obs, -1)))
+    for name, arr in fields:
+        arr = np.asarray(arr, float)
+        mag = np.abs(arr.reshape(tasks.num_obs, -1))
+        bad = (mag > root_big) | ((mag > 0) & (mag < tiny))
+        if bad.any():
+            row = int(np.flatnonzero(bad.any(axis=1))[0])
+            value = arr.reshape(tasks.num_obs, -1)[row][bad[row]][0]
+            raise ValueError(
+                f"{name}: {value:.3g} at {tasks._where(row)} is outside the {dt.name} range "
+                f"the model runs in (|{name}| <= {root_big:.2g}, as it is squared, and nonzero "
+                f"values >= {tiny:.2g}); {hint}"
+            )
+    if tasks.noise_scale is not None:
+        field = "se" if tasks.is_estimates else "noise_scale"
+        s = np.asarray(tasks.noise_scale, float)
+        bad = (s < root_tiny) | (s > root_big)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{field}: {s[row]:.3g} at {tasks._where(row)} is outside the {dt.name} range "
+                f"of a scale ({root_tiny:.2g} to {root_big:.2g}, as its square, the variance, "
+                f"must be a normal {dt.name} number); {hint}"
+            )
+    if tasks.task_x is not None:
+        mag = np.abs(np.asarray(tasks.task_x, float))
+        bad = (mag > root_big) | ((mag > 0) & (mag < tiny))
+        if bad.any():
+            t, j = (int(i[0]) for i in np.nonzero(bad))
+            raise ValueError(
+                f"task_x: column {tasks.task_x_names[j]!r} has {tasks.task_x[t, j]:.3g} at task "
+                f"{tasks.labels[t]!r}, outside the {dt.name} range the model runs in "
+                f"(|v| <= {root_big:.2g}, nonzero |v| >= {tiny:.2g}); {hint}"
+            )
+
+
 class _TaskModel:
     """Shared skeleton: sample what ``theta`` depends on, then the rows of ``y``."""
 
@@ -118,6 +192,7 @@ class _TaskModel:
         tasks = _check_tasks(tasks)
         likelihood = self.likelihood
         likelihood.validate(tasks)
+        check_dtype_range(tasks)
         param_shape = likelihood.param_shape(tasks)
         self._check_shape(param_shape)
         pd = likelihood.param_dim(tasks)
@@ -539,6 +614,7 @@ def build_callable(fn: Callable, tasks: Any) -> BuiltModel:
     if isinstance(tasks, Mapping):
         return _build_user_style(fn, dict(tasks))
     tasks = _check_tasks(tasks)
+    check_dtype_range(tasks)
     data = {"y": tasks.y, "task_index": tasks.task_index}
     if tasks.x is not None:
         data["x"] = tasks.x

@@ -1,11 +1,35 @@
 """Linear-Gaussian pieces shared by collapsed inference and ``adapt``: which models have
 Gaussian per-task parameters that can be integrated out, their sufficient statistics, and
 the population as ``(mu, L)`` with ``Sigma = L L^T``. The algebra itself is
-:mod:`bayesmeta.exact.linear`; scalar parameters get an elementwise fast path."""
+:mod:`bayesmeta.exact.linear`; scalar parameters get an elementwise fast path.
+
+Numerical stability (float32). The textbook form of the marginal,
+``(c - 2 mu b + mu^2 A) - tau^2 (b - A mu)^2 / (1 + tau^2 A)`` with ``A = sum x^2 / s^2``,
+subtracts two numbers of size ``A mu^2``; in float32 with small standard errors
+(``A = 1e18`` at ``se = 1e-9``) the difference is rounding noise, NUTS freezes and the
+``theta`` draws are wrong or NaN. For scalar ``theta`` (one varying column, no common
+coefficients) :func:`stable_task_stats` therefore *centres* the statistics: it accumulates
+in float64 numpy, outside the traced code, each task's estimate ``b / A``, its variance
+``1 / A`` and its within-task residual ``sum (y - x b / A)^2 / s^2``, and
+:func:`log_marginal` and :func:`scalar_posterior` use the equivalent form
+``(estimate - mu)^2 / (sigma^2 / A + tau^2) + log(sigma^2 / A + tau^2) - log(sigma^2 / A)``,
+which has no cancellation and no product ``tau^2 A`` that could overflow. Vector ``theta``
+and models with common coefficients keep the raw sums and the Woodbury form of
+:mod:`bayesmeta.exact.linear`: rescaling the columns of ``x`` leaves ``I + L^T A L``
+unchanged, so it would not help; where the prior's scale and the data's differ by more
+than float32 resolves (about 1e7, e.g. ``x`` times 1e10 under unit-scale priors) the draws
+come out non-finite and the fit raises
+:class:`~bayesmeta.inference.diagnostics.FitError` (see
+:mod:`bayesmeta.inference.assemble`): rescale the data or enable float64.
+Data whose magnitudes leave the dtype's range are refused before this point
+(:meth:`bayesmeta.model.Hierarchical.build`)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax.numpy as jnp
+import numpy as np
 
 from bayesmeta import populations as pops
 from bayesmeta.exact.linear import (
@@ -59,9 +83,69 @@ def task_stats(likelihood, tasks) -> LinearStats:
     return linear_sufficient_stats(x, data["y"], data["task_index"], tasks.num_tasks, scale)
 
 
+class CentredStats(NamedTuple):
+    """Sufficient statistics of scalar-``theta`` tasks, centred for stability (see the
+    module docstring); read as :class:`LinearStats` through the same attribute names.
+
+    raw       # LinearStats of the tasks
+    estimate  # shape=(T,): b / A, each task's own estimate of theta (0 where A = 0)
+    variance  # shape=(T,): 1 / A, its variance for unit noise (1 where A = 0)
+    within    # shape=(T,): sum_r (y_r - x_r estimate)^2 / s_r^2 (= c where A = 0)
+    informed  # shape=(T,): A > 0 (a task whose rows carry information on theta)
+    """
+
+    raw: LinearStats
+    estimate: jnp.ndarray
+    variance: jnp.ndarray
+    within: jnp.ndarray
+    informed: jnp.ndarray
+
+    xtx = property(lambda self: self.raw.xtx)
+    xty = property(lambda self: self.raw.xty)
+    yty = property(lambda self: self.raw.yty)
+    count = property(lambda self: self.raw.count)
+    log_scale = property(lambda self: self.raw.log_scale)
+
+
+def stable_task_stats(likelihood, tasks) -> LinearStats | CentredStats:
+    """:func:`task_stats`, accumulated in float64 and centred (:class:`CentredStats`) when
+    ``theta`` is scalar and there are no common coefficients; the raw statistics
+    otherwise."""
+    raw = task_stats(likelihood, tasks)
+    data = likelihood.data_arrays(tasks)
+    if getattr(likelihood, "common_design", lambda d: None)(data) is not None:
+        return raw
+    design = likelihood.design({k: jnp.asarray(v) for k, v in data.items()})
+    y = np.asarray(tasks.y, float)
+    x = np.ones((y.size, 1)) if design is None else np.asarray(design, float)
+    x = x.reshape(y.size, -1)
+    known = conjugate_noise(likelihood) == "known"
+    w = 1.0 / np.asarray(tasks.noise_scale, float) ** 2 if known else np.ones_like(y)
+    idx, num = np.asarray(tasks.task_index), tasks.num_tasks
+    dtype = raw.yty.dtype
+    if x.shape[1] != 1:
+        return raw
+    x = x[:, 0]
+    info = np.bincount(idx, w * x * x, num)
+    informed = info > 0
+    safe = np.where(informed, info, 1.0)
+    estimate = np.where(informed, np.bincount(idx, w * x * y, num) / safe, 0.0)
+    within = np.bincount(idx, w * (y - x * estimate[idx]) ** 2, num)
+    return CentredStats(
+        raw,
+        jnp.asarray(estimate, dtype),
+        jnp.asarray(1.0 / safe, dtype),
+        jnp.asarray(within, dtype),
+        jnp.asarray(informed),
+    )
+
+
 def residual_stats(stats: LinearStats, num_varying: int, beta=None) -> LinearStats:
     """:func:`bayesmeta.exact.linear.linear_residual_stats`: the statistics of
-    ``y - X_c beta`` on the varying columns."""
+    ``y - X_c beta`` on the varying columns (centred statistics pass through unchanged:
+    they exist only without common coefficients)."""
+    if isinstance(stats, CentredStats):
+        return stats
     return linear_residual_stats(stats, num_varying, beta)
 
 
@@ -90,6 +174,20 @@ def log_marginal(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
     """``log p(y_t | mu, Sigma, sigma)`` per task ``(T,)``; elementwise when ``p = 1``."""
     if hyper.mu.shape[-1] != 1:
         return linear_log_marginal(stats, hyper)
+    if isinstance(stats, CentredStats):
+        mu, tau, s2 = hyper.mu[..., 0], hyper.scale_tril[0, 0], hyper.noise**2
+        sv = s2 * stats.variance
+        total = sv + tau**2
+        # the standardised deviation first: its square stays in range where (est - mu)^2
+        # and tau^2 / sigma^2 A would not
+        z = (stats.estimate - mu) / jnp.sqrt(total)
+        spread = jnp.where(stats.informed, jnp.log(total) - jnp.log(sv) + z**2, 0.0)
+        return -0.5 * (
+            stats.count * jnp.log(2.0 * jnp.pi * s2)
+            + 2.0 * stats.log_scale
+            + stats.within / s2
+            + spread
+        )
     A, b, c = stats.xtx[:, 0, 0], stats.xty[..., 0], stats.yty
     mu, tau, s2 = hyper.mu[..., 0], hyper.scale_tril[0, 0], hyper.noise**2
     g = (b - A * mu) / s2
@@ -116,6 +214,14 @@ def scalar_posterior(stats: LinearStats, mu, tau, s2):
     """Mean and variance of scalar ``theta_t | y_t`` for every task; ``mu``, ``tau``,
     ``s2`` (the noise variance) broadcast against the tasks, e.g. ``(S, 1)`` for ``S``
     hyperparameter draws gives ``(S, T)``."""
+    if isinstance(stats, CentredStats):
+        sv = s2 * stats.variance
+        total = sv + tau**2
+        var = jnp.where(stats.informed, tau**2 * (sv / total), tau**2)
+        # the weighted mean with both weights formed directly: mu + tau^2 (est - mu) / total
+        # cancels when one weight is near 1 and the far value is much larger
+        mean = jnp.where(stats.informed, mu * (sv / total) + stats.estimate * (tau**2 / total), mu)
+        return mean, var
     A, b = stats.xtx[:, 0, 0], stats.xty[..., 0]
     den = s2 + tau**2 * A
     var = tau**2 * s2 / den

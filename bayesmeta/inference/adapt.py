@@ -471,6 +471,10 @@ def predict(
             if x.ndim == 1:
                 x = x[:, None]
             n = x.shape[0]
+            bad = ~np.isfinite(x.reshape(n, -1)).all(axis=1)
+            if bad.any():  # NaN inputs would give NaN draws, silently
+                row = int(np.flatnonzero(bad)[0])
+                raise ValueError(f"x: non-finite value in row {row} of the new inputs")
         elif num_obs is not None:
             n = int(num_obs)
         else:
@@ -480,7 +484,14 @@ def predict(
         if x is not None:
             data["x"] = jnp.asarray(x)
         if noise_scale is not None:
-            data["noise_scale"] = jnp.broadcast_to(jnp.asarray(noise_scale, float), (n,))
+            scale = np.broadcast_to(np.asarray(noise_scale, float), (n,))
+            bad = ~(np.isfinite(scale) & (scale > 0))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise ValueError(
+                    f"noise_scale: must be finite and positive, got {scale[row]} in row {row}"
+                )
+            data["noise_scale"] = jnp.asarray(scale)
         elif lik.needs_noise_scale:
             raise ValueError(
                 "noise_scale: predicting new rows of a known-noise likelihood "

@@ -272,7 +272,7 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     _check_options(opts)
     built = model.build(tasks)  # validates the data and gives dims/coords of full NUTS
     param_shape = built.param_shape
-    stats = gauss.task_stats(model.likelihood, tasks)
+    stats = gauss.stable_task_stats(model.likelihood, tasks)
     regression, task_x = built.regression, built.data.get("task_x")
     mixed = regression is not None or "beta" in model.likelihood.global_priors()
     nuts_opts = {k: opts[k] for k in NUTS_OPTIONS}

@@ -607,6 +607,8 @@ def posterior_from_draws(
         warn=warn,
         energy=extras.get("energy"),
         advice=advice,
+        dims=built.dims,
+        coords=built.coords,
         **(check_kw or {}),
     )
     if "advice" in diag:
