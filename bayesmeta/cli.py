@@ -241,11 +241,13 @@ def _cmd_fit(args) -> int:
         if "checkpoint" not in engine.options:
             print(
                 f"bayesmeta fit: error: --checkpoint: method {engine.name!r} does not write "
-                "checkpoints (method nuts does)",
+                "checkpoints (methods nuts and vi do)",
                 file=sys.stderr,
             )
             return 2
-        options.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
+        options["checkpoint"] = args.checkpoint
+        if "checkpoint_every" in engine.options:  # VI saves after each of its ten windows
+            options["checkpoint_every"] = args.checkpoint_every
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", bm.inference.diagnostics.FitWarning)
         try:
@@ -419,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--checkpoint",
-        help="NUTS: save the sampler state and draws to this file as the fit goes; "
+        help="NUTS, VI: save the sampler or optimiser state and the draws to this file as the fit goes; "
         "rerunning the same command resumes from it",
     )
     fit.add_argument(

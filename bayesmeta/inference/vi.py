@@ -67,6 +67,7 @@ VI_OPTIONS = {
     "convergence_tol": 0.01,
     "param_tol": 0.1,
     "warn": True,
+    "checkpoint": None,
 }
 
 
@@ -158,31 +159,63 @@ def _programs(model, built, opts: dict):
     return (*programs, True)
 
 
-def _run_windows(svi, window, key, num_steps: int, data: dict, progress: bool):
+def _run_windows(svi, window, key, num_steps: int, data: dict, progress: bool, checkpoint=None):
     """Run SVI for ``num_steps`` steps in windows of ``num_steps // 10`` (any remainder
-    first); returns ``(params, losses (num_steps,), window means of the params)``."""
+    first); returns ``(params, losses (num_steps,), window means of the params, width,
+    the window it resumed after)``. ``checkpoint``: ``(path, fingerprint)``; the optimiser
+    state, the losses and the window means are saved after every window (atomically), and
+    a checkpoint of the same fit is resumed."""
     width = max(num_steps // NUM_WINDOWS, 1)
     num_windows = num_steps // width
     rest = num_steps - num_windows * width
     state = svi.init(key, **data)
     losses, means = [], []
     lengths = ([rest] if rest else []) + [width] * num_windows
+    start = 0
+    if checkpoint is not None:
+        from bayesmeta.inference import checkpoint as ck
+
+        path, fp = checkpoint
+        leaves, state_def = jax.tree.flatten(state)
+        mean_def = jax.tree.structure(svi.get_params(state))
+        found = ck.load(path, fp)
+        if found is not None:
+            meta, arrays = found
+            start = int(meta["windows"])
+            state = jax.tree.unflatten(
+                state_def, [jnp.asarray(arrays[f"s{i}"]) for i in range(len(leaves))]
+            )
+            losses = [arrays[f"loss{i}"] for i in range(start)]
+            n_leaves = mean_def.num_leaves
+            means = [
+                jax.tree.unflatten(mean_def, [arrays[f"mean{j}_{i}"] for i in range(n_leaves)])
+                for j in range(int(meta["means"]))
+            ]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_steps, desc="vi")
-    for length in lengths:
+        bar = tqdm(total=num_steps, desc="vi", initial=sum(lengths[:start]))
+    for w, length in enumerate(lengths):
+        if w < start:
+            continue
         state, mean, loss = window(state, data, length)
         losses.append(np.asarray(loss))
         if length == width:
             means.append(jax.tree.map(np.asarray, mean))
+        if checkpoint is not None:
+            arrays = {f"s{i}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(state))}
+            arrays.update({f"loss{i}": v for i, v in enumerate(losses)})
+            for j, m in enumerate(means):
+                arrays.update({f"mean{j}_{i}": v for i, v in enumerate(jax.tree.leaves(m))})
+            meta = {"fingerprint": fp, "windows": w + 1, "means": len(means)}
+            ck.save(path, dict(meta, done=sum(lengths[: w + 1]), total=num_steps), arrays)
         if bar is not None:
             bar.update(length)
             bar.set_postfix_str(f"loss {float(np.mean(losses[-1])):.4g}", refresh=False)
     if bar is not None:
         bar.close()
-    return svi.get_params(state), np.concatenate(losses), means, width
+    return svi.get_params(state), np.concatenate(losses), means, width, start
 
 
 def _loc_sd(params: dict, guide: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -255,7 +288,10 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
     default ``optax.adam(learning_rate)``), ``learning_rate``, ``num_steps``, ``num_samples``
     (guide draws), ``num_particles`` (ELBO Monte-Carlo particles), ``progress_bar``,
     ``convergence_tol``, ``param_tol`` (the convergence criterion of the module docstring),
-    ``warn``.
+    ``warn``, ``checkpoint`` (a file path: the optimiser state, the ELBO trace and the window
+    means are saved there after each of the ten windows, atomically; the same fit called
+    again with the same path resumes after the last saved window;
+    ``info["timing"]["resumed_at"]`` is that window).
     """
 
     opts = dict(VI_OPTIONS, **options)
@@ -265,8 +301,24 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
         progress = sys.stderr.isatty()
     svi, window, draw, compiled = _programs(model, built, opts)
     key_fit, key_draw = jax.random.split(jax.random.PRNGKey(seed))
-    params, losses, means, width = _run_windows(
-        svi, window, key_fit, int(opts["num_steps"]), built.data, bool(progress)
+    checkpoint = None
+    if opts["checkpoint"] is not None:
+        from bayesmeta.inference import checkpoint as ck
+
+        path = ck.check_path(opts["checkpoint"])
+        fp = ck.fingerprint(
+            seed=seed,
+            model=repr(model),
+            structure=built.structure,
+            options=tuple(
+                (k, repr(opts[k]))
+                for k in ("guide", "optimizer", "learning_rate", "num_steps", "num_particles")
+            ),
+            data=built.data,
+        )
+        checkpoint = (path, fp)
+    params, losses, means, width, resumed = _run_windows(
+        svi, window, key_fit, int(opts["num_steps"]), built.data, bool(progress), checkpoint
     )
     elbo = -losses
     if not np.all(np.isfinite(elbo[-max(len(elbo) // 10, 1) :])):
@@ -301,6 +353,9 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
         "guide_params": params,
         "timing": {"compiled": compiled},
     }
+    if checkpoint is not None:
+        info["checkpoint"] = {"path": checkpoint[0], "every": width}
+        info["timing"]["resumed_at"] = resumed
     return posterior_from_draws(
         built,
         tasks,
