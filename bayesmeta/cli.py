@@ -421,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--checkpoint",
-        help="NUTS, VI: save the sampler or optimiser state and the draws to this file as the fit goes; "
-        "rerunning the same command resumes from it",
+        help="NUTS, VI: save the sampler or optimiser state and the draws to this file as "
+        "the fit goes; rerunning the same command resumes from it",
     )
     fit.add_argument(
         "--checkpoint-every",
