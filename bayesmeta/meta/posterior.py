@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from bayesmeta._checks import check_seed
 from bayesmeta.inference.assemble import assemble
 from bayesmeta.info import MetaInfo
 from bayesmeta.meta._compiled import compiled
@@ -528,6 +529,7 @@ def implied_prior(
       (:class:`TaskGaussians`), ``adapted`` (``(T, D)``, the ``k``-step iterates),
       ``prior_cov`` (``(T, D, D)``) and ``hessian`` (``(T, D, D)``).
     """
+    seed = check_seed(seed)
     _check_output(support, labels, num_draws)
     g, adapted, _ = _gaussians(
         loss_fn,
@@ -633,6 +635,7 @@ def llama(
     Returns:
       a ``Posterior`` (method ``"llama"``) with ``info["gaussians"]``.
     """
+    seed = check_seed(seed)
     _check_output(support, labels, num_draws)
     g = llama_gaussians(
         loss_fn,
@@ -697,6 +700,7 @@ def to_posterior(
     ``["task", "<name>_dim_0", ...]``. Draws have shape ``(1, num_draws, T, *leaf)``.
     """
 
+    seed = check_seed(seed)
     _check_int("num_draws", num_draws, 1)
     num_tasks = gaussians.num_tasks
     labels = _check_labels(labels, num_tasks)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from bayesmeta._checks import check_seed
 from bayesmeta.meta._compiled import compiled
 from bayesmeta.meta.learners import MetaState
 
@@ -119,6 +120,7 @@ def train(
       gradient-based learners ``loss`` (query loss after adaptation), ``loss_before``
       (before adaptation) and ``grad_norm``.
     """
+    seed = check_seed(seed)
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps: expected a positive integer, got {num_steps!r}")
     if not callable(task_sampler):
