@@ -145,6 +145,8 @@ def _estimates(
 
 
 def _check_level(level: float) -> float:
+    if isinstance(level, bool) or not isinstance(level, int | float | np.integer | np.floating):
+        raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
     level = float(level)
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: must lie in (0, 1), got {level}")

@@ -74,6 +74,8 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from bayesmeta._checks import as_real_array
+
 __all__ = ["Population", "Normal", "MvNormal", "StudentT", "TaskRegression"]
 
 _PARAMETERIZATIONS = ("auto", "centered", "noncentered")
@@ -388,6 +390,21 @@ class Population(abc.ABC):
                 f"population: dim={self.dim} but the likelihood has {size} parameter(s) per "
                 "task (model/likelihood mismatch)"
             )
+        # hyperpriors and fixed values against the parameter shape, before any tracing
+        field = {"mu": "loc", "tau": "scale", "nu": "df"}
+        for base, v in self._hyper_priors().items():
+            shape = self._hyper_shape(base, param_shape)
+            name = f"{field.get(base, base)} ({self.site(base)})"
+            if isinstance(v, dist.Distribution):
+                _expand(v, shape, name)
+            elif v is not None:
+                try:
+                    np.broadcast_to(np.asarray(v), shape)
+                except ValueError:
+                    raise ValueError(
+                        f"{name}: fixed value of shape {np.shape(v)} does not fit the "
+                        f"per-task parameter shape {shape}"
+                    ) from None
 
     # ------------------------------------------------------------------ numpyro pieces
     def sample_hyper(
@@ -692,7 +709,13 @@ class MvNormal(Population):
         coef=None,
     ):
         super().__init__(dim, loc, scale, parameterization, name, task_covariates, coef)
-        corr_arr = np.asarray(corr, dtype=float)
+        try:
+            corr_arr = as_real_array("corr", corr)
+        except ValueError:
+            raise ValueError(
+                f"corr: expected an LKJ concentration (a number > 0) or a fixed correlation "
+                f"matrix, got {corr!r}"
+            ) from None
         if corr_arr.ndim == 0:
             if not corr_arr > 0:
                 raise ValueError(f"corr: LKJ concentration must be positive, got {corr}")

@@ -522,6 +522,54 @@ def test_fuzz_populations(family, which, field, dim, name):
     _check(f"populations.{family}", case, fields, bad)
 
 
+POP_EXTRA = [
+    # (family, keyword, value, bad)
+    ("MvNormal", "corr", 2.0, False),
+    ("MvNormal", "corr", np.eye(2), False),
+    ("MvNormal", "corr", [[1.0, 0.3], [0.3, 1.0]], False),
+    ("MvNormal", "corr", [[1.0, 2.0], [2.0, 1.0]], True),  # not positive definite
+    ("MvNormal", "corr", [[1.0, 0.3], [0.1, 1.0]], True),  # not symmetric
+    ("MvNormal", "corr", np.eye(3), True),  # 3 x 3 for 2 coefficients
+    ("MvNormal", "corr", "lkj", True),
+    ("MvNormal", "corr", math.nan, True),
+    ("MvNormal", "corr", -1.0, True),
+    ("MvNormal", "corr", 1j, True),
+    ("MvNormal", "corr", [[1.0, math.nan], [math.nan, 1.0]], True),
+    ("StudentT", "df", dist.Gamma(2.0, 0.1), False),
+    ("StudentT", "df", 4.0, False),
+    ("StudentT", "df", -4.0, True),
+    ("StudentT", "df", (2, 0.1), True),
+    ("StudentT", "df", "t", True),
+    ("Normal", "parameterization", "centered", False),
+    ("Normal", "parameterization", "bogus", True),
+    ("Normal", "parameterization", [True, False], False),  # a list of booleans is a mask
+    ("Normal", "parameterization", np.array([True, False, True]), True),  # 3 masks, 2 tasks
+    ("Normal", "parameterization", np.array([1, 0]), True),
+    ("Normal", "task_covariates", ["missing"], True),
+    ("Normal", "coef", dist.Normal(0.0, 1.0), True),  # coef without task_covariates
+    ("Normal", "loc", np.array([1.0, 2.0, 3.0]), True),  # 3 fixed means, 2 coefficients
+]
+
+
+@settings(FUZZ, max_examples=40)
+@given(st.sampled_from(range(len(POP_EXTRA))))
+def test_fuzz_population_options(i):
+    family, key, value, bad = POP_EXTRA[i]
+    tasks = bm.TaskSet.from_arrays(
+        y=[0.1, 0.4, -0.2, 0.3],
+        x=[[1.0, 0.0], [1.0, 1.0], [1.0, 2.0], [1.0, 0.5]],
+        task=["u", "u", "v", "v"],
+    )
+
+    def case():
+        pop = getattr(bm.populations, family)(**{key: value})
+        model = bm.Hierarchical(bm.likelihoods.LinearRegression(intercept=False), pop)
+        return model.build(tasks)
+
+    fields = (key, "task_covariates", "parameterization", "loc", "mu")
+    _check(f"populations.{family} options", case, fields, bad)
+
+
 # ------------------------------------------------------------------ likelihoods
 def _lik_tasks(kind):
     if kind == "counts":
@@ -678,32 +726,135 @@ def _option_cases():
 OPTION_CASES = _option_cases()
 
 
+def _fit_case(method):
+    if method == "laplace":
+        return _logistic()
+    return _schools_model(), bm.datasets.eight_schools()
+
+
+def test_fit_options_probe_values():
+    """Every listed bad value of every option of every method (the probe's values among
+    them: ``num_samples=2.5``, ``num_chains="2"``, ``theta_batch=0``), and every bad seed
+    under every method."""
+    for method, name, value in OPTION_CASES:
+        model, tasks = _fit_case(method)
+        fields = ("options", "unknown option") if name == "not_an_option" else (name,)
+        _check(
+            f"fit options ({method})",
+            lambda: bm.fit(model, tasks, method=method, **{name: value}),  # noqa: B023
+            fields,
+            True,
+        )
+    for method in bm.inference.METHODS:
+        model, tasks = _fit_case(method)
+        for seed in BAD_SEEDS:
+            _check(
+                f"seed ({method})",
+                lambda: bm.fit(model, tasks, method=method, seed=seed),  # noqa: B023
+                ("seed",),
+                True,
+            )
+
+
+# generated bad values, by the kind of option
+_text = st.text(max_size=6)
+_junk = st.none() | st.booleans() | _text | st.complex_numbers(allow_nan=False, max_magnitude=10)
+_non_integral = st.floats(allow_nan=True).filter(lambda v: not float(v).is_integer())
+BAD_BY_KIND = {
+    "count": st.integers(max_value=0) | _non_integral | _junk,
+    "count0": st.integers(max_value=-1) | _non_integral | _junk,
+    "prob": st.floats().filter(lambda v: not 0 < v < 1) | _junk,
+    "positive": st.floats().filter(lambda v: not 0 < v < math.inf) | _junk,
+    "unit": st.floats().filter(lambda v: not 0 < v < 1) | _junk,
+    "bool": st.integers() | _text | st.none() | st.floats(),
+    "bool_or_none": st.integers() | _text | st.floats(),
+    "choice": _text.filter(
+        lambda v: (
+            v
+            not in (
+                "auto",
+                "vectorized",
+                "parallel",
+                "sequential",
+                "direct",
+                "chebyshev",
+                "normal",
+                "lowrank",
+                "multivariate",
+            )
+        )
+    )
+    | st.integers()
+    | st.none(),
+    "init": _text.filter(lambda v: v not in ("median", "mean", "uniform", "sample", "feasible"))
+    | st.integers(),
+    "levels": st.lists(st.floats(), min_size=1, max_size=3).filter(
+        lambda v: not all(0 < x < 1 for x in v)
+    )
+    | _text
+    | st.just([]),
+}
+OPTION_KIND = {
+    "num_chains": "count",
+    "num_samples": "count",
+    "max_tree_depth": "count",
+    "thinning": "count",
+    "theta_batch": "count",
+    "newton_steps": "count",
+    "num_steps": "count",
+    "num_particles": "count",
+    "max_panels": "count",
+    "num_warmup": "count0",
+    "target_accept": "prob",
+    "learning_rate": "positive",
+    "convergence_tol": "positive",
+    "rtol": "unit",
+    "warn": "bool",
+    "log_likelihood": "bool",
+    "importance": "bool",
+    "progress_bar": "bool_or_none",
+    "chain_method": "choice",
+    "marginal": "choice",
+    "guide": "choice",
+    "init_strategy": "init",
+    "quantiles": "levels",
+}
+
+
+@st.composite
+def bad_option(draw):
+    method = draw(st.sampled_from(bm.inference.METHODS))
+    engine = bm.inference.ENGINES["nuts" if method == "auto" else method]
+    name = draw(st.sampled_from(sorted(n for n in engine.options if n in OPTION_KIND)))
+    value = draw(BAD_BY_KIND[OPTION_KIND[name]])
+    return method, name, value
+
+
 @settings(FUZZ, max_examples=150)
-@given(st.sampled_from(range(len(OPTION_CASES))))
-def test_fuzz_fit_options(i):
-    method, name, value = OPTION_CASES[i]
-    if method in ("laplace",):
-        model, tasks = _logistic()
-    else:
-        model, tasks = _schools_model(), bm.datasets.eight_schools()
-    fields = ("options", "unknown option") if name == "not_an_option" else (name,)
+@given(bad_option())
+def test_fuzz_fit_options(case):
+    method, name, value = case
+    model, tasks = _fit_case(method)
     _check(
         f"fit options ({method})",
         lambda: bm.fit(model, tasks, method=method, **{name: value}),
-        fields,
+        (name,),
         True,
     )
 
 
 @settings(FUZZ, max_examples=60)
-@given(st.sampled_from(bm.inference.METHODS), st.sampled_from(range(len(BAD_SEEDS))))
-def test_fuzz_bad_seeds(method, j):
-    model, tasks = (
-        _logistic() if method == "laplace" else (_schools_model(), bm.datasets.eight_schools())
-    )
-    seed = BAD_SEEDS[j]
+@given(
+    st.sampled_from(bm.inference.METHODS),
+    st.integers(min_value=2**32) | st.integers(max_value=-1) | st.floats() | _junk,
+)
+def test_fuzz_bad_seeds(method, seed):
+    model, tasks = _fit_case(method)
     _check(
-        f"seed ({method})", lambda: bm.fit(model, tasks, method=method, seed=seed), ("seed",), True
+        f"seed ({method})",
+        lambda: bm.fit(model, tasks, method=method, seed=seed),
+        ("seed",),
+        True,
     )
 
 
@@ -871,21 +1022,28 @@ def exact_post():
 
 @pytest.fixture(scope="module")
 def linear_post():
-    """A tiny collapsed fit of a two-input linear regression (compiled once)."""
+    """A Posterior of a two-input linear regression with made-up draws (no fit, nothing
+    compiled): the cases below are all rejected before the draws are used."""
     rng = np.random.default_rng(0)
     x = np.column_stack([np.ones(24), rng.normal(size=24)])
     y = x @ np.array([0.5, -1.0]) + rng.normal(size=24)
     tasks = bm.TaskSet.from_arrays(y=y, x=x, task=np.repeat(["p", "q", "r", "s"], 6))
     model = bm.Hierarchical(bm.likelihoods.LinearRegression(intercept=False, noise="shared"))
-    return bm.fit(
-        model,
-        tasks,
-        method="collapsed",
-        num_chains=1,
-        num_warmup=50,
-        num_samples=20,
-        progress_bar=False,
-        warn=False,
+    built = model.build(tasks)
+    samples = {
+        "mu": rng.normal(size=(1, 20, 2)),
+        "tau": rng.uniform(0.5, 1.0, size=(1, 20, 2)),
+        "sigma": rng.uniform(0.5, 1.0, size=(1, 20)),
+        "theta": rng.normal(size=(1, 20, 4, 2)),
+    }
+    return bm.posterior.Posterior(
+        samples,
+        method="made up",
+        dims=built.dims,
+        coords=built.coords,
+        tasks=tasks,
+        model=model,
+        param_shape=(2,),
     )
 
 

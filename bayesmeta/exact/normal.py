@@ -198,6 +198,13 @@ def _loc_prior(prior: Any) -> _LocPrior:
         scale = np.asarray(prior.scale, dtype=float)
         if loc.shape != () or scale.shape != ():
             raise ValueError("loc_prior: the Normal prior on mu must be scalar")
+        if not (
+            math.isfinite(float(loc)) and math.isfinite(float(scale)) and float(scale) ** 2 > 0
+        ):
+            raise ValueError(
+                f"loc_prior: the Normal prior on mu needs a finite mean and a finite sd whose "
+                f"square is positive, got Normal({float(loc)}, {float(scale)})"
+            )
         return _LocPrior("normal", float(loc), float(scale))
     if hasattr(prior, "log_prob"):
         raise ValueError(
