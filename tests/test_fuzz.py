@@ -76,6 +76,19 @@ def _check(category, thunk, fields, bad, where=(), verify=None):
     return error
 
 
+def test_compile_fixture_sees_a_compile(compile_watch):
+    """The fixture the contract relies on counts a fresh jit program (and nothing for
+    plain numpy work), so "zero compiles before the error" can fail."""
+    import jax
+
+    with compile_watch.watching() as seen:
+        np.linalg.inv(np.eye(3) * 2.0)
+    assert seen["compiles"] == 0
+    with compile_watch.watching() as seen:
+        jax.jit(lambda v: v * 3.0 + 1.0)(np.arange(5.0))
+    assert seen["compiles"] >= 1 and seen["traces"] >= 1
+
+
 # ------------------------------------------------------------------ value strategies
 moderate = st.floats(-1e3, 1e3, allow_nan=False, width=64)
 non_finite = st.sampled_from([math.nan, math.inf, -math.inf])
@@ -732,6 +745,22 @@ def _fit_case(method):
     return _schools_model(), bm.datasets.eight_schools()
 
 
+#: valid options that keep a fit tiny, merged under every bad option: should a check be
+#: missing, the case fails (invalid input accepted) in a fraction of a second
+TINY = {
+    "nuts": dict(num_chains=1, num_warmup=5, num_samples=5, progress_bar=False),
+    "collapsed": dict(num_chains=1, num_warmup=5, num_samples=5, progress_bar=False),
+    "laplace": dict(num_chains=1, num_warmup=5, num_samples=5, progress_bar=False),
+    "auto": dict(num_chains=1, num_warmup=5, num_samples=5, progress_bar=False),
+    "vi": dict(num_steps=5, num_samples=5, progress_bar=False),
+    "exact": dict(num_chains=1, num_samples=5),
+}
+
+
+def _tiny(method, **bad):
+    return dict(TINY[method], **bad)
+
+
 def test_fit_options_probe_values():
     """Every listed bad value of every option of every method (the probe's values among
     them: ``num_samples=2.5``, ``num_chains="2"``, ``theta_batch=0``), and every bad seed
@@ -741,7 +770,7 @@ def test_fit_options_probe_values():
         fields = ("options", "unknown option") if name == "not_an_option" else (name,)
         _check(
             f"fit options ({method})",
-            lambda: bm.fit(model, tasks, method=method, **{name: value}),  # noqa: B023
+            lambda: bm.fit(model, tasks, method=method, **_tiny(method, **{name: value})),  # noqa: B023
             fields,
             True,
         )
@@ -750,7 +779,7 @@ def test_fit_options_probe_values():
         for seed in BAD_SEEDS:
             _check(
                 f"seed ({method})",
-                lambda: bm.fit(model, tasks, method=method, seed=seed),  # noqa: B023
+                lambda: bm.fit(model, tasks, method=method, seed=seed, **TINY[method]),  # noqa: B023
                 ("seed",),
                 True,
             )
@@ -837,7 +866,7 @@ def test_fuzz_fit_options(case):
     model, tasks = _fit_case(method)
     _check(
         f"fit options ({method})",
-        lambda: bm.fit(model, tasks, method=method, **{name: value}),
+        lambda: bm.fit(model, tasks, method=method, **_tiny(method, **{name: value})),
         (name,),
         True,
     )
@@ -852,7 +881,7 @@ def test_fuzz_bad_seeds(method, seed):
     model, tasks = _fit_case(method)
     _check(
         f"seed ({method})",
-        lambda: bm.fit(model, tasks, method=method, seed=seed),
+        lambda: bm.fit(model, tasks, method=method, seed=seed, **TINY[method]),
         ("seed",),
         True,
     )
@@ -889,6 +918,55 @@ def test_fuzz_exact_fits(seed, chains, draws, variant):
         ),
         ("seed",),
         False,
+        verify=verify,
+    )
+
+
+EXACT_PRIORS = [
+    # (keyword, value, bad)
+    ("scale_prior", lambda: dist.HalfCauchy(5.0), False),
+    ("scale_prior", lambda: dist.HalfCauchy(math.inf), True),  # was "math domain error"
+    ("scale_prior", lambda: dist.HalfNormal(1e300), None),
+    ("scale_prior", lambda: dist.Uniform(5.0, 1.0), True),
+    ("scale_prior", lambda: dist.Uniform(-1.0, 1.0), True),
+    ("scale_prior", lambda: dist.Normal(0.0, 1.0), True),
+    ("scale_prior", lambda: -1.0, True),
+    ("scale_prior", lambda: 0.0, False),  # tau fixed at 0: complete pooling
+    ("scale_prior", lambda: "wide", True),
+    ("loc_prior", lambda: dist.Normal(0.0, 1e-300), True),  # was a ZeroDivisionError
+    ("loc_prior", lambda: dist.Normal(0.0, math.inf), True),
+    ("loc_prior", lambda: dist.StudentT(3.0), True),
+    ("loc_prior", lambda: "flat", False),
+    ("loc_prior", lambda: "flatt", True),
+    ("loc_prior", lambda: math.nan, True),
+    ("loc_prior", lambda: 2.0, False),
+]
+
+
+@settings(FUZZ, max_examples=30)
+@given(st.sampled_from(range(len(EXACT_PRIORS))), st.sampled_from([None, 1, 2**32]))
+def test_fuzz_exact_solver(i, seed):
+    key, make, bad = EXACT_PRIORS[i]
+    tasks = bm.datasets.eight_schools()
+    kw = {key: make(), "num_samples": 5, "num_chains": 1}
+    fields = (key,)
+    if seed is not None:
+        kw["seed"] = seed
+        if seed >= 2**32:
+            fields, bad = ("seed",), True
+
+    def verify(post):
+        assert post.samples["theta"].shape == (1, 5, 8)
+        assert np.all(np.isfinite(post.samples["theta"]))
+
+    if bad is None:  # needs nan branch: huge prior scales (float range), either outcome
+        bad = False
+        verify = None
+    _check(
+        "exact.normal_normal",
+        lambda: bm.exact.normal_normal(tasks, **kw),
+        fields,
+        bad,
         verify=verify,
     )
 

@@ -274,6 +274,8 @@ def _param(d: Any, name: str) -> float:
     arr = np.asarray(getattr(d, name), dtype=float)
     if arr.shape != ():
         raise ValueError(f"scale_prior: {type(d).__name__}.{name} must be a scalar")
+    if not math.isfinite(float(arr)):
+        raise ValueError(f"scale_prior: {type(d).__name__}.{name} must be finite, got {float(arr)}")
     return float(arr)
 
 
