@@ -1297,3 +1297,14 @@ def test_init_strategy_by_name_and_largest_seed_under_nuts():
     assert np.all(np.isfinite(post.samples["theta"]))
     again = bm.fit(model, tasks, seed=np.uint32(2**32 - 1), init_strategy="median", **opts)
     np.testing.assert_array_equal(post.samples["theta"], again.samples["theta"])
+
+
+def test_tuple_hyperprior_is_refused_with_the_way_out():
+    """``Normal(loc=(0, 5))`` was silently a fixed mean [0, 5]; the message says how to
+    give a prior and how to give fixed values, and the array form still fixes them."""
+    with pytest.raises(ValueError, match=r"loc: got a tuple \(0, 5\).*dist\.Normal\(0, 5\)"):
+        bm.populations.Normal(loc=(0, 5))
+    with pytest.raises(ValueError, match=r"scale: got a list.*np\.array"):
+        bm.populations.Normal(scale=[1.0, 2.0])
+    pop = bm.populations.Normal(loc=np.array([0.0, 5.0]))
+    np.testing.assert_array_equal(pop.loc, [0.0, 5.0])
