@@ -455,6 +455,8 @@ def _check_predict_rows(post, x, task, noise_scale, num_obs):
     """``(x as a float array or None, task index or None, number of new rows or None)``:
     the new rows of :func:`predict` checked before anything is traced, a ValueError
     naming the field otherwise (x of the wrong width, an unknown task, a bad count)."""
+    if getattr(post, "model", None) is None or not hasattr(post.model, "likelihood"):
+        raise ValueError("predict: needs a posterior of a bayesmeta model")
     if x is None and task is None and num_obs is None:
         return None, None, None
     feature_shape = None if post.tasks is None else post.tasks.feature_shape
@@ -519,11 +521,11 @@ def predict(
     lik = model.likelihood
     if getattr(lik, "sample_fn", True) is None:  # fail before any compiling
         raise ValueError("predict: a Custom likelihood needs sample_fn= to simulate data")
+    x, t, n = _check_predict_rows(post, x, task, noise_scale, num_obs)
     num = post.num_chains * post.num_draws
     theta_site = getattr(model, "theta_site", "theta")
     shared = {k: jnp.asarray(post.flat(k)) for k in lik.global_priors()}
     local_names = list(lik.task_priors())
-    x, t, n = _check_predict_rows(post, x, task, noise_scale, num_obs)
     k_theta, k_y = jax.random.split(key)
     if x is None and task is None and num_obs is None:
         # replicate every observed row
