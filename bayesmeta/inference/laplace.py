@@ -524,7 +524,9 @@ def check_laplace_options(opts: dict) -> None:
     anything is built: those of NUTS plus ``newton_steps`` and ``theta_batch`` (integers
     >= 1), ``importance`` and ``log_likelihood`` (bools)."""
     _check_options(opts)
-    check_int_option(opts, "newton_steps")
+    steps = opts["newton_steps"]
+    if not isinstance(steps, int | np.integer) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"newton_steps: must be a positive integer, got {steps!r}")
     check_int_option(opts, "theta_batch")
     check_bool_option(opts, "importance")
     check_bool_option(opts, "log_likelihood")
