@@ -33,6 +33,7 @@ from bayesmeta._cli_args import EXIT_FAILURE, EXIT_STATUS_HELP, HelpFormatter, p
 from bayesmeta._cli_args import int_at_least as _int_at_least
 from bayesmeta.estimators import TAU2_METHODS
 from bayesmeta.study import study
+from bayesmeta.tasks import _check_csv_header, _check_csv_row
 
 __all__ = [
     "add_meta_analysis_parser",
@@ -99,6 +100,7 @@ def read_estimates_csv(
     with fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
+        _check_csv_header(path, header)
         for flag, col in (
             ("--estimate", estimate),
             ("--se", se),
@@ -111,6 +113,7 @@ def read_estimates_csv(
                 )
         ys, ses, labels = [], [], []
         for line, row in enumerate(reader, start=2):
+            _check_csv_row(path, header, row, reader.line_num)
 
             def number(col: str, _row=row, _line=line) -> float:
                 return _number((_row.get(col) or "").strip(), col, _line, path)
@@ -152,6 +155,7 @@ def read_moderators_csv(path: str, columns: list[str]) -> dict[str, list[float]]
     with fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
+        _check_csv_header(path, header)
         for col in columns:
             if col not in header:
                 raise ValueError(

@@ -80,7 +80,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from bayesmeta._checks import check_estimates
+from bayesmeta._checks import as_real_array, check_estimates
 from bayesmeta._special import (
     chi2_cdf,
     chi2_ppf,
@@ -178,6 +178,8 @@ def _check_float64_range(est: np.ndarray, s: np.ndarray, labels: tuple[str, ...]
 
 
 def _check_level(level: float) -> float:
+    if isinstance(level, bool) or not isinstance(level, int | float | np.integer | np.floating):
+        raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
     level = float(level)
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: must lie in (0, 1), got {level}")
@@ -330,12 +332,26 @@ def tau2_estimate(y: Any, se: Any, method: str = "REML") -> np.ndarray:
     >>> round(float(bm.estimators.tau2_estimate([0.0, 2.0, 4.0], [1.0] * 3, method="DL")), 4)
     3.0
     """
-    y = np.asarray(y, dtype=float)
-    v = np.broadcast_to(np.asarray(se, dtype=float) ** 2, y.shape)
-    if y.shape[-1] < 2:
-        raise ValueError("y: tau^2 needs at least 2 tasks")
     if method not in TAU2_METHODS:
         raise ValueError(f"method: must be one of {TAU2_METHODS}, got {method!r}")
+    y, se = as_real_array("y", y), as_real_array("se", se)
+    if y.ndim == 0 or y.shape[-1] < 2:
+        raise ValueError(f"y: tau^2 needs at least 2 tasks, got shape {y.shape}")
+    try:
+        se = np.broadcast_to(se, y.shape)
+    except ValueError:
+        raise ValueError(f"se: shape {se.shape} does not fit y's {y.shape}") from None
+    bad = ~np.isfinite(y)
+    if bad.any():
+        where = np.unravel_index(int(np.flatnonzero(bad)[0]), y.shape)
+        raise ValueError(f"y: non-finite value at index {tuple(map(int, where))}")
+    bad = ~(np.isfinite(se) & (se > 0))
+    if bad.any():
+        where = np.unravel_index(int(np.flatnonzero(bad)[0]), y.shape)
+        raise ValueError(
+            f"se: must be finite and positive, got {se[where]} at index {tuple(map(int, where))}"
+        )
+    v = se**2
     return _tau2(y, v, method)
 
 

@@ -43,6 +43,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from bayesmeta._checks import as_real_array
 from bayesmeta.tasks import TaskSet
 
 __all__ = [
@@ -474,7 +475,9 @@ class NormalKnownNoise(_GLM):
 
     def __init__(self, noise_scale: Any = None):
         super().__init__(intercept=True)
-        self.noise_scale = None if noise_scale is None else np.asarray(noise_scale, float)
+        self.noise_scale = (
+            None if noise_scale is None else as_real_array("noise_scale", noise_scale)
+        )
         if self.noise_scale is not None and (
             not np.all(np.isfinite(self.noise_scale)) or np.any(self.noise_scale <= 0)
         ):

@@ -2,7 +2,9 @@
 
 A population has hyperparameters ``phi`` (location ``mu``, scale ``tau``, and a correlation
 or degrees of freedom where the family needs one). Each hyperprior is a NumPyro
-distribution passed by the user, or a plain number to hold that hyperparameter fixed.
+distribution passed by the user, or a plain number (or numpy array) to hold that
+hyperparameter fixed; a tuple or list is refused as ambiguous (``loc=(0, 5)`` is not a
+``Normal(0, 5)`` prior).
 
 Defaults (documented, weakly informative for data on the unit-to-tens scale):
 
@@ -72,6 +74,8 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from bayesmeta._checks import as_real_array
+
 __all__ = ["Population", "Normal", "MvNormal", "StudentT", "TaskRegression"]
 
 _PARAMETERIZATIONS = ("auto", "centered", "noncentered")
@@ -86,6 +90,16 @@ CENTRING_THRESHOLD = 4.0
 def _check_hyperprior(field: str, value: Any, positive: bool) -> Any:
     if value is None:
         return None
+    if isinstance(value, tuple | list):
+        # (0, 5) reads like the parameters of a prior; held fixed it would silently
+        # pin the hyperparameter, so a fixed vector must be an explicit array
+        example = "dist.HalfNormal(5)" if positive else "dist.Normal(0, 5)"
+        raise ValueError(
+            f"{field}: got a {type(value).__name__} {value!r}, which is ambiguous: for a "
+            f"prior pass a NumPyro distribution (e.g. {field}={example}); to hold the "
+            f"hyperparameter fixed at these values pass an array "
+            f"({field}=np.array({list(value)!r}))"
+        )
     if isinstance(value, dist.Distribution):
         if positive:
             support = value.support
@@ -376,6 +390,21 @@ class Population(abc.ABC):
                 f"population: dim={self.dim} but the likelihood has {size} parameter(s) per "
                 "task (model/likelihood mismatch)"
             )
+        # hyperpriors and fixed values against the parameter shape, before any tracing
+        field = {"mu": "loc", "tau": "scale", "nu": "df"}
+        for base, v in self._hyper_priors().items():
+            shape = self._hyper_shape(base, param_shape)
+            name = f"{field.get(base, base)} ({self.site(base)})"
+            if isinstance(v, dist.Distribution):
+                _expand(v, shape, name)
+            elif v is not None:
+                try:
+                    np.broadcast_to(np.asarray(v), shape)
+                except ValueError:
+                    raise ValueError(
+                        f"{name}: fixed value of shape {np.shape(v)} does not fit the "
+                        f"per-task parameter shape {shape}"
+                    ) from None
 
     # ------------------------------------------------------------------ numpyro pieces
     def sample_hyper(
@@ -534,8 +563,11 @@ class Normal(Population):
 
     Args:
       dim: number of parameters per task (None: taken from the likelihood).
-      loc: hyperprior on ``mu`` (NumPyro distribution) or a fixed number/array.
-      scale: hyperprior on ``tau`` (positive support) or a fixed positive number/array.
+      loc: hyperprior on ``mu`` (NumPyro distribution) or a fixed number/numpy array. A
+        tuple or list is a ValueError (``loc=(0, 5)`` is ambiguous: write
+        ``dist.Normal(0, 5)`` for a prior, ``np.array([0, 5])`` for fixed values).
+      scale: hyperprior on ``tau`` (positive support) or a fixed positive number/numpy
+        array (a tuple or list: as ``loc``).
       parameterization: ``"auto"`` (default), ``"centered"``, ``"noncentered"`` or a
         boolean mask over tasks (True = centred); see the module docstring.
       name: optional prefix for the site names.
@@ -677,7 +709,13 @@ class MvNormal(Population):
         coef=None,
     ):
         super().__init__(dim, loc, scale, parameterization, name, task_covariates, coef)
-        corr_arr = np.asarray(corr, dtype=float)
+        try:
+            corr_arr = as_real_array("corr", corr)
+        except ValueError:
+            raise ValueError(
+                f"corr: expected an LKJ concentration (a number > 0) or a fixed correlation "
+                f"matrix, got {corr!r}"
+            ) from None
         if corr_arr.ndim == 0:
             if not corr_arr > 0:
                 raise ValueError(f"corr: LKJ concentration must be positive, got {corr}")

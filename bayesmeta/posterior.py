@@ -24,6 +24,7 @@ import numpyro.distributions as dist
 
 from bayesmeta import arviz as bm_arviz
 from bayesmeta import saving
+from bayesmeta._checks import check_seed
 from bayesmeta.info import FitInfo, info_from
 from bayesmeta.likelihoods import Binomial
 from bayesmeta.model import Hierarchical
@@ -221,6 +222,7 @@ class Posterior:
             values = np.asarray(values)
             return values if order is None else np.take(values, order, axis=axis)
 
+        seed = check_seed(seed)
         prior_draws, prior_pred = None, None
         if prior:
             prior_draws, prior_pred = self._prior_draws(num_prior_draws, seed)
@@ -600,9 +602,11 @@ class Posterior:
         ``seed`` is an integer (a ValueError for a JAX key: the low-level
         :func:`bayesmeta.inference.adapt.predict` takes the key).
         """
-        from bayesmeta.inference.adapt import check_seed, predict
+        from bayesmeta.inference.adapt import _check_predict_rows, check_seed, predict
 
-        key = jax.random.PRNGKey(check_seed(seed, "Posterior.predict"))
+        seed = check_seed(seed, "Posterior.predict")
+        _check_predict_rows(self, x, task, noise_scale, num_obs)  # before any JAX work
+        key = jax.random.PRNGKey(seed)
         return predict(
             self, key, x=x, task=task, noise_scale=noise_scale, num_obs=num_obs, task_x=task_x
         )

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from bayesmeta import estimators as est
+from bayesmeta._checks import check_seed
 from bayesmeta.exact import normal as _nn
 
 __all__ = ["StudyTable", "study"]
@@ -303,6 +304,7 @@ def study(
     Returns:
       :class:`StudyTable` (print it; ``.plot(path)``; ``.claims()``; ``.to_json()``).
     """
+    seed = check_seed(seed)
     num_tasks, num_obs, num_reps = int(num_tasks), int(num_obs), int(num_reps)
     if num_tasks < 4:
         raise ValueError(f"num_tasks: must be >= 4, got {num_tasks}")

@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from bayesmeta._checks import as_real_array
+
 __all__ = ["TaskSet", "PaddedTasks"]
 
 
@@ -48,11 +50,46 @@ class PaddedTasks(NamedTuple):
 
 
 def _as_float_array(name: str, value: Any) -> np.ndarray:
+    # complex input is refused (numpy would drop the imaginary part with a warning)
+    return as_real_array(name, value)
+
+
+def _label_strings(labels: Any) -> list[str]:
+    """Task labels as strings; a missing label (None, NaN) is an error, not the task
+    ``"None"``."""
+    if isinstance(labels, str | bytes):
+        raise ValueError(f"labels: expected a sequence of task labels, got the string {labels!r}")
     try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: could not convert to a float array ({err})") from None
-    return arr
+        labels = list(labels)
+    except TypeError:
+        raise ValueError(
+            f"labels: expected a sequence of task labels, got {type(labels).__name__}"
+        ) from None
+    for t, label in enumerate(labels):
+        if label is None or (isinstance(label, float) and not np.isfinite(label)):
+            raise ValueError(f"labels: missing label ({label}) for task {t}")
+    return [str(label) for label in labels]
+
+
+def _check_csv_header(path: str, header: Sequence[str]) -> None:
+    """A CSV header whose names are all distinct (``csv.DictReader`` would silently keep
+    the last of two equal names), or a ValueError naming them."""
+    dup = sorted({c for c in header if list(header).count(c) > 1})
+    if dup:
+        raise ValueError(
+            f"{path}: column(s) {dup} appear more than once in the header; rename them so "
+            "that each column has one name"
+        )
+
+
+def _check_csv_row(path: str, header: Sequence[str], row: dict, line: int) -> None:
+    """A ``csv.DictReader`` row with as many fields as the header (it would silently drop
+    extra fields and fill missing ones with None), or a ValueError naming the line."""
+    if None in row or None in row.values():
+        extra = len(row.get(None) or [])
+        missing = sum(v is None for k, v in row.items() if k is not None)
+        width = len(header) + extra - missing
+        raise ValueError(f"{path}: line {line} has {width} fields, the header has {len(header)}")
 
 
 def _first_bad_row(mask: np.ndarray) -> int:
@@ -251,7 +288,7 @@ class TaskSet:
                 f"task: expected {n} task ids (one per row of y), got shape {task_arr.shape}"
             )
         if labels is not None:
-            labels = [str(label) for label in labels]
+            labels = _label_strings(labels)
             try:
                 index = task_arr.astype(np.int64)
             except (TypeError, ValueError):
@@ -273,7 +310,7 @@ class TaskSet:
             keys: dict[Any, int] = {}
             index = np.empty(n, dtype=np.int64)
             for row, value in enumerate(task_arr.tolist()):
-                if isinstance(value, float) and not np.isfinite(value):
+                if value is None or (isinstance(value, float) and not np.isfinite(value)):
                     raise ValueError(f"task: missing task id ({value}) at row {row}")
                 index[row] = keys.setdefault(value, len(keys))
             labels = [str(k) for k in keys]
@@ -335,7 +372,7 @@ class TaskSet:
             raise ValueError("tasks: no tasks given")
         if labels is None:
             labels = [str(i) for i in range(len(tasks))]
-        labels = [str(label) for label in labels]
+        labels = _label_strings(labels)
         if len(labels) != len(tasks):
             raise ValueError(f"labels: {len(labels)} labels for {len(tasks)} tasks")
         ys, xs, ids, scales = [], [], [], []
@@ -417,6 +454,11 @@ class TaskSet:
         se_arr = _as_float_array("se", se)
         if se_arr.ndim == 0:
             se_arr = np.full(y_arr.shape[0], float(se_arr))
+        if se_arr.ndim != 1:
+            raise ValueError(
+                f"se: expected a scalar or one standard error per task (1-d), got shape "
+                f"{se_arr.shape}"
+            )
         if se_arr.shape != y_arr.shape:
             raise ValueError(
                 f"se: {se_arr.shape[0]} standard errors for {y_arr.shape[0]} estimates"
@@ -425,7 +467,7 @@ class TaskSet:
             raise ValueError("y: no estimates given")
         if labels is None:
             labels = [str(i) for i in range(y_arr.shape[0])]
-        labels = [str(label) for label in labels]
+        labels = _label_strings(labels)
         if len(labels) != y_arr.shape[0]:
             raise ValueError(f"labels: {len(labels)} labels for {y_arr.shape[0]} estimates")
         tx, tx_names = None, task_x_names
@@ -460,6 +502,7 @@ class TaskSet:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
+            _check_csv_header(path, header)
             for field, col in (
                 [("task", task), ("y", y), ("noise_scale", noise_scale)]
                 + [("x", c) for c in x_cols]
@@ -468,7 +511,9 @@ class TaskSet:
                 if col is not None and col not in header:
                     raise ValueError(f"{field}: column {col!r} not in {path} (columns: {header})")
             ids, ys, xs, ns, txs = [], [], [], [], []
-            for line, row in enumerate(reader, start=2):
+            for row in reader:
+                line = reader.line_num
+                _check_csv_row(path, header, row, line)
 
                 def num(col: str, field: str, _row=row, _line=line) -> float:
                     raw = (_row[col] or "").strip()
@@ -480,6 +525,11 @@ class TaskSet:
                             f"task {_row[task]!r}, line {_line} of {path}"
                         ) from None
 
+                if not row[task].strip():
+                    raise ValueError(
+                        f"task: column {task!r} is empty (a missing task id) at line {line} "
+                        f"of {path}"
+                    )
                 ids.append(row[task])
                 ys.append(num(y, "y"))
                 if x_cols:
@@ -554,6 +604,8 @@ class TaskSet:
 
         def numeric(field: str, col: str) -> np.ndarray:
             raw = df[col].to_numpy()
+            if np.iscomplexobj(raw):
+                raise ValueError(f"{field}: column {col!r} holds complex numbers (not supported)")
             try:
                 arr = np.asarray(raw, dtype=float)
             except (TypeError, ValueError):

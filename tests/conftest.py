@@ -1,6 +1,8 @@
 """Test configuration: float64 everywhere so exact comparisons can be tight, and two host
 devices are not needed (chains are vectorised on one device)."""
 
+import collections
+import contextlib
 import os
 
 import jax
@@ -42,16 +44,51 @@ def eight_schools_post():
 
 
 class CompileCounter:
-    """Counts XLA compilations (JAX's backend-compile event) while ``active``."""
+    """Counts XLA compilations (JAX's backend-compile event) while ``active``, and
+    JAX traces (jaxpr-trace event: every jit or eager primitive traced anew) in
+    ``traces``."""
 
     def __init__(self):
-        self.count, self.active = 0, False
+        self.count, self.traces, self.active = 0, 0, False
         jax.monitoring.register_event_duration_secs_listener(self._listen)
 
     def _listen(self, event, duration, **kwargs):
         if self.active and event == "/jax/core/compile/backend_compile_duration":
             self.count += 1
+        if self.active and event == "/jax/core/compile/jaxpr_trace_duration":
+            self.traces += 1
+
+    @contextlib.contextmanager
+    def watching(self):
+        """Count inside a ``with`` block: yields a dict whose ``compiles`` and ``traces``
+        hold the block's counts when it ends (also when it raises)."""
+        seen = {"compiles": 0, "traces": 0}
+        before, traces, was = self.count, self.traces, self.active
+        self.active = True
+        try:
+            yield seen
+        finally:
+            self.active = was
+            seen["compiles"], seen["traces"] = self.count - before, self.traces - traces
 
 
 #: the one listener of the test session (registered once; tests switch it on and off)
 COMPILES = CompileCounter()
+
+
+@pytest.fixture
+def compile_watch():
+    """The session's compile counter: ``with compile_watch.watching() as seen: ...`` and
+    then ``seen["compiles"]`` is the number of XLA programs compiled inside the block."""
+    return COMPILES
+
+
+#: cases tried by the fuzz suite (tests/test_fuzz.py), by category; reported at the end
+FUZZ_CASES: collections.Counter = collections.Counter()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_CASES:
+        total = sum(FUZZ_CASES.values())
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(FUZZ_CASES.items()))
+        terminalreporter.write_line(f"fuzz suite: {total} cases tried ({shown})")

@@ -216,6 +216,13 @@ def _loc_prior(prior: Any) -> _LocPrior:
         scale = np.asarray(prior.scale, dtype=float)
         if loc.shape != () or scale.shape != ():
             raise ValueError("loc_prior: the Normal prior on mu must be scalar")
+        if not (
+            math.isfinite(float(loc)) and math.isfinite(float(scale)) and float(scale) ** 2 > 0
+        ):
+            raise ValueError(
+                f"loc_prior: the Normal prior on mu needs a finite mean and a finite sd whose "
+                f"square is positive, got Normal({float(loc)}, {float(scale)})"
+            )
         return _LocPrior("normal", float(loc), float(scale))
     if hasattr(prior, "log_prob"):
         raise ValueError(
@@ -285,6 +292,8 @@ def _param(d: Any, name: str) -> float:
     arr = np.asarray(getattr(d, name), dtype=float)
     if arr.shape != ():
         raise ValueError(f"scale_prior: {type(d).__name__}.{name} must be a scalar")
+    if not math.isfinite(float(arr)):
+        raise ValueError(f"scale_prior: {type(d).__name__}.{name} must be finite, got {float(arr)}")
     return float(arr)
 
 

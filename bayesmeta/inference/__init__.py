@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bayesmeta._checks import check_seed
 from bayesmeta.inference import chees, collapsed, exact, laplace, nuts, vi
 from bayesmeta.inference.registry import Engine
 from bayesmeta.model import _TaskModel
@@ -74,6 +75,24 @@ def _resolve(method: str, model: Any, tasks: TaskSet) -> tuple[str, dict | None]
     }
 
 
+#: the engines ``method="auto"`` chooses between
+_AUTO_CANDIDATES = ("collapsed", "nuts", "laplace")
+
+
+def _precheck_auto(options: dict) -> None:
+    """Options of ``method="auto"`` checked before the choice (whose Laplace pilot may
+    compile): a name no candidate knows, or a bad value of an option every candidate
+    shares (NUTS's), is a ValueError now."""
+    known = set().union(*(ENGINES[n].options for n in _AUTO_CANDIDATES))
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"options: unknown option(s) {unknown} for method 'auto'; known: {sorted(known)}"
+        )
+    shared = {k: v for k, v in options.items() if k in ENGINES["nuts"].options}
+    ENGINES["nuts"].check_options(dict(ENGINES["nuts"].options, **shared))
+
+
 def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **options):
     """Fit ``model`` to ``tasks`` and return a :class:`~bayesmeta.posterior.Posterior`.
 
@@ -88,7 +107,8 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
       method: one of ``"nuts"``, ``"vi"``, ``"exact"``, ``"collapsed"``, ``"laplace"``,
         ``"chees"``, ``"auto"`` (any name in :data:`ENGINES`); ``post.info["auto"]`` records what
         ``"auto"`` chose and why.
-      seed: integer seed of the run.
+      seed: integer seed of the run, a Python or numpy integer with ``0 <= seed < 2**32``
+        (the one range of every method; a ValueError otherwise).
       **options: the engine's options (unknown names are rejected); see ``fit_nuts``,
         ``fit_vi``, ``fit_collapsed``, ``fit_exact``.
 
@@ -104,8 +124,7 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
     """
     if method not in METHODS:
         raise ValueError(f"method: must be one of {METHODS}, got {method!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    seed = check_seed(seed)
     user_style = isinstance(tasks, Mapping) and not isinstance(model, _TaskModel)
     if user_style and method == "auto":
         method = "nuts"  # the only engines that take any NumPyro model: nuts and vi
@@ -124,6 +143,8 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
             f"model: expected a bm.Hierarchical or a NumPyro model function, got "
             f"{type(model).__name__}"
         )
+    if method == "auto":  # the pilot may compile: check what every candidate takes first
+        _precheck_auto(options)
     name, auto = _resolve(method, model, tasks) if method == "auto" else (method, None)
     engine = ENGINES[name]
     unknown = sorted(set(options) - set(engine.options))
@@ -132,6 +153,8 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
             f"options: unknown option(s) {unknown} for method {engine.name!r}; known: "
             f"{sorted(engine.options)}"
         )
+    if engine.check_options is not None:  # before anything is built or compiled
+        engine.check_options(dict(engine.options, **options))
     if engine.name == "collapsed":
         why = engine.why_not(model, tasks)
         if why is not None:

@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+from bayesmeta._checks import as_real_array
+from bayesmeta._checks import check_seed as _check_seed
 from bayesmeta.inference import _gaussian as gauss
 from bayesmeta.inference.assemble import assemble
 from bayesmeta.inference.nuts import (
@@ -66,9 +68,11 @@ def _is_int(value) -> bool:
 
 
 def check_seed(seed, where: str) -> int:
-    """``seed`` as a Python int, or a ValueError naming ``where`` (e.g. a key passed)."""
+    """``seed`` as a Python int (``0 <= seed < 2**32``, as every seed of the library; see
+    :func:`bayesmeta._checks.check_seed`), or a ValueError naming ``where`` (e.g. a key
+    passed)."""
     if _is_int(seed):
-        return int(seed)
+        return _check_seed(seed, f"seed ({where})")
     raise ValueError(
         f"seed: {where} takes an integer seed, got {type(seed).__name__}"
         + (" (a JAX PRNG key: pass an integer)" if hasattr(seed, "dtype") else "")
@@ -299,6 +303,16 @@ def adapt(
     if method not in ADAPT_METHODS:
         raise ValueError(f"method: must be one of {ADAPT_METHODS}, got {method!r}")
     seed = check_seed(seed, "adapt")
+    if min_ess is not None and (
+        not isinstance(min_ess, int | float | np.integer | np.floating)
+        or isinstance(min_ess, bool)
+        or not min_ess >= 0
+    ):
+        raise ValueError(f"min_ess: expected None or a number >= 0, got {min_ess!r}")
+    if not _is_int(num_warmup) or num_warmup < 0:
+        raise ValueError(f"num_warmup: must be an integer >= 0, got {num_warmup!r}")
+    if not isinstance(progress_bar, bool):
+        raise ValueError(f"progress_bar: expected True or False, got {progress_bar!r}")
     if not isinstance(new_tasks, TaskSet):
         raise ValueError(f"new_tasks: expected a bm.TaskSet, got {type(new_tasks).__name__}")
     model = post._require_hierarchical()
@@ -399,7 +413,9 @@ def adapt(
                 hyper_t = model.population.with_location(
                     hyper, regression, task_x[t], one_task=True
                 )
-            samples, div = _nuts_one_task(program, post, new_tasks, t, hyper_t, seed + 1 + t, opts)
+            samples, div = _nuts_one_task(
+                program, post, new_tasks, t, hyper_t, (seed + 1 + t) % 2**32, opts
+            )
             theta_out[:, t] = samples["theta"].reshape(num, *post.param_shape)
             for name in local_out:
                 local_out[name][:, t] = samples[name].reshape(num)
@@ -435,6 +451,68 @@ def adapt(
     )
 
 
+def _check_predict_rows(post, x, task, noise_scale, num_obs):
+    """``(x as a float array or None, task index or None, number of new rows or None)``:
+    the new rows of :func:`predict` checked before anything is traced, a ValueError
+    naming the field otherwise (x of the wrong width, an unknown task, a bad count)."""
+    if getattr(post, "model", None) is None or not hasattr(post.model, "likelihood"):
+        raise ValueError("predict: needs a posterior of a bayesmeta model")
+    if x is None and task is None and num_obs is None:
+        return None, None, None
+    feature_shape = None if post.tasks is None else post.tasks.feature_shape
+    n = None
+    if x is not None:
+        x = as_real_array("x", x)
+        if x.ndim == 0:
+            raise ValueError(f"x: expected rows of inputs, got the scalar {x.item()!r}")
+        if x.ndim == 1 and feature_shape != (1,) and feature_shape:
+            raise ValueError(
+                f"x: the model was fitted with {feature_shape[0]} input column(s); give x "
+                f"as an (n, {feature_shape[0]}) array, got shape {x.shape}"
+            )
+        if x.ndim == 1:
+            x = x[:, None]
+        if not feature_shape:
+            raise ValueError(
+                "x: the fitted tasks have no inputs; predict new rows with num_obs= instead"
+            )
+        if x.shape[1:] != tuple(feature_shape):
+            raise ValueError(
+                f"x: expected rows of {tuple(feature_shape)} input(s), as the fitted tasks, "
+                f"got shape {x.shape} ({x.shape[1:]} per row)"
+            )
+        n = x.shape[0]
+        if n == 0:
+            raise ValueError("x: no rows given")
+        bad = ~np.isfinite(x.reshape(n, -1)).all(axis=1)
+        if bad.any():  # NaN inputs would give NaN draws, silently
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"x: non-finite value in row {row} of the new inputs")
+    elif num_obs is not None:
+        if not _is_int(num_obs) or num_obs < 1:
+            raise ValueError(f"num_obs: must be an integer >= 1, got {num_obs!r}")
+        n = int(num_obs)
+    else:
+        raise ValueError("predict: give x (or num_obs for tasks without inputs)")
+    if noise_scale is not None:
+        ns = as_real_array("noise_scale", noise_scale)
+        if ns.ndim > 1 or (ns.ndim == 1 and ns.shape[0] not in (1, n)):
+            raise ValueError(
+                f"noise_scale: expected a scalar or {n} values (one per new row), got shape "
+                f"{ns.shape}"
+            )
+        bad = ~(np.isfinite(ns) & (ns > 0)).reshape(-1)
+        if np.any(bad):
+            value = ns.reshape(-1)[bad][0]
+            raise ValueError(f"noise_scale: must be finite and positive, got {value}")
+    elif getattr(getattr(post.model, "likelihood", None), "needs_noise_scale", False):
+        raise ValueError(
+            "noise_scale: predicting new rows of a known-noise likelihood needs their noise_scale"
+        )
+    t = None if task is None else post.tasks._index_of(task)
+    return x, t, n
+
+
 def predict(
     post, key, x=None, task=None, noise_scale=None, num_obs=None, task_x=None
 ) -> np.ndarray:
@@ -453,6 +531,7 @@ def predict(
             f"predict: this posterior has no draws of the likelihood's shared {missing} (a "
             "posterior from adapt() does not carry them); predict from the fitted posterior"
         )
+    x, t, n = _check_predict_rows(post, x, task, noise_scale, num_obs)
     num = post.num_chains * post.num_draws
     theta_site = getattr(model, "theta_site", "theta")
     shared = {k: jnp.asarray(post.flat(k)) for k in lik.global_priors()}
@@ -466,19 +545,6 @@ def predict(
         theta_rows = theta if theta.ndim - 1 == len(post.param_shape or ()) else theta[:, idx]
         local = {k: jnp.asarray(post.flat(k)) for k in local_names}
     else:
-        if x is not None:
-            x = np.asarray(x, dtype=float)
-            if x.ndim == 1:
-                x = x[:, None]
-            n = x.shape[0]
-            bad = ~np.isfinite(x.reshape(n, -1)).all(axis=1)
-            if bad.any():  # NaN inputs would give NaN draws, silently
-                row = int(np.flatnonzero(bad)[0])
-                raise ValueError(f"x: non-finite value in row {row} of the new inputs")
-        elif num_obs is not None:
-            n = int(num_obs)
-        else:
-            raise ValueError("predict: give x (or num_obs for tasks without inputs)")
         idx = jnp.zeros(n, dtype=jnp.int32)
         data = {"task_index": idx}
         if x is not None:
@@ -505,7 +571,6 @@ def predict(
                 for i, (k, d) in enumerate(lik.task_priors().items())
             }
         else:
-            t = post.tasks._index_of(task)
             theta = jnp.asarray(post.flat(theta_site))[:, t]
             local = {k: jnp.asarray(post.flat(k))[:, t : t + 1] for k in local_names}
         theta_rows = jnp.broadcast_to(theta[:, None], (num, n, *theta.shape[1:]))

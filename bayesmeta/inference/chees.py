@@ -68,6 +68,8 @@ def _check_options(opts: dict) -> None:
         low = 0 if name == "num_warmup" else 1
         if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < low:
             raise ValueError(f"{name}: must be an integer >= {low}, got {v!r}")
+    if opts["num_samples"] < 4:
+        raise ValueError(f"num_samples: need at least 4 draws per chain, got {opts['num_samples']}")
     if opts["num_chains"] < 4:
         raise ValueError(
             f"num_chains: chees pools across chains; need at least 4, got {opts['num_chains']}"
@@ -83,6 +85,10 @@ def _check_options(opts: dict) -> None:
     ta = opts["target_accept"]
     if not isinstance(ta, float | int) or isinstance(ta, bool) or not 0.0 < float(ta) < 1.0:
         raise ValueError(f"target_accept: must be in (0, 1), got {ta!r}")
+    if opts["progress_bar"] is not None and not isinstance(opts["progress_bar"], bool):
+        raise ValueError(f"progress_bar: must be True, False or None, got {opts['progress_bar']!r}")
+    if not isinstance(opts["warn"], bool):
+        raise ValueError(f"warn: must be True or False, got {opts['warn']!r}")
 
 
 def superchains(num_chains: int, requested: int | None) -> int:
@@ -423,4 +429,5 @@ ENGINE = Engine(
     options=CHEES_OPTIONS,
     fit=_fit_engine,
     cli_options=_cli_options,
+    check_options=_check_options,
 )

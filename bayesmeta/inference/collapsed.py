@@ -38,6 +38,8 @@ from bayesmeta.inference.nuts import (
     NUTS_OPTIONS,
     SAMPLE_FIELDS,
     _check_options,
+    check_bool_option,
+    check_int_option,
     make_mcmc,
     run_nuts,
     show_progress,
@@ -71,6 +73,17 @@ def clear_compiled(model=None) -> None:
     for m in models:
         m.__dict__.pop(_PROGRAMS_ATTR, None)
         _HOLDERS.discard(m)
+
+
+def check_collapsed_options(opts: dict) -> None:
+    """The options of ``method="collapsed"`` (merged with the defaults), checked before
+    anything is built: those of NUTS plus ``theta_batch`` (an integer >= 1),
+    ``log_likelihood`` (a bool) and ``marginal``."""
+    _check_options(opts)
+    check_int_option(opts, "theta_batch")
+    check_bool_option(opts, "log_likelihood")
+    if opts["marginal"] not in _MARGINALS:
+        raise ValueError(f"marginal: must be one of {_MARGINALS}, got {opts['marginal']!r}")
 
 
 def why_not_collapsible(model) -> str | None:
@@ -269,7 +282,7 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     if why is not None:
         raise ValueError(f"method: 'collapsed' is not available: {why}")
     opts = dict(COLLAPSED_OPTIONS, **options)
-    _check_options(opts)
+    check_collapsed_options(opts)
     built = model.build(tasks)  # validates the data and gives dims/coords of full NUTS
     param_shape = built.param_shape
     stats = gauss.stable_task_stats(model.likelihood, tasks)
@@ -366,4 +379,5 @@ ENGINE = Engine(
     fit=fit_collapsed,
     why_not=lambda model, tasks: why_not_collapsible(model),
     cli_options=sampler_cli_options,
+    check_options=check_collapsed_options,
 )

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpyro.distributions as dist
 
+from bayesmeta._checks import check_seed
 from bayesmeta.exact.normal import (
     _DEFAULT_QUANTILES,
     _LOG_2PI,
@@ -26,6 +27,7 @@ from bayesmeta.exact.normal import (
     solve_normal_normal,
 )
 from bayesmeta.inference.assemble import assemble
+from bayesmeta.inference.nuts import check_int_option
 from bayesmeta.inference.registry import Engine
 from bayesmeta.info import ExactInfo
 from bayesmeta.tasks import TaskSet
@@ -39,6 +41,39 @@ EXACT_OPTIONS = {
     "rtol": 1e-11,
     "max_panels": 5000,
 }
+
+
+def check_exact_options(opts: dict) -> None:
+    """The options of ``method="exact"`` (merged with the defaults), checked before any
+    work: ``num_chains``, ``num_samples`` and ``max_panels`` integers >= 1 (not ``2.5``
+    or ``"2"``), ``quantiles`` levels in (0, 1), ``rtol`` in (0, 1)."""
+    for name in ("num_chains", "num_samples", "max_panels"):
+        check_int_option(opts, name)
+    try:
+        levels = np.asarray(opts["quantiles"], dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        levels = None
+    if levels is None or isinstance(opts["quantiles"], str) or levels.size == 0:
+        raise ValueError(
+            f"quantiles: expected a sequence of levels in (0, 1), got {opts['quantiles']!r}"
+        )
+    if not np.all((levels > 0) & (levels < 1)):
+        raise ValueError(f"quantiles: levels must lie strictly between 0 and 1, got {levels}")
+    rtol = opts["rtol"]
+    if (
+        not isinstance(rtol, float | int | np.floating | np.integer)
+        or isinstance(rtol, bool)
+        or not 0 < rtol < 1
+    ):
+        raise ValueError(f"rtol: must be a number in (0, 1), got {rtol!r}")
+
+
+def _check_seed_or_key(seed: Any) -> Any:
+    """An integer seed in the library's range (:func:`bayesmeta._checks.check_seed`), or a
+    JAX PRNG key passed through."""
+    if hasattr(seed, "dtype") and not isinstance(seed, np.integer) and np.ndim(seed) > 0:
+        return seed
+    return check_seed(seed)
 
 
 def _reduce_rows(tasks: Any, row_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +172,8 @@ def normal_normal(
         :func:`solve_normal_normal` (defaults ``mu ~ N(0, 5)``, ``tau ~ HalfCauchy(5)``, the
         defaults of ``bm.populations.Normal``).
       num_samples, num_chains: exact i.i.d. draws, arranged ``(chain, draw)``.
-      seed: an int or a JAX PRNG key for the draws.
+      seed: an integer seed (``0 <= seed < 2**32``, numpy integers too) or a JAX PRNG key
+        for the draws.
 
     Returns:
       a ``bm.posterior.Posterior`` (``method="exact"``) with draws of ``mu`` ``[]``, ``tau``
@@ -151,6 +187,16 @@ def normal_normal(
     >>> post.samples["theta"].shape
     (4, 1000, 8)
     """
+    seed = _check_seed_or_key(seed)
+    check_exact_options(
+        dict(
+            num_chains=num_chains,
+            num_samples=num_samples,
+            quantiles=quantiles,
+            rtol=rtol,
+            max_panels=max_panels,
+        )
+    )
     est, se, row_scale = _task_arrays(tasks)
     result = solve_normal_normal(
         est,
@@ -248,6 +294,8 @@ def fit_exact(model: Any, tasks: Any, seed: Any = 0, **options):
             f"{sorted(EXACT_OPTIONS)}"
         )
     opts = dict(EXACT_OPTIONS, **options)
+    check_exact_options(opts)
+    seed = _check_seed_or_key(seed)
     model.likelihood.validate(tasks)
     row_scale = np.asarray(model.likelihood.data_arrays(tasks)["noise_scale"], dtype=float)
     est, se = _reduce_rows(tasks, row_scale)
@@ -288,4 +336,5 @@ ENGINE = Engine(
     fit=fit_exact,
     why_not=lambda model, tasks: why_not_exact(model),
     cli_options=_cli_options,
+    check_options=check_exact_options,
 )

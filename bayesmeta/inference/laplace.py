@@ -69,6 +69,8 @@ from bayesmeta.inference.nuts import (
     TARGET_ACCEPT_RETRY,
     CompiledNUTS,
     _check_options,
+    check_bool_option,
+    check_int_option,
     resolve_chain_method,
     start_target,
 )
@@ -517,6 +519,19 @@ def laplace_trust(model, tasks) -> dict:
 
 
 # ---------------------------------------------------------------------- the engine
+def check_laplace_options(opts: dict) -> None:
+    """The options of ``method="laplace"`` (merged with the defaults), checked before
+    anything is built: those of NUTS plus ``newton_steps`` and ``theta_batch`` (integers
+    >= 1), ``importance`` and ``log_likelihood`` (bools)."""
+    _check_options(opts)
+    steps = opts["newton_steps"]
+    if not isinstance(steps, int | np.integer) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"newton_steps: must be a positive integer, got {steps!r}")
+    check_int_option(opts, "theta_batch")
+    check_bool_option(opts, "importance")
+    check_bool_option(opts, "log_likelihood")
+
+
 def fit_laplace(model, tasks, seed: int = 0, **options):
     """Fit by nested Laplace; returns a :class:`~bayesmeta.posterior.Posterior`.
 
@@ -532,10 +547,8 @@ def fit_laplace(model, tasks, seed: int = 0, **options):
     if why is not None:
         raise ValueError(f"method: 'laplace' is not available: {why}")
     opts = dict(LAPLACE_OPTIONS, **options)
-    _check_options(opts)
+    check_laplace_options(opts)
     steps = int(opts["newton_steps"])
-    if steps < 1:
-        raise ValueError(f"newton_steps: must be a positive integer, got {opts['newton_steps']}")
     built = model.build(tasks)
     param_shape = tuple(built.param_shape)
     lik, pop = model.likelihood, model.population
@@ -668,4 +681,5 @@ ENGINE = Engine(
     fit=fit_laplace,
     why_not=why_not_laplace,
     cli_options=sampler_cli_options,
+    check_options=check_laplace_options,
 )

@@ -31,7 +31,16 @@ from operator import attrgetter
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.infer import MCMC, NUTS, log_likelihood
+from numpyro.infer import (
+    MCMC,
+    NUTS,
+    init_to_feasible,
+    init_to_mean,
+    init_to_median,
+    init_to_sample,
+    init_to_uniform,
+    log_likelihood,
+)
 
 from bayesmeta.inference.assemble import assemble
 from bayesmeta.inference.diagnostics import check_fit
@@ -71,12 +80,34 @@ SAMPLE_FIELDS = (
 )
 
 
+#: ``init_strategy=`` by name: NumPyro's initialisation strategies (a callable such as
+#: ``numpyro.infer.init_to_value(values=...)`` is passed through as it is)
+INIT_STRATEGIES = {
+    "median": init_to_median,
+    "mean": init_to_mean,
+    "uniform": init_to_uniform,
+    "sample": init_to_sample,
+    "feasible": init_to_feasible,
+}
+
+
+def init_strategy(value):
+    """The NumPyro init strategy ``init_strategy=`` stands for: None (NumPyro's default,
+    ``init_to_uniform``), a name in :data:`INIT_STRATEGIES` or a callable (one of
+    ``numpyro.infer``'s ``init_to_*``); a ValueError otherwise."""
+    if value is None or (callable(value) and not isinstance(value, type)):
+        return value
+    if isinstance(value, str) and value in INIT_STRATEGIES:
+        return INIT_STRATEGIES[value]
+    raise ValueError(
+        f"init_strategy: expected None, one of {sorted(INIT_STRATEGIES)} or a NumPyro init "
+        f"strategy function (e.g. numpyro.infer.init_to_median), got {value!r}"
+    )
+
+
 def _check_options(opts: dict) -> None:
     for name in ("num_chains", "num_warmup", "num_samples", "max_tree_depth", "thinning"):
-        v = opts[name]
-        low = 0 if name == "num_warmup" else 1
-        if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < low:
-            raise ValueError(f"{name}: must be an integer >= {low}, got {v!r}")
+        check_int_option(opts, name, 0 if name == "num_warmup" else 1)
     if opts["num_samples"] < 4:
         raise ValueError(f"num_samples: need at least 4 draws per chain, got {opts['num_samples']}")
     ta = opts["target_accept"]
@@ -97,6 +128,24 @@ def _check_options(opts: dict) -> None:
         raise ValueError(
             f"dense_mass: expected a bool or a list of site groups, got {opts['dense_mass']!r}"
         )
+    init_strategy(opts["init_strategy"])
+    if opts["progress_bar"] is not None and not isinstance(opts["progress_bar"], bool):
+        raise ValueError(f"progress_bar: expected None or a bool, got {opts['progress_bar']!r}")
+    check_bool_option(opts, "warn")
+
+
+def check_int_option(opts: dict, name: str, low: int = 1) -> None:
+    """``opts[name]`` is a Python or numpy integer ``>= low`` (not a bool, a float or a
+    string), or a ValueError naming the option."""
+    v = opts[name]
+    if not isinstance(v, int | np.integer) or isinstance(v, bool | np.bool_) or v < low:
+        raise ValueError(f"{name}: must be an integer >= {low}, got {v!r}")
+
+
+def check_bool_option(opts: dict, name: str) -> None:
+    """``opts[name]`` is a bool, or a ValueError naming the option."""
+    if not isinstance(opts[name], bool | np.bool_):
+        raise ValueError(f"{name}: expected True or False, got {opts[name]!r}")
 
 
 def show_progress(opts: dict) -> bool:
@@ -128,7 +177,7 @@ def make_mcmc(fn, opts: dict) -> MCMC:
         dense_mass=opts["dense_mass"],
     )
     if opts["init_strategy"] is not None:
-        kernel_kw["init_strategy"] = opts["init_strategy"]
+        kernel_kw["init_strategy"] = init_strategy(opts["init_strategy"])
     return MCMC(
         NUTS(fn, **kernel_kw),
         num_warmup=int(opts["num_warmup"]),
@@ -344,7 +393,7 @@ class CompiledNUTS:
             dense_mass=o["dense_mass"],
         )
         if o["init_strategy"] is not None:
-            kw["init_strategy"] = o["init_strategy"]
+            kw["init_strategy"] = init_strategy(o["init_strategy"])
         return NUTS(self.model_fn, **kw)
 
     def _program(self, keys, data, target):
@@ -486,7 +535,9 @@ def fit_nuts(built, tasks, seed: int, model=None, **options):
     divergences; or a number), ``max_tree_depth``, ``dense_mass``, ``progress_bar`` (None:
     shown when the terminal is interactive), ``chain_method`` (``"auto"``: sequential on a
     CPU, vectorised on an accelerator; see the module docstring), ``thinning``,
-    ``init_strategy``, ``warn`` (the diagnostics warning), ``checkpoint`` (a file path:
+    ``init_strategy`` (None: NumPyro's default; a name in :data:`INIT_STRATEGIES`,
+    ``"median"``, ``"mean"``, ``"uniform"``, ``"sample"``, ``"feasible"``, or a NumPyro
+    ``init_to_*`` function), ``warn`` (the diagnostics warning), ``checkpoint`` (a file path:
     the sampler state and the draws so far are saved there every ``checkpoint_every``
     iterations, atomically; the same fit called again with the same path resumes from the
     last checkpoint, warmup included, and returns all the draws; see
@@ -658,4 +709,5 @@ ENGINE = Engine(
     options=NUTS_OPTIONS,
     fit=_fit_engine,
     cli_options=sampler_cli_options,
+    check_options=_check_options,
 )

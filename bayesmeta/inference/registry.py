@@ -30,6 +30,8 @@ class Engine(NamedTuple):
       fit         # (model, tasks, seed, **options) -> Posterior; validates its options
       why_not     # (model, tasks) -> None when the engine can fit the model, else why not
       cli_options # (chains, warmup, draws, progress) -> options for ``bayesmeta fit``
+      check_options # (options merged with the defaults) -> None, a ValueError naming the
+                    # option; ``bm.fit`` calls it before anything is built or compiled
     """
 
     name: str
@@ -38,6 +40,7 @@ class Engine(NamedTuple):
     fit: Callable[..., Any]
     why_not: Callable[[Any, Any], str | None] = always
     cli_options: Callable[[int, int, int, bool], dict] | None = None
+    check_options: Callable[[dict], None] | None = None
 
 
 def sampler_cli_options(chains: int, warmup: int, draws: int, progress: bool) -> dict:

@@ -85,8 +85,23 @@ def _check_options(opts: dict) -> None:
         if not isinstance(v, float | int) or isinstance(v, bool) or not v > 0:
             raise ValueError(f"{name}: must be a positive number, got {v!r}")
     lr = opts["learning_rate"]
-    if not isinstance(lr, float | int) or not lr > 0:
-        raise ValueError(f"learning_rate: must be positive, got {lr!r}")
+    if (
+        not isinstance(lr, float | int | np.floating | np.integer)
+        or isinstance(lr, bool)
+        or not 0 < lr < float("inf")
+    ):
+        raise ValueError(f"learning_rate: must be a finite positive number, got {lr!r}")
+    tol = opts["convergence_tol"]
+    if (
+        not isinstance(tol, float | int | np.floating | np.integer)
+        or isinstance(tol, bool)
+        or not tol > 0
+    ):
+        raise ValueError(f"convergence_tol: must be a positive number, got {tol!r}")
+    if opts["progress_bar"] is not None and not isinstance(opts["progress_bar"], bool):
+        raise ValueError(f"progress_bar: expected None or a bool, got {opts['progress_bar']!r}")
+    if not isinstance(opts["warn"], bool):
+        raise ValueError(f"warn: expected a bool, got {opts['warn']!r}")
     opt = opts["optimizer"]
     if opt is not None and not isinstance(opt, optax.GradientTransformation):
         raise ValueError(
@@ -388,4 +403,5 @@ ENGINE = Engine(
     options=VI_OPTIONS,
     fit=_fit_engine,
     cli_options=_cli_options,
+    check_options=_check_options,
 )

@@ -42,6 +42,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from bayesmeta._checks import check_seed
 from bayesmeta.meta.learners import (
     MetaState,
     _apply_update,
@@ -325,6 +326,7 @@ def abml(
         param_dim: tuple[str, Sequence[str]] | None = None,
         num_steps: int | None = None,
     ):
+        seed = check_seed(seed)
         prior = _prior_of(prior_or_state)
         g = gaussians(prior, support_batch, num_steps, jax.random.PRNGKey(seed))
         return to_posterior(
@@ -332,7 +334,7 @@ def abml(
             prior.mean,
             method="abml",
             num_draws=num_draws,
-            seed=seed + 1,
+            seed=(seed + 1) % 2**32,
             labels=labels,
             param_dim=param_dim,
             info={"gaussians": g, "prior": jax.tree.map(np.asarray, prior)},

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayesmeta._checks import check_seed
 from bayesmeta.meta._compiled import compiled
 from bayesmeta.meta._inner import _check_inner_lr, inner_loop
 from bayesmeta.meta.learners import (
@@ -278,6 +279,7 @@ def meta_overfitting_gap(
     ([0, 10, 20], True)
     """
 
+    seed = check_seed(seed)
     _check_loss_fn(loss_fn)
     num_train = _check_task_batch(train_tasks, "train_tasks")
     _check_task_batch(test_tasks, "test_tasks")

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from bayesmeta._checks import check_seed
 from bayesmeta.meta._inner import _check_inner_lr, _tree_sqnorm, cg_solve, inner_loop
 from bayesmeta.meta.learners import (
     MetaInfo,
@@ -190,6 +191,7 @@ def learn_inner_lr(
     1.0
     """
 
+    seed = check_seed(seed)
     if isinstance(tasks, Mapping):
         _check_task_batch(tasks, "tasks")
         fixed = tasks

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from bayesmeta._checks import check_seed
 from bayesmeta.inference.assemble import assemble
 from bayesmeta.info import MetaInfo
 from bayesmeta.meta._compiled import compiled
@@ -563,6 +564,7 @@ def implied_prior(
     >>> post.samples["theta"].shape  # (chain, draw, task)
     (1, 100, 2)
     """
+    seed = check_seed(seed)
     _check_output(support, labels, num_draws)
     g, adapted, _ = _gaussians(
         loss_fn,
@@ -691,6 +693,7 @@ def llama(
     >>> [round(float(v), 4) for v in g.variance().ravel()]
     [0.3333, 0.3333]
     """
+    seed = check_seed(seed)
     _check_output(support, labels, num_draws)
     g = llama_gaussians(
         loss_fn,
@@ -761,6 +764,7 @@ def to_posterior(
     ((1, 10, 3, 2), ['task', 'theta_dim'])
     """
 
+    seed = check_seed(seed)
     _check_int("num_draws", num_draws, 1)
     num_tasks = gaussians.num_tasks
     labels = _check_labels(labels, num_tasks)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from bayesmeta._checks import check_seed
 from bayesmeta.meta._compiled import compiled
 from bayesmeta.meta.learners import MetaState
 
@@ -128,6 +129,7 @@ def train(
     >>> round(float(state.params), 3), sorted(history), history["loss"].shape
     (2.0, ['grad_norm', 'loss', 'loss_before'], (60,))
     """
+    seed = check_seed(seed)
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps: expected a positive integer, got {num_steps!r}")
     if not callable(task_sampler):
