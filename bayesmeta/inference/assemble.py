@@ -61,13 +61,17 @@ def assemble(
     observed_data: Mapping[str, Any] | None = None,
     info: Mapping[str, Any] | None = None,
     info_type: type[FitInfo] = FitInfo,
+    nan_tasks: Any = None,
 ) -> Posterior:
     """The Posterior of ``samples``.
 
     ``built`` (a :class:`~bayesmeta.model.BuiltModel`) supplies ``dims``, ``coords`` and
     ``param_shape`` and names the helper sites to drop (``theta_raw``); explicit
     ``dims``/``coords`` extend or override it. ``sampler_stats`` are NumPyro's extra fields
-    (``potential_energy``, ``num_steps``, ...), renamed here for ArviZ.
+    (``potential_energy``, ``num_steps``, ...), renamed here for ArviZ. ``nan_tasks``: labels
+    of tasks whose draws are NaN because the caller asked for it (a meta-learner's
+    ``on_invalid="nan"``: no posterior is implied there); NaN confined to them is recorded
+    in ``info["diagnostics"]["nan_tasks"]`` and is neither an error nor a warning.
     """
     hidden = () if built is None else tuple(built.hidden)
     draws = {k: np.asarray(v) for k, v in samples.items() if k not in hidden}
@@ -77,7 +81,7 @@ def assemble(
     all_coords.update(coords or {})
     if param_shape is None and built is not None:
         param_shape = built.param_shape
-    info = _check_finite(draws, method, all_dims, all_coords, info)
+    info = _check_finite(draws, method, all_dims, all_coords, info, nan_tasks)
     return Posterior(
         draws,
         method=method,
@@ -93,13 +97,19 @@ def assemble(
     )
 
 
-def _check_finite(draws, method, dims, coords, info):
+def _check_finite(draws, method, dims, coords, info, nan_tasks=None):
     """Apply the non-finite rule of this module; returns ``info`` with the findings."""
     report = nonfinite_draws(draws, dims, coords)
     if not report:
         return info
     info = dict(info or {})
     diag = dict(info.get("diagnostics") or {})
+    asked = set(nan_tasks or ())
+    if asked and all("tasks" in e and set(e["tasks"]) <= asked for e in report.values()):
+        diag["nan_tasks"] = sorted({t for e in report.values() for t in e["tasks"]}, key=str)
+        diag["nonfinite"] = report
+        info["diagnostics"] = diag
+        return info
     num_chains = next(np.shape(v)[0] for v in draws.values() if np.ndim(v) >= 2)
     broken = sorted({c for entry in report.values() for c in entry["chains"]})
     line = describe_nonfinite(report)

@@ -792,7 +792,17 @@ def to_posterior(
             dims[name] = ["task", dim]
         else:
             dims[name] = ["task"] + [f"{name}_dim_{i}" for i in range(len(shape))]
-    return assemble(samples, method=method, dims=dims, coords=coords, info=info, info_type=MetaInfo)
+    # tasks without a Gaussian (on_invalid="nan": no prior implied there) draw NaN on purpose
+    invalid = ~np.all(np.isfinite(np.asarray(gaussians.mean).reshape(num_tasks, -1)), axis=1)
+    return assemble(
+        samples,
+        method=method,
+        dims=dims,
+        coords=coords,
+        info=info,
+        info_type=MetaInfo,
+        nan_tasks=[labels[i] for i in np.flatnonzero(invalid)],
+    )
 
 
 def linear_gaussian_nll(params: Any, batch: dict) -> Any:

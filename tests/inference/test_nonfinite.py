@@ -228,3 +228,18 @@ def test_predict_refuses_nan_inputs_naming_x_and_the_row():
         post.predict(x=new_x)
     with pytest.raises(ValueError, match="^x: non-finite value in row 2"):
         post.predict(x=new_x, task="0")
+
+
+def test_nan_asked_for_by_the_caller_is_recorded_not_raised():
+    """A meta-learner's on_invalid="nan" tasks: NaN confined to them is recorded; NaN in any
+    other task is still the all-chains error."""
+    from bayesmeta.inference.assemble import assemble
+    from bayesmeta.inference.diagnostics import FitError
+
+    x = np.zeros((1, 5, 3))
+    x[:, :, 1] = np.nan
+    kw = dict(method="m", dims={"theta": ["task"]}, coords={"task": ["a", "b", "c"]})
+    post = assemble({"theta": x}, nan_tasks=["b"], **kw)
+    assert post.info["diagnostics"]["nan_tasks"] == ["b"]
+    with pytest.raises(FitError, match="task\\(s\\) 'b'"):
+        assemble({"theta": x}, nan_tasks=["c"], **kw)
