@@ -12,6 +12,7 @@ itself never imports the posterior layer).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -74,8 +75,7 @@ def _posterior(
     theta = draws["theta"].reshape(num_chains, num_samples, -1)
     samples[theta_site] = theta
     obs_dim = "task" if tasks.is_estimates else "obs"
-    theta_rows = theta[..., tasks.task_index]
-    ll = -0.5 * (((tasks.y - theta_rows) / row_scale) ** 2 + _LOG_2PI) - np.log(row_scale)
+    ll = partial(_pointwise, theta, tasks.task_index, tasks.y, row_scale)
     if model is not None:  # the bound model's own dims and coords
         built = model.build(tasks)
         dims = coords = None
@@ -94,11 +94,27 @@ def _posterior(
         dims=dims,
         coords=coords,
         param_shape=(),
-        log_likelihood={"y": ll},
+        log_likelihood=ll,
         observed_data={"y": tasks.y.copy()},
         info=dict(info or {}, exact=result),
         info_type=ExactInfo,
     )
+
+
+def _pointwise(theta, task_index, y, row_scale) -> dict:
+    """``log N(y_r | theta_t, s_r)`` for every draw ``(chain, draw, N)``, computed on first
+    use (``post.log_likelihood``, LOO) a few draws at a time, so a fit itself holds no
+    ``draws x rows`` temporaries."""
+    chains, draws = theta.shape[:2]
+    flat = theta.reshape(chains * draws, -1)
+    out = np.empty((chains * draws, y.size))
+    log_scale = np.log(row_scale)
+    step = max(1, 4_000_000 // max(1, y.size))
+    for start in range(0, flat.shape[0], step):
+        sl = slice(start, start + step)
+        z = (y - flat[sl][:, task_index]) / row_scale
+        out[sl] = -0.5 * (z**2 + _LOG_2PI) - log_scale
+    return {"y": out.reshape(chains, draws, -1)}
 
 
 def _task_arrays(tasks: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
