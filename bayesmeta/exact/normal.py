@@ -754,7 +754,9 @@ class NormalNormalResult:
       tau_nodes, tau_weights  ``(J,)`` the posterior rule for tau: ``E[f(tau) | y] =
                               sum_j tau_weights[j] f(tau_nodes[j])`` (weights sum to 1)
       mu_cond_mean, mu_cond_sd  ``(J,)`` ``mu | tau_j, y`` (normal)
-      mu_mean, mu_sd, tau_mean, tau_sd   posterior means and sds (floats)
+      mu_mean, mu_sd, tau_mean, tau_sd   posterior means and sds (floats; ``inf`` where
+                              the moment does not exist, e.g. ``tau_sd`` for one task under
+                              a HalfCauchy prior, whose posterior tail is ``tau**-3``)
       theta_mean, theta_sd    ``(T,)``
       quantile_levels         ``(Q,)``
       mu_quantiles, tau_quantiles  ``(Q,)``; theta_quantiles ``(T, Q)`` (a cached property:

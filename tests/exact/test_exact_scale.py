@@ -39,13 +39,14 @@ def _fields(res):
 
 @pytest.mark.parametrize("loc_prior", [None, "flat"])
 def test_streamed_rule_splits_the_same_panels(monkeypatch, loc_prior):
-    # the reference is the in-memory adaptive rule (all per-panel errors held at once)
-    y, se = _data(40)
+    # the reference is the in-memory adaptive rule (all per-panel errors held at once);
+    # 1,000 tasks: the rule splits panels beyond the 112 it starts from
+    y, se = _data(1000)
     ref = nn.solve_normal_normal(y, se, loc_prior=loc_prior, scale_prior=dist.HalfCauchy(1.0))
     monkeypatch.setattr(nn, "_STREAM_ABOVE", 0)
-    monkeypatch.setattr(nn, "_TASK_BLOCK", 7)  # several task blocks, one ragged
+    monkeypatch.setattr(nn, "_TASK_BLOCK", 300)  # several task blocks, one ragged
     out = nn.solve_normal_normal(y, se, loc_prior=loc_prior, scale_prior=dist.HalfCauchy(1.0))
-    assert out.num_panels == ref.num_panels > 100
+    assert out.num_panels == ref.num_panels > 112
     # the rule (panels, nodes, weights) and what follows from it alone: bit for bit
     for a, b in zip(_fields(ref), _fields(out), strict=True):
         if a is not ref.theta_mean and a is not ref.theta_sd:
