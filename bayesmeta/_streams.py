@@ -81,7 +81,12 @@ def task_normals_f64(seed_key: jax.Array, hashes: np.ndarray, num: int) -> np.nd
     """``(num, T)`` float64 standard normals, task ``t`` from its own stream, whatever
     JAX's x64 setting: 53-bit uniforms from the stream's 32-bit words, then Box-Muller
     (numpy float64). Deterministic in ``seed_key`` and the labels."""
-    bits = np.asarray(_bits(seed_key, jnp.asarray(hashes), int(num))).astype(np.uint64)
+    num_tasks = len(hashes)
+    # pad to a power of two so that few shapes are ever compiled (each stream is its own)
+    padded = np.zeros((max(8, 1 << max(0, num_tasks - 1).bit_length()), 2), dtype=np.uint32)
+    padded[:num_tasks] = hashes
+    bits = np.asarray(_bits(seed_key, jnp.asarray(padded), int(num)))[:num_tasks]
+    bits = bits.astype(np.uint64)
     scale = 1.0 / 9007199254740992.0  # 2**-53
     # numpy's recipe: 27 + 26 high bits of two words; u1 in (0, 1] so log(u1) is finite
     five, six, shift = np.uint64(5), np.uint64(6), np.uint64(26)

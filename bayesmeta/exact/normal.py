@@ -934,7 +934,7 @@ class NormalNormalResult:
         hashes = self._label_hashes
         num_tasks = self.y.size
         theta = np.empty((num, num_tasks))
-        block = max(1, 4_000_000 // (6 * num))
+        block = 1 << max(0, (4_000_000 // (6 * num)).bit_length() - 1)  # a power of two
         for start in range(0, num_tasks, block):
             sl = slice(start, start + block)
             mean, sd = _theta_given_mu_tau(self.y[sl], self.se[sl], mu, tau)
