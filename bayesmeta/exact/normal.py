@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.polynomial import legendre as _leg
 
+from bayesmeta import _streams
 from bayesmeta._checks import check_estimates as _check_estimates
 
 # Special functions in float64 numpy (the library keeps JAX's dtype choice alone, and the
@@ -71,6 +72,7 @@ from bayesmeta.exact.quadrature import (
     _KRONROD_W,
     _KRONROD_X,
     _adaptive,
+    _adaptive_streamed,
     _Map,
     _panel_integrals,  # noqa: F401
     _panel_nodes,
@@ -466,6 +468,7 @@ class _Rule:
     log_evidence: np.ndarray  # (R,)
     converged: bool
     density_u: np.ndarray = field(default=None)  # (R, P, 15) normalised density in u
+    divergent: np.ndarray | None = field(default=None)  # (R, 5) moments that do not exist
 
 
 def _log_post(y, se, loc, prior, mp, u):
@@ -522,19 +525,72 @@ def _initial_edges(extra: Sequence[float]) -> np.ndarray:
     return edges[keep]
 
 
-def _integrand(y, se, loc, prior, mp, offset, u, with_theta):
+def _integrand(y, se, loc, prior, mp, offset, u, with_theta, keep=None):
     """Components whose integrals drive the adaptivity: ``(n, R, K)`` with
-    ``K = 5 (+ 2 T)``: density, tau, tau^2, mu first and second moments (and theta's)."""
+    ``K = 5 (+ 2 T)``: density, tau, tau^2, mu first and second moments (and theta's).
+    ``keep`` ``(R, 5)`` zeroes the moments that do not exist (see :func:`_divergent`)."""
     logd, mhat, vmu = _log_post(y, se, loc, prior, mp, u)
     dens = np.exp(logd - offset[:, None]) * mp.jac(u)  # (R, n)
     tau = mp.tau(u)
     tau_b = np.broadcast_to(tau, dens.shape)
     comps = [dens, dens * tau_b, dens * tau_b**2, dens * mhat, dens * (mhat**2 + vmu)]
     out = np.stack(comps, axis=-1)  # (R, n, 5)
+    if keep is not None:
+        out = np.where(keep[:, None, :], out, 0.0)
     if with_theta:
         tm, tv = _theta_moments_given_tau(y, se, tau_b, mhat, vmu)  # (R, n, T)
         out = np.concatenate([out, dens[..., None] * tm, dens[..., None] * (tm**2 + tv)], axis=-1)
     return np.moveaxis(out, 1, 0)  # (n, R, K)
+
+
+def _integrand_blocks(y, se, loc, prior, mp, offset, u, with_theta, block, keep=None):
+    """The components of :func:`_integrand` in blocks, ``(n, R, K_b)`` each: first the five
+    shared ones, then theta's first and second moments for ``block`` tasks at a time, so
+    nothing of size nodes x tasks is built."""
+    logd, mhat, vmu = _log_post(y, se, loc, prior, mp, u)
+    dens = np.exp(logd - offset[:, None]) * mp.jac(u)  # (R, n)
+    tau = mp.tau(u)
+    tau_b = np.broadcast_to(tau, dens.shape)
+    comps = [dens, dens * tau_b, dens * tau_b**2, dens * mhat, dens * (mhat**2 + vmu)]
+    out = np.stack(comps, axis=-1)
+    if keep is not None:
+        out = np.where(keep[:, None, :], out, 0.0)
+    yield np.moveaxis(out, 1, 0)
+    if not with_theta:
+        return
+    for start in range(0, y.shape[1], block):
+        sl = slice(start, start + block)
+        tm, tv = _theta_moments_given_tau(y[:, sl], se[:, sl], tau_b, mhat, vmu)
+        yield np.moveaxis(dens[..., None] * tm, 1, 0)
+        yield np.moveaxis(dens[..., None] * (tm**2 + tv), 1, 0)
+
+
+# Above this many panel-components the adaptive rule streams over panels and task blocks
+# (memory O(tasks + nodes)) instead of holding per-panel errors of every component (memory
+# O(tasks x panels)); both split the same panels. A module constant so tests can lower it.
+_STREAM_ABOVE = 2**23
+_TASK_BLOCK = 2**15
+
+
+def _divergent(y, se, loc, prior, mp, offset) -> np.ndarray:
+    """``(R, 5)``: which of the posterior moments behind :func:`_integrand`'s first five
+    components (1, tau, tau^2, mu, mu^2 + Var) do not exist. For ``tau -> inf`` an integrand
+    behaves as ``(1 - u)**beta`` in ``u``; it is integrable for ``beta > -1``. ``beta`` is
+    read off two points far in the tail (``1 - u = 2**-30, 2**-40``), where the tails of
+    every supported prior times ``p(y | tau) ~ tau**-T`` are powers of ``tau`` or lighter.
+    A single task under a HalfCauchy prior, for instance, has ``p(tau | y) ~ tau**-3``: no
+    variance. Such a moment is left out of the adaptivity (it would refine towards
+    ``u = 1`` without end) and reported as infinite."""
+    out = np.zeros((y.shape[0], 5), dtype=bool)
+    if mp.bounded:
+        return out
+    u = 1.0 - np.array([2.0**-30, 2.0**-40])
+    with np.errstate(all="ignore"):
+        vals = np.abs(_integrand(y, se, loc, prior, mp, offset, u, False))  # (2, R, 5)
+        beta = np.log(vals[1] / vals[0]) / math.log(2.0**-10)
+    tail = (vals[1] > 0) & np.isfinite(beta) & (beta <= -0.95)
+    out[:, 1:] = tail[:, 1:]
+    return out
 
 
 def _default_scale(y: np.ndarray, se: np.ndarray) -> float:
@@ -553,11 +609,24 @@ def _build_rule(y, se, loc, prior, rtol, max_panels, with_theta=True, keep_densi
             " check the prior's support"
         )
 
+    divergent = _divergent(y, se, loc, prior, mp, offset)
+    keep = ~divergent if divergent.any() else None
+
     def fn(u):
-        return _integrand(y, se, loc, prior, mp, offset, u, with_theta)
+        return _integrand(y, se, loc, prior, mp, offset, u, with_theta, keep)
 
     width = y.shape[0] * (5 + (2 * y.shape[1] if with_theta else 0))
-    edges, converged = _adaptive(fn, _initial_edges(extra), rtol, max_panels, width)
+    initial = _initial_edges(extra)
+    if width * len(initial) > _STREAM_ABOVE:
+        block = min(y.shape[1], _TASK_BLOCK)
+
+        def fn_blocks(u):
+            return _integrand_blocks(y, se, loc, prior, mp, offset, u, with_theta, block, keep)
+
+        chunk = max(1, 2_000_000 // (15 * y.shape[0] * (5 + 2 * block)))
+        edges, converged = _adaptive_streamed(fn_blocks, initial, rtol, max_panels, chunk)
+    else:
+        edges, converged = _adaptive(fn, initial, rtol, max_panels, width)
     nodes, half = _panel_nodes(edges[:-1], edges[1:])
     u = nodes.reshape(-1)
     logd, mhat, vmu = _log_post(y, se, loc, prior, mp, u)
@@ -588,6 +657,7 @@ def _build_rule(y, se, loc, prior, rtol, max_panels, with_theta=True, keep_densi
         offset + np.log(z),
         converged,
         density_u,
+        divergent if divergent.any() else None,
     )
 
 
@@ -630,14 +700,21 @@ def _batch_rule(
     return _build_rule(y, se, loc, prior, rtol, max_panels, with_theta), loc, prior
 
 
-def _batch_moments(rule: _Rule, y: np.ndarray, se: np.ndarray, prune: float = 1e-17):
+def _batch_moments(
+    rule: _Rule, y: np.ndarray, se: np.ndarray, prune: float = 1e-17, conditionals: bool = True
+):
     """Posterior means and variances of mu, tau and theta for every data set in a rule.
 
     Returns a dict of arrays: ``mu_mean`` ``(R,)``, ``mu_var``, ``tau_mean``, ``tau_var``,
     ``theta_mean`` ``(R, T)``, ``theta_var``; plus the pruned mixture pieces ``weights``
-    ``(R, J')``, ``tau`` ``(J',)``, ``mhat``/``vmu`` ``(R, J')``.
+    ``(R, J')``, ``tau`` ``(J',)``, ``mhat``/``vmu`` ``(R, J')``, and with ``conditionals``
+    the ``(R, J', T)`` conditional moments of theta (``theta_cond_mean``/``_var``). Without
+    them theta's moments are computed ``_TASK_BLOCK`` tasks at a time (memory
+    ``O(J' + T)``; each task's numbers are the same arithmetic either way).
     """
-    keep = np.max(rule.weights, axis=0) > prune
+    # a node is dropped when it adds nothing to the normaliser nor to tau's first two
+    # moments (far in a heavy tail a tiny weight still carries a large tau)
+    keep = np.max(rule.weights * (1.0 + rule.tau) ** 2, axis=0) > prune
     w = rule.weights[:, keep]
     w = w / w.sum(axis=1, keepdims=True)
     tau = rule.tau[keep]
@@ -646,7 +723,33 @@ def _batch_moments(rule: _Rule, y: np.ndarray, se: np.ndarray, prune: float = 1e
     mu_var = np.sum(w * (vmu + (mhat - mu_mean[:, None]) ** 2), axis=1)
     tau_mean = w @ tau
     tau_var = np.sum(w * (tau[None, :] - tau_mean[:, None]) ** 2, axis=1)
+    if rule.divergent is not None:  # moments that do not exist (heavy tails of tau)
+        div = rule.divergent
+        tau_mean = np.where(div[:, 1], np.inf, tau_mean)
+        tau_var = np.where(div[:, 1] | div[:, 2], np.inf, tau_var)
+        mu_var = np.where(div[:, 4], np.inf, mu_var)
     tau_b = np.broadcast_to(tau, w.shape)
+    if not conditionals:
+        theta_mean = np.empty(y.shape)
+        theta_var = np.empty(y.shape)
+        block = max(1, _TASK_BLOCK * 256 // max(1, w.size))
+        for start in range(0, y.shape[1], block):
+            sl = slice(start, start + block)
+            tm, tv = _theta_moments_given_tau(y[:, sl], se[:, sl], tau_b, mhat, vmu)
+            theta_mean[:, sl] = np.einsum("rj,rjt->rt", w, tm)
+            theta_var[:, sl] = np.einsum("rj,rjt->rt", w, tv + (tm - theta_mean[:, None, sl]) ** 2)
+        return dict(
+            mu_mean=mu_mean,
+            mu_var=mu_var,
+            tau_mean=tau_mean,
+            tau_var=tau_var,
+            theta_mean=theta_mean,
+            theta_var=theta_var,
+            weights=w,
+            tau=tau,
+            mhat=mhat,
+            vmu=vmu,
+        )
     tm, tv = _theta_moments_given_tau(y, se, tau_b, mhat, vmu)  # (R, J', T)
     theta_mean = np.einsum("rj,rjt->rt", w, tm)
     theta_var = np.einsum("rj,rjt->rt", w, tv + (tm - theta_mean[:, None, :]) ** 2)
@@ -678,7 +781,9 @@ class NormalNormalResult:
       tau_nodes, tau_weights  ``(J,)`` the posterior rule for tau: ``E[f(tau) | y] =
                               sum_j tau_weights[j] f(tau_nodes[j])`` (weights sum to 1)
       mu_cond_mean, mu_cond_sd  ``(J,)`` ``mu | tau_j, y`` (normal)
-      mu_mean, mu_sd, tau_mean, tau_sd   posterior means and sds (floats)
+      mu_mean, mu_sd, tau_mean, tau_sd   posterior means and sds (floats; ``inf`` where
+                              the moment does not exist, e.g. ``tau_sd`` for one task under
+                              a HalfCauchy prior, whose posterior tail is ``tau**-3``)
       theta_mean, theta_sd    ``(T,)``
       quantile_levels         ``(Q,)``
       mu_quantiles, tau_quantiles  ``(Q,)``; theta_quantiles ``(T, Q)`` (a cached property:
@@ -842,7 +947,11 @@ class NormalNormalResult:
         """Exact i.i.d. posterior draws: ``{"mu": (num,), "tau": (num,), "theta": (num, T)}``.
 
         ``tau`` by inverse CDF, then ``mu | tau, y`` and ``theta | mu, tau, y`` (normal).
-        ``seed``: an int or a JAX PRNG key.
+        ``seed``: an int or a JAX PRNG key. The normals behind each task's ``theta`` come
+        from that task's own stream, keyed by the seed and its label (a stable hash, see
+        :mod:`bayesmeta._streams`): the same seed and labels give the same draws in any
+        order of the tasks. ``theta`` is filled a block of tasks at a time, so memory
+        beyond the returned ``(num, T)`` array stays about ``4e6`` doubles.
         """
         num = int(num)
         if num < 1:
@@ -852,11 +961,24 @@ class NormalNormalResult:
             tau = np.full(num, self._prior.value)
         else:
             tau = self.tau_quantile(rng.uniform(size=num))
-        _, mhat, vmu = _conditionals(self.y[None], self.se[None], tau, self._loc)
+        ys, ses = _canonical(self.y, self.se)
+        _, mhat, vmu = _conditionals(ys[None], ses[None], tau, self._loc)
         mu = mhat[0] + np.sqrt(vmu[0]) * rng.standard_normal(num)
-        mean, sd = _theta_given_mu_tau(self.y, self.se, mu, tau)
-        theta = mean + sd * rng.standard_normal(mean.shape)
+        theta_key = _streams.seed_key(rng)
+        hashes = self._label_hashes
+        num_tasks = self.y.size
+        theta = np.empty((num, num_tasks))
+        block = 1 << max(0, (4_000_000 // (6 * num)).bit_length() - 1)  # a power of two
+        for start in range(0, num_tasks, block):
+            sl = slice(start, start + block)
+            mean, sd = _theta_given_mu_tau(self.y[sl], self.se[sl], mu, tau)
+            z = _streams.task_normals_f64(theta_key, hashes[sl], num)
+            theta[:, sl] = mean + sd * z
         return {"mu": mu, "tau": tau, "theta": theta}
+
+    @cached_property
+    def _label_hashes(self) -> np.ndarray:
+        return _streams.label_hashes(self.labels)
 
     def summary(self) -> str:
         """A readable table of posterior means, sds and central 95% intervals."""
@@ -883,6 +1005,13 @@ class NormalNormalResult:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def _canonical(y: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``y`` and ``se`` sorted by estimate, then se: sums over tasks in this order do not
+    depend on the order the tasks came in."""
+    order = np.lexsort((se, y))
+    return y[order], se[order]
 
 
 def _theta_given_mu_tau(y, se, mu, tau):
@@ -950,12 +1079,15 @@ def solve_normal_normal(
     loc = _loc_prior(loc_prior)
     prior = _tau_prior(scale_prior, tau_range)
     y2, se2 = y[None], se[None]
+    # the rule sums over tasks in a canonical order (sorted by estimate, then se), so that it
+    # is the same, bit for bit, in any order of the tasks
+    ys, ses = _canonical(y, se)
     if prior.kind == "fixed":
-        rule = _fixed_rule(y2, se2, loc, prior)
+        rule = _fixed_rule(ys[None], ses[None], loc, prior)
         coef = cum = None
     else:
         rule = _build_rule(
-            y2, se2, loc, prior, rtol, max_panels, with_theta=True, keep_density=True
+            ys[None], ses[None], loc, prior, rtol, max_panels, with_theta=True, keep_density=True
         )
         if not rule.converged:
             import warnings
@@ -975,7 +1107,7 @@ def solve_normal_normal(
         cum = np.concatenate([[0.0], np.cumsum(mass)])
         coef = coef / cum[-1]
         cum = cum / cum[-1]
-    mom = _batch_moments(rule, y2, se2)
+    mom = _batch_moments(rule, y2, se2, conditionals=False)
     mu_mix = NormalMixture(mom["weights"][0], mom["mhat"][0], np.sqrt(mom["vmu"][0]))
     mu_q = mu_mix.quantile(levels) if loc.kind != "fixed" else np.full(levels.shape, loc.mean)
     result = NormalNormalResult(

@@ -134,3 +134,73 @@ def _adaptive(fn, edges: np.ndarray, rtol: float, max_panels: int, width: int):
         absk = np.concatenate([absk[keep], ab2])
     order = np.argsort(a)
     return np.concatenate([a[order], [b[order][-1]]]), converged
+
+
+def _panel_err_abs(vals: np.ndarray, half: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-panel ``|K15 - G7|`` and Kronrod integral of ``|f|`` from ``vals`` ``(p, 15, *M)``
+    (the same arithmetic as :func:`_panel_integrals`)."""
+    h = half.reshape(-1, *([1] * (vals.ndim - 2)))
+    k = h * np.einsum("k,pk...->p...", _KRONROD_W, vals)
+    g = h * np.einsum("k,pk...->p...", _GAUSS_W, vals)
+    return np.abs(k - g), h * np.einsum("k,pk...->p...", _KRONROD_W, np.abs(vals))
+
+
+def _adaptive_streamed(fn_blocks, edges: np.ndarray, rtol: float, max_panels: int, chunk: int):
+    """:func:`_adaptive` in memory ``O(components + panels)`` instead of their product.
+
+    ``fn_blocks(u: (n,))`` yields the integrand's components in blocks, arrays
+    ``(n, *M_b)`` whose union is the components of :func:`_adaptive`'s ``fn``. Nothing per
+    panel and component is kept: each round streams over the panels (``chunk`` at a time)
+    twice, once for the summed error and absolute integral of every component (added panel
+    by panel in the order :func:`_adaptive` sums them) and once for each panel's score
+    against the tolerances. The panels it splits, and so the rule, are those of
+    :func:`_adaptive`; it costs about two integrand evaluations per panel and round instead
+    of one per new panel.
+    """
+    a, b = edges[:-1], edges[1:]
+    converged = False
+
+    def sweep(a, b, tol):
+        nodes, half = _panel_nodes(a, b)
+        totals_err, totals_abs = None, None
+        score = np.full(len(a), -np.inf)
+        for start in range(0, len(a), chunk):
+            sl = slice(start, start + chunk)
+            for i, vals in enumerate(fn_blocks(nodes[sl].reshape(-1))):
+                vals = vals.reshape(-1, 15, *vals.shape[1:])
+                err, absk = _panel_err_abs(vals, half[sl])
+                if tol is not None:
+                    ratio = (err / tol[i]).reshape(len(err), -1).max(axis=1)
+                    score[sl] = np.maximum(score[sl], ratio)
+                    continue
+                if totals_err is None:
+                    totals_err, totals_abs = [], []
+                if len(totals_err) <= i:
+                    totals_err.append(err[0].copy())
+                    totals_abs.append(absk[0].copy())
+                    first = 1
+                else:
+                    first = 0
+                for p in range(first, len(err)):  # sequential, as ndarray.sum(axis=0)
+                    totals_err[i] += err[p]
+                    totals_abs[i] += absk[p]
+        return totals_err, totals_abs, score
+
+    for _ in range(200):
+        total_err, total_abs, _ = sweep(a, b, None)
+        tol = [rtol * s + 1e-300 for s in total_abs]
+        if all(np.all(e <= t) for e, t in zip(total_err, tol, strict=True)):
+            converged = True
+            break
+        num = len(a)
+        _, _, score = sweep(a, b, tol)
+        split = score > 0.5 / num
+        split[np.argmax(score)] = True
+        if num + split.sum() > max_panels:
+            break
+        mid = 0.5 * (a[split] + b[split])
+        keep = ~split
+        a = np.concatenate([a[keep], a[split], mid])
+        b = np.concatenate([b[keep], mid, b[split]])
+    order = np.argsort(a)
+    return np.concatenate([a[order], [b[order][-1]]]), converged

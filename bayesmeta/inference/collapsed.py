@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 
+from bayesmeta import _streams
 from bayesmeta.inference import _gaussian as gauss
 from bayesmeta.inference._scalar_marginal import (
     ScalarMarginal,
@@ -226,11 +227,15 @@ def _sampler(model, param_shape, model_kwargs, nuts_opts, structure=None, regres
 
 
 @partial(jax.jit, static_argnames=("pop", "shared", "param_shape", "batch", "regression"))
-def _draw_theta(pop, shared, param_shape, stats, hyper_flat, key, batch, regression, task_x):
+def _draw_theta(
+    pop, shared, param_shape, stats, hyper_flat, key, batch, regression, task_x, hashes
+):
     """Exact ``theta`` draws ``(S, T, *param_shape)``, one per hyperparameter draw (and
     common-coefficient draw ``beta``, when the likelihood has them). Scalar ``theta`` is
     elementwise; vector ``theta`` goes through Cholesky factors in batches of ``batch``
-    draws so memory stays ``O(batch T p^2)``."""
+    draws so memory stays ``O(batch T p^2)``. The normals of task ``t`` come from its own
+    stream, keyed by its label's hash (``hashes`` ``(T, 2)``, :mod:`bayesmeta._streams`),
+    so reordering tasks reorders the draws given the same hyperparameter draws."""
     noise = hyper_flat["sigma"] if shared else None
     h = gauss.population_hyper(pop, hyper_flat, param_shape, noise, regression, task_x)
     num, T = h.mu.shape[0], stats.count.shape[0]
@@ -241,8 +246,8 @@ def _draw_theta(pop, shared, param_shape, stats, hyper_flat, key, batch, regress
         mu = mu[:, None] if mu.ndim == 1 else mu
         tau, s2 = h.scale_tril[:, 0, :1], h.noise[:, None] ** 2
         mean, var = gauss.scalar_posterior(gauss.residual_stats(stats, p, beta), mu, tau, s2)
-        return mean + jnp.sqrt(var) * jax.random.normal(key, (num, T), mean.dtype)
-    z = jax.random.normal(key, (num, T, h.mu.shape[-1]), h.mu.dtype)
+        return mean + jnp.sqrt(var) * _streams.task_normals(key, hashes, (num,), mean.dtype)
+    z = _streams.task_normals(key, hashes, (num, h.mu.shape[-1]), h.mu.dtype)
 
     def one(args):
         hs, zs, bs = args
@@ -331,6 +336,7 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
         int(opts["theta_batch"]),
         regression,
         task_x,
+        jnp.asarray(_streams.label_hashes(tasks.labels)),
     )
     site = model.population.theta_site
     samples[site] = np.asarray(theta).reshape(chains, draws, *theta.shape[1:])
