@@ -108,7 +108,8 @@ def check_dtype_range(tasks: TaskSet, dtype: Any = None) -> None:
     or enable float64 (``jax.config.update("jax_enable_x64", True)``) otherwise.
 
     >>> import bayesmeta as bm
-    >>> check_dtype_range(bm.TaskSet.from_estimates(y=[1.0, 2.0], se=[1e-25, 1.0]))
+    >>> tasks = bm.TaskSet.from_estimates(y=[1.0, 2.0], se=[1e-25, 1.0])
+    >>> check_dtype_range(tasks, "float32")  # what a model running in float32 can hold
     Traceback (most recent call last):
     ...
     ValueError: se: 1e-25 at task '0', row 0 is outside the float32 range of a scale ...

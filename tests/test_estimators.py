@@ -367,12 +367,11 @@ def test_cli_meta_analysis(tmp_path, capsys):
         ]
     )
     assert args.func(args) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    payload = json.loads(out[-1])
+    payload = json.loads(capsys.readouterr().out)  # --json: one JSON document, nothing else
     assert payload["command"] == "meta-analysis"
     assert round(payload["mu"], 4) == -0.7145 and round(payload["tau2"], 4) == 0.3132
     assert payload["labels"][0] == "T1"
-    assert any("I^2 = 92.22%" in line for line in out)
+    assert round(payload["i2"], 2) == 92.22  # metafor: I^2 = 92.22%
     # variance column, DL with Knapp-Hartung
     args = _parser().parse_args(
         [

@@ -35,7 +35,7 @@ def test_mixed_models_section_runs_as_written():
     import pytest
 
     pytest.importorskip("formulae")
-    block = next(b for b in _blocks("python") if "bm.datasets.radon()" in b)
+    block = next(b for b in _blocks("python") if "radon = bm.datasets.radon()" in b)
     namespace = {}
     exec(compile(block, "README.md (mixed models)", "exec"), namespace)
     post = namespace["post"]
@@ -58,7 +58,7 @@ def test_every_python_block_runs_as_written(tmp_path, monkeypatch):
     blocks = _blocks("python")
     assert len(blocks) >= 7
     for i, block in enumerate(blocks):
-        if "bm.datasets.radon()" in block and "from_dataframe(\n" in block:
+        if "radon = bm.datasets.radon()" in block:
             continue  # the mixed-models block: test_mixed_models_section_runs_as_written
         if 'post = bm.fit(model, tasks, method="nuts", seed=0)' in block:
             continue  # the tour: test_tour_runs_as_written
