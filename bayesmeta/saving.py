@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "atomic_write", "check_writable", "write_posterior", "read_posterior"]
+__all__ = [
+    "FORMAT_VERSION",
+    "atomic_write",
+    "check_writable",
+    "digest",
+    "write_posterior",
+    "read_posterior",
+]
 
 #: the version of the saved-posterior format; a file of another version is refused
 FORMAT_VERSION = 1
@@ -87,7 +94,8 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> N
     _fsync_dir(folder)
 
 
-def _digest(arrays: Mapping[str, np.ndarray]) -> str:
+def digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays: names, dtypes, shapes and bytes, in name order."""
     h = hashlib.sha256()
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
@@ -122,7 +130,7 @@ def write_posterior(path: str, data: Any, arrays: Mapping[str, Mapping[str, Any]
         g: {k: (tuple(v.shape), v.dtype.str) for k, v in a.items()} for g, a in arrays.items()
     }
     flat = {f"{g}/{k}": v for g, a in arrays.items() for k, v in a.items()}
-    record = dict(state, layout=layout, digest=_digest(flat))
+    record = dict(state, layout=layout, digest=digest(flat))
     blob = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
     meta = xr.Dataset(
         {"record": ("byte", np.frombuffer(blob, dtype=np.uint8))},
@@ -193,6 +201,6 @@ def read_posterior(path: str) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
                     f"record says {tuple(shape)} {dtype}"
                 )
     flat = {f"{g}/{k}": v for g, a in arrays.items() for k, v in a.items()}
-    if _digest(flat) != record["digest"]:
+    if digest(flat) != record["digest"]:
         raise ValueError(f"path: {path}: the draws do not match their digest (a damaged file)")
     return record, arrays

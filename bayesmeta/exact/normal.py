@@ -729,30 +729,19 @@ def _batch_moments(
         tau_var = np.where(div[:, 1] | div[:, 2], np.inf, tau_var)
         mu_var = np.where(div[:, 4], np.inf, mu_var)
     tau_b = np.broadcast_to(tau, w.shape)
-    if not conditionals:
-        theta_mean = np.empty(y.shape)
-        theta_var = np.empty(y.shape)
+    if conditionals:
+        tm, tv = _theta_moments_given_tau(y, se, tau_b, mhat, vmu)  # (R, J', T)
+        theta_mean = np.einsum("rj,rjt->rt", w, tm)
+        theta_var = np.einsum("rj,rjt->rt", w, tv + (tm - theta_mean[:, None, :]) ** 2)
+        extra = dict(theta_cond_mean=tm, theta_cond_var=tv)
+    else:  # the same moments in blocks of tasks: memory bounded by the block, not J' x T
+        theta_mean, theta_var, extra = np.empty(y.shape), np.empty(y.shape), {}
         block = max(1, _TASK_BLOCK * 256 // max(1, w.size))
         for start in range(0, y.shape[1], block):
             sl = slice(start, start + block)
             tm, tv = _theta_moments_given_tau(y[:, sl], se[:, sl], tau_b, mhat, vmu)
             theta_mean[:, sl] = np.einsum("rj,rjt->rt", w, tm)
             theta_var[:, sl] = np.einsum("rj,rjt->rt", w, tv + (tm - theta_mean[:, None, sl]) ** 2)
-        return dict(
-            mu_mean=mu_mean,
-            mu_var=mu_var,
-            tau_mean=tau_mean,
-            tau_var=tau_var,
-            theta_mean=theta_mean,
-            theta_var=theta_var,
-            weights=w,
-            tau=tau,
-            mhat=mhat,
-            vmu=vmu,
-        )
-    tm, tv = _theta_moments_given_tau(y, se, tau_b, mhat, vmu)  # (R, J', T)
-    theta_mean = np.einsum("rj,rjt->rt", w, tm)
-    theta_var = np.einsum("rj,rjt->rt", w, tv + (tm - theta_mean[:, None, :]) ** 2)
     return dict(
         mu_mean=mu_mean,
         mu_var=mu_var,
@@ -764,8 +753,7 @@ def _batch_moments(
         tau=tau,
         mhat=mhat,
         vmu=vmu,
-        theta_cond_mean=tm,
-        theta_cond_var=tv,
+        **extra,
     )
 
 

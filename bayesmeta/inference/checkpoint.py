@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from bayesmeta.saving import atomic_write, check_writable
+from bayesmeta.saving import atomic_write, check_writable, digest
 
 __all__ = ["fingerprint", "load", "peek", "save", "CHECKPOINT_VERSION"]
 
@@ -28,14 +28,9 @@ CHECKPOINT_VERSION = 1
 
 
 def _hash_arrays(tree: Any) -> str:
-    h = hashlib.sha256()
     leaves, treedef = jax.tree.flatten(tree)
-    h.update(str(treedef).encode())
-    for leaf in leaves:
-        a = np.ascontiguousarray(np.asarray(leaf))
-        h.update(f"{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+    arrays = {f"{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    return hashlib.sha256((str(treedef) + digest(arrays)).encode()).hexdigest()
 
 
 def fingerprint(**parts: Any) -> dict[str, str]:

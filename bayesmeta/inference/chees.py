@@ -390,9 +390,8 @@ def fit_chees(built, tasks, seed: int, model=None, **options):
         check_kw={"ess_per_chain_min": total_ess / chains, "rhat_max": float("inf")},
     )
     diag = post.info["diagnostics"]
-    shown = {k: v for k, v in post.samples.items()}
     nested = {}
-    for name, x in shown.items():
+    for name, x in post.samples.items():
         flat = x.reshape(x.shape[0], x.shape[1], -1)
         varying = np.ptp(flat.reshape(-1, flat.shape[-1]), axis=0) > 0
         if num_super >= 2 and varying.any():
