@@ -14,6 +14,7 @@ from bayesmeta.meta.hypergrad import (
     inner_lr_learner,
     learn_inner_lr,
     post_adaptation_loss,
+    unrolled_hypergradient,
 )
 from bayesmeta.meta.learners import (
     MetaInfo,
@@ -65,6 +66,7 @@ __all__ = [
     "inner_lr_learner",
     "learn_inner_lr",
     "implicit_hypergradient",
+    "unrolled_hypergradient",
     "TaskGaussians",
     "implied_prior",
     "implied_prior_cov",
