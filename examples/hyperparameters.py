@@ -436,6 +436,7 @@ def main(argv=None):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax = axes[0]
@@ -462,6 +463,8 @@ def main(argv=None):
         ax.scatter(a[:, 0], a[:, 1], s=90, marker=marker, label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("width")
     ax.set_ylabel("height")
     ax.set_title("(c) anchor shapes")

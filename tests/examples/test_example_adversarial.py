@@ -23,9 +23,17 @@ def test_adversarial_quick(tmp_path, capsys):
     example = _load("adversarial")
     result = example.main(["--quick", "--out", str(tmp_path), "--json"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    names = {"zero", "clean MAML", "adversarial MAML"}
-    assert set(summary["robust"]) == set(summary["clean"]) == names
-    assert summary["target"] == result["target"]
+    names = {"zero", "clean MAML", "adversarial MAML", "adversarial Meta-SGD"}
+    assert set(summary["robust"]) == set(summary["clean"]) == set(summary["steps_to_target"])
+    assert set(summary["robust"]) == names
+    assert summary["targets"] == result["targets"] == [0.58, 0.6, 0.65]
+    for name, hits in summary["steps_to_target"].items():
+        for target, hit in hits.items():
+            robust = np.array(summary["robust"][name])
+            if hit is None:
+                assert np.all(robust < float(target))
+            else:
+                assert robust[hit] >= float(target) and np.all(robust[:hit] < float(target))
     for name in names:
         clean, robust = np.array(summary["clean"][name]), np.array(summary["robust"][name])
         assert clean.shape == robust.shape == (6,)
