@@ -208,10 +208,17 @@ def main(argv=None):
     print(f"{'init':<8}" + "".join(f"{r:>9g}" for r in RATES))
     for name, r in rows.items():
         print(f"{name:<8}" + "".join(f"{d:>9.3f}" for d in r["diverged"]))
-    print(f"\nQuery MSE after {SWEEP_STEPS} steps (non-diverged tasks) by inner rate")
-    print(f"{'init':<8}" + "".join(f"{r:>9g}" for r in RATES))
+    print(
+        f"\nQuery MSE after {SWEEP_STEPS} steps (non-diverged tasks; * where more than 1% of "
+        "the tasks diverge) by inner rate"
+    )
+    print(f"{'init':<8}" + "".join(f"{r:>10g}" for r in RATES))
     for name, r in rows.items():
-        print(f"{name:<8}" + "".join(f"{q:>9.4f}" for q in r["sweep_query"]))
+        cells = "".join(
+            f"{q:>9.4f}{'*' if d > 0.01 else ' '}"
+            for q, d in zip(r["sweep_query"], r["diverged"], strict=True)
+        )
+        print(f"{name:<8}{cells}")
 
     os.makedirs(args.out, exist_ok=True)
     import matplotlib
@@ -224,7 +231,9 @@ def main(argv=None):
         pre = np.concatenate([np.ravel(z) for z in preactivations(params, xs)])
         axes[0].hist(np.tanh(pre), bins=50, histtype="step", density=True, label=name)
         axes[1].plot(RATES, rows[name]["diverged"], "o-", label=name)
-        axes[2].plot(RATES, rows[name]["sweep_query"], "o-", label=name)
+        stable = np.array(rows[name]["diverged"]) <= 0.01
+        query = np.where(stable, rows[name]["sweep_query"], np.nan)
+        axes[2].plot(RATES, query, "o-", label=name)
     axes[0].set_title("hidden activations tanh(z) on task inputs")
     axes[1].set_xscale("log")
     axes[1].set_xlabel("inner learning rate")
@@ -232,7 +241,7 @@ def main(argv=None):
     axes[2].set_xscale("log")
     axes[2].set_yscale("log")
     axes[2].set_xlabel("inner learning rate")
-    axes[2].set_title(f"query MSE after {SWEEP_STEPS} steps")
+    axes[2].set_title(f"query MSE after {SWEEP_STEPS} steps (rates with <= 1% diverging)")
     for ax in axes:
         ax.legend(frameon=False)
     fig.tight_layout()
