@@ -22,7 +22,7 @@ On held-out tasks, clean and robust accuracy (against a stronger 20-step PGD) ar
 measured after ``0 .. S`` inner steps, and the number of steps each initialisation needs
 to reach given robust accuracies is reported.
 
-Run: ``python examples/adversarial.py`` (about a minute on a laptop CPU);
+Run: ``python examples/adversarial.py`` (one to two minutes on a laptop CPU);
 ``--quick --out DIR`` for a tiny version; ``--json`` prints a JSON summary as the last line.
 """
 

@@ -26,7 +26,7 @@ All computations run in float64. Relative errors are ``|g - g_ref| / |g_ref|`` (
 norms); the stated tolerances are what float64 finite differences (step 1e-5, error of
 order 1e-9 relative) and a converged inner loop allow.
 
-Run: ``python examples/hyperparameters.py`` (seconds to a minute on a laptop CPU);
+Run: ``python examples/hyperparameters.py`` (about a minute on a laptop CPU);
 ``--quick --out DIR`` for a tiny version; ``--json`` prints a JSON summary as the last line.
 """
 

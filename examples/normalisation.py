@@ -21,7 +21,7 @@ the error of the constants is ``(mu_hat - mu)^2 / sigma^2 + (log sigma_hat - log
 A method wins a cell when its error is lowest by more than two paired standard errors
 (otherwise the cell is a tie, ``=``).
 
-Run: ``python examples/normalisation.py`` (about a minute on a laptop CPU);
+Run: ``python examples/normalisation.py`` (one to two minutes on a laptop CPU);
 ``--quick --out DIR`` for a tiny version; ``--json`` prints a JSON summary as the last line.
 """
 
