@@ -361,7 +361,7 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print a JSON summary last")
     args = parser.parse_args(argv)
     if args.quick:
-        args.boxes, args.lr_steps, args.ridge_steps, args.anchor_steps = 200, 200, 150, 20
+        args.boxes, args.lr_steps, args.ridge_steps, args.anchor_steps = 200, 300, 150, 20
         args.anchors, args.unrolled = 3, 300
     start = time.time()
     rng = np.random.default_rng(args.seed)
