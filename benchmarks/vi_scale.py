@@ -1,7 +1,7 @@
 """Task-minibatched SVI as the number of tasks grows: time, peak memory, recovery.
 
     python benchmarks/vi_scale.py [--tasks 10000 100000 1000000] [--encoder deepsets|none]
-                                  [--steps 3000] [--batch 1024] [--draws 8] [--json]
+                                  [--steps 800] [--batch 512] [--draws 4] [--width 16] [--json]
 
 Model: hierarchical logistic regression, 20 rows x 4 features per task, population
 ``Normal(dim=5)`` (intercept and 4 slopes), simulated with ``mu = (-0.5, 1, -1, 0.5, 0)``,
@@ -63,7 +63,7 @@ def simulate(num_tasks: int, seed: int = 0, rows: int = 20):
     return tasks, mu
 
 
-def child(num_tasks: int, encoder: str | None, steps: int, batch: int, draws: int, seed: int):
+def child(num_tasks, encoder, steps, batch, draws, seed, width=32):
     import bayesmeta as bm
 
     tasks, mu = simulate(num_tasks, seed)
@@ -86,6 +86,7 @@ def child(num_tasks: int, encoder: str | None, steps: int, batch: int, draws: in
         task_batch_size=batch,
         num_steps=steps,
         num_samples=draws,
+        encoder_width=width,
         warn=False,
         progress_bar=False,
     )
@@ -119,16 +120,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--encoder", default="deepsets", choices=["deepsets", "none"])
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=1024)
-    p.add_argument("--draws", type=int, default=8)
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--draws", type=int, default=4)
+    p.add_argument("--width", type=int, default=16, help="the encoder's hidden width")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     encoder = None if args.encoder == "none" else args.encoder
     if args.child is not None:
-        out = child(args.child, encoder, args.steps, args.batch, args.draws, args.seed)
+        out = child(args.child, encoder, args.steps, args.batch, args.draws, args.seed, args.width)
         print(json.dumps(out))
         return out
     rows = []
@@ -136,12 +138,13 @@ def main(argv=None):
         f"{'tasks':>9} {'data MB':>8} {'fit s':>7} {'compile':>8} {'before MB':>9} "
         f"{'peak MB':>8} {'beyond':>7} {'draws MB':>8}  max|z| mu   z per component"
     )
-    print(f"encoder {args.encoder}; {args.steps} steps of {args.batch} tasks")
+    print(f"encoder {args.encoder} (width {args.width}); {args.steps} steps of {args.batch} tasks")
     print(head)
     for n in args.tasks:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", str(n)]
         cmd += ["--encoder", args.encoder, "--steps", str(args.steps)]
         cmd += ["--batch", str(args.batch), "--draws", str(args.draws), "--seed", str(args.seed)]
+        cmd += ["--width", str(args.width)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             print(f"{n:>9} failed: {res.stderr.strip().splitlines()[-1:]}")
