@@ -107,12 +107,13 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
       tasks: a ``bm.TaskSet``, or for a NumPyro model function a dict of its arguments
         (methods ``"nuts"`` and ``"vi"``).
       method: one of ``"nuts"``, ``"vi"``, ``"exact"``, ``"collapsed"``, ``"laplace"``,
-        ``"chees"``, ``"auto"`` (any name in :data:`ENGINES`); ``post.info["auto"]`` records what
-        ``"auto"`` chose and why.
+        ``"chees"``, ``"svi"`` (task-minibatched, for huge collections), ``"auto"`` (any
+        name in :data:`ENGINES`); ``post.info["auto"]`` records what ``"auto"`` chose and
+        why.
       seed: integer seed of the run, a Python or numpy integer with ``0 <= seed < 2**32``
         (the one range of every method; a ValueError otherwise).
       **options: the engine's options (unknown names are rejected); see ``fit_nuts``,
-        ``fit_vi``, ``fit_collapsed``, ``fit_exact``.
+        ``fit_vi``, ``fit_collapsed``, ``fit_exact``, ``fit_svi``.
 
     >>> import numpyro.distributions as dist, bayesmeta as bm
     >>> model = bm.Hierarchical(
