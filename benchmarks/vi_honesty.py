@@ -1,7 +1,7 @@
 """How honest is VI's hyperparameter uncertainty? Minibatched SVI (per-task and amortised
 guides) and full-batch SVI against NUTS on the same hierarchical logistic data.
 
-    python benchmarks/vi_honesty.py [--tasks 200] [--steps 3000] [--json]
+    python benchmarks/vi_honesty.py [--tasks 200] [--steps 2000] [--json]
 
 Data: the scale benchmark's (``benchmarks/vi_scale.py``): 20 rows x 4 features per task,
 population ``Normal(dim=5)``. For every hyperparameter component it prints each method's
@@ -28,7 +28,7 @@ from vi_scale import simulate  # noqa: E402
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", type=int, default=200)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--draws", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
