@@ -755,6 +755,7 @@ TINY = {
     "vi": dict(num_steps=5, num_samples=5, progress_bar=False),
     "exact": dict(num_chains=1, num_samples=5),
     "chees": dict(num_chains=4, num_warmup=5, num_samples=5),
+    "svi": dict(num_steps=5, num_samples=5, progress_bar=False, task_batch_size=4),
 }
 
 
@@ -848,6 +849,11 @@ OPTION_KIND = {
     "guide": "choice",
     "init_strategy": "init",
     "quantiles": "levels",
+    "task_batch_size": "count",
+    "encoder_width": "count",
+    "local_steps": "count0",
+    "local_learning_rate": "positive",
+    "param_tol": "positive",
 }
 
 

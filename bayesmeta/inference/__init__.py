@@ -9,6 +9,7 @@ method                    what runs
 ``"collapsed"``           NUTS on the hyperparameters with Gaussian ``theta_t`` integrated out
 ``"laplace"``             NUTS on the hyperparameters, ``theta_t`` integrated by nested Laplace
 ``"chees"``               many-chain HMC, warmup pooled across chains (ChEES trajectory length)
+``"svi"``                 task-minibatched SVI, per-task or amortised local guides (huge T)
 ``"auto"``                ``"collapsed"`` when eligible, else ``"nuts"`` (the Laplace pilot's
                           verdict is recorded; see :mod:`bayesmeta.inference.laplace`)
 ========================  ===================================================================
@@ -23,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bayesmeta._checks import check_seed
-from bayesmeta.inference import chees, collapsed, exact, laplace, nuts, vi
+from bayesmeta.inference import chees, collapsed, exact, laplace, minibatch_vi, nuts, vi
 from bayesmeta.inference.registry import Engine
 from bayesmeta.model import _TaskModel
 from bayesmeta.tasks import TaskSet
@@ -35,6 +36,7 @@ ENGINES: dict[str, Engine] = {
     e.name: e
     for e in (nuts.ENGINE, vi.ENGINE, exact.ENGINE, collapsed.ENGINE, laplace.ENGINE, chees.ENGINE)
 }
+ENGINES["svi"] = minibatch_vi.ENGINE
 METHODS = (*ENGINES, "auto")
 
 
@@ -105,12 +107,13 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
       tasks: a ``bm.TaskSet``, or for a NumPyro model function a dict of its arguments
         (methods ``"nuts"`` and ``"vi"``).
       method: one of ``"nuts"``, ``"vi"``, ``"exact"``, ``"collapsed"``, ``"laplace"``,
-        ``"chees"``, ``"auto"`` (any name in :data:`ENGINES`); ``post.info["auto"]`` records what
-        ``"auto"`` chose and why.
+        ``"chees"``, ``"svi"`` (task-minibatched, for huge collections), ``"auto"`` (any
+        name in :data:`ENGINES`); ``post.info["auto"]`` records what ``"auto"`` chose and
+        why.
       seed: integer seed of the run, a Python or numpy integer with ``0 <= seed < 2**32``
         (the one range of every method; a ValueError otherwise).
       **options: the engine's options (unknown names are rejected); see ``fit_nuts``,
-        ``fit_vi``, ``fit_collapsed``, ``fit_exact``.
+        ``fit_vi``, ``fit_collapsed``, ``fit_exact``, ``fit_svi``.
 
     >>> import numpyro.distributions as dist, bayesmeta as bm
     >>> model = bm.Hierarchical(

@@ -29,6 +29,10 @@ task whose importance weights have an effective sample size below ``min_ess`` (d
 ``max(100, 0.05 S)``) falls back to ``"nuts"`` for that task. The choice and the ESS of each
 task are in ``post.info["adapt"]``. A few observations per task keep the weights even; a
 new task with much data (or one far from the population) gets NUTS.
+
+``"encoder"`` (what ``"auto"`` uses for a posterior of ``method="svi"`` fitted with an
+encoder): the trained encoder's ``q(theta | y_new, phi_s)`` per draw, by one forward pass
+(:func:`bayesmeta.inference.minibatch_vi.adapt_encoder`).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from bayesmeta.tasks import TaskSet
 
 __all__ = ["adapt", "predict", "ADAPT_METHODS"]
 
-ADAPT_METHODS = ("auto", "conjugate", "importance", "nuts")
+ADAPT_METHODS = ("auto", "conjugate", "importance", "nuts", "encoder")
 
 
 # ---------------------------------------------------------------------- seeds and keys
@@ -290,7 +294,7 @@ def adapt(
     Args:
       post: a Posterior of a ``bm.Hierarchical`` model.
       new_tasks: the new tasks' observations (a TaskSet of the same kind of data).
-      method: ``"auto"``, ``"conjugate"``, ``"importance"`` or ``"nuts"``.
+      method: ``"auto"``, ``"conjugate"``, ``"importance"``, ``"nuts"`` or ``"encoder"``.
       seed: integer seed.
       min_ess: effective-sample-size threshold below which ``"auto"`` falls back to NUTS.
       num_warmup: NUTS warmup of the fallback (its draws match the posterior's shape).
@@ -303,6 +307,10 @@ def adapt(
     if method not in ADAPT_METHODS:
         raise ValueError(f"method: must be one of {ADAPT_METHODS}, got {method!r}")
     seed = check_seed(seed, "adapt")
+    from bayesmeta.inference import minibatch_vi
+
+    if method == "encoder" or (method == "auto" and minibatch_vi.has_encoder(post)):
+        return minibatch_vi.adapt_encoder(post, new_tasks, seed)  # one forward pass
     if min_ess is not None and (
         not isinstance(min_ess, int | float | np.integer | np.floating)
         or isinstance(min_ess, bool)
