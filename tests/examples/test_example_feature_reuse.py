@@ -18,6 +18,8 @@ def _load(name):
     return module
 
 
+# slow: three meta-training scans and six evaluations compile (about 30 s of CPU)
+@pytest.mark.slow
 def test_feature_reuse_quick(tmp_path, capsys):
     summary = _load("feature_reuse").main(["--quick", "--out", str(tmp_path), "--json"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
