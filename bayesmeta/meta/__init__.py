@@ -41,6 +41,7 @@ from bayesmeta.meta.posterior import (
     llama_gaussians,
     to_posterior,
 )
+from bayesmeta.meta.representations import linear_cka, relative_change
 from bayesmeta.meta.train import train
 
 __all__ = [
@@ -79,4 +80,6 @@ __all__ = [
     "ABMLInfo",
     "GaussianPrior",
     "abml",
+    "linear_cka",
+    "relative_change",
 ]
