@@ -290,7 +290,8 @@ def main(argv=None) -> dict:
     axes[1].legend(frameon=False, fontsize=7)
     axes[2].set_xlabel("gradient steps")
     axes[2].set_ylabel(f"query MSE of A, k = {args.shots}")
-    axes[2].set_title("re-acquisition against steps")
+    axes[2].set_title("re-acquisition against steps (95% bands)")
+    axes[2].legend(frameon=False, fontsize=7)
     for ax in axes[1:]:
         ax.set_yscale("log")
     fig.tight_layout()

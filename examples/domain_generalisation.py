@@ -268,6 +268,7 @@ def main(argv=None) -> dict:
         ax.errorbar(STEPS, losses.mean(0), yerr=1.96 * se, marker="o", capsize=3, label=name)
     ax.set_xlabel("adaptation steps on the held-out domain")
     ax.set_ylabel("held-out loss")
+    ax.set_yscale("log")
     ax.set_title("quadratic domains (closed forms)")
     ax.legend(frameon=False)
     ax = axes[2]
