@@ -32,5 +32,11 @@ def test_new_asset_quick(tmp_path, capsys):
     oracle = summary["methods"]["oracle"]
     assert len({round(c["rmse"], 12) for c in oracle.values()}) == 1
     assert len(summary["population_mean"]) == 2
+    assert set(summary["rmse_minus_hierarchical"]) == {"per-asset", "pooled", "oracle"}
+    assert all(
+        np.all(np.isfinite(v))
+        for d in summary["rmse_minus_hierarchical"].values()
+        for v in d.values()
+    )
     assert summary["methods"] == result["methods"]
     assert os.path.isfile(tmp_path / "new_asset.png")
