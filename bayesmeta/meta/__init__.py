@@ -8,6 +8,7 @@ MAML read as a posterior, and diagnostics.
 
 from bayesmeta.meta import diagnostics, hypergrad, quadratic
 from bayesmeta.meta.abml import ABML, ABMLInfo, GaussianPrior, abml
+from bayesmeta.meta.average_risk import average_risk
 from bayesmeta.meta.hypergrad import (
     implicit_hypergradient,
     inner_lr_hypergradient,
@@ -82,4 +83,5 @@ __all__ = [
     "abml",
     "linear_cka",
     "relative_change",
+    "average_risk",
 ]
