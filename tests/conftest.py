@@ -17,8 +17,10 @@ jax.config.update("jax_enable_x64", True)
 # session only, turns those repeats into a read. It is set here, for this process only
 # (never by the library; fresh processes started by tests do not inherit it), and
 # CompileCounter below counts a read from it as a compile, so compile counts are those of
-# a run without it. BAYESMETA_TEST_NO_CACHE=1 runs the suite without it.
-if os.environ.get("BAYESMETA_TEST_NO_CACHE", "") in ("", "0"):
+# a run without it. BAYESMETA_TEST_NO_CACHE=1 runs the suite without it. (Set once: a test
+# that imports this file again as tests.conftest leaves the folder as it is.)
+_CACHE_WANTED = os.environ.get("BAYESMETA_TEST_NO_CACHE", "") in ("", "0")
+if _CACHE_WANTED and jax.config.jax_compilation_cache_dir is None:
     _SESSION_CACHE = tempfile.mkdtemp(prefix="bayesmeta-test-xla-")
     atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
     jax.config.update("jax_compilation_cache_dir", _SESSION_CACHE)
