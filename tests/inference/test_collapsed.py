@@ -193,8 +193,10 @@ def test_compiled_samplers_live_on_the_model_and_go_with_it():
 
     from bayesmeta.inference import collapsed as col
 
+    # the sizes of the refit test above: the same program (read back from the session's
+    # compilation cache, as it is a new model object)
     kw = dict(
-        method="collapsed", seed=1, num_warmup=20, num_samples=20, progress_bar=False, warn=False
+        method="collapsed", seed=1, num_warmup=30, num_samples=30, progress_bar=False, warn=False
     )
     data = bm.datasets.eight_schools()
     model, other = eight_schools_model(), eight_schools_model()
