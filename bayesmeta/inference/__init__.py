@@ -93,9 +93,7 @@ def _precheck_auto(options: dict) -> None:
     ENGINES["nuts"].check_options(dict(ENGINES["nuts"].options, **shared))
 
 
-def fit(
-    model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, devices=None, **options
-):
+def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, devices=None, **options):
     """Fit ``model`` to ``tasks`` and return a :class:`~bayesmeta.posterior.Posterior`.
 
     Args:

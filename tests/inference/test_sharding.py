@@ -6,8 +6,10 @@ that fits every sharding engine with and without ``devices=4``, and two that joi
 ``jax.distributed`` run over the loopback address (CPU collectives by gloo), compared
 with the same fit in this process. Everything runs in float64 (as the test suite does):
 the sharded program sums in another order, so the draws differ in the last bits, and
-float64 keeps that far below the tolerance over these short chains (in float32 the
-difference grows through the chain's accept/reject decisions within ~50 iterations)."""
+float64 keeps that far below the tolerance over these short chains. Longer chains
+amplify it, as a Markov chain does any last-bit change (measured on the ragged model
+below: 2e-13 after 20 warmup iterations, 2e-2 after 60; in float32 eight schools parts
+after ~50), so the MCMC fits here keep 20 warmup iterations and 10 draws."""
 
 import json
 import os
@@ -48,7 +50,7 @@ rng = np.random.default_rng(0)
 task = np.repeat(np.arange(4), [2, 4, 3, 3])
 ragged = bm.TaskSet.from_arrays(y=rng.normal(task * 0.5, 1.0), task=task)
 ragged_model = bm.Hierarchical(bm.likelihoods.Normal())
-mcmc = dict(num_chains=2, num_warmup=60, num_samples=20, warn=False, progress_bar=False)
+mcmc = dict(num_chains=2, num_warmup=20, num_samples=10, warn=False, progress_bar=False)
 cases = [
     ("nuts", ragged_model, ragged, mcmc),
     ("collapsed", model, schools, mcmc),
@@ -136,7 +138,7 @@ def test_four_devices_equal_one_device_for_every_sharding_engine(tmp_path):
         _same(got["one"], got["four"], method)
         rec = got["sharding"]
         assert rec["num_devices"] == 4 and rec["process_count"] == 1, method
-        assert rec["devices"] == [f"TFRT_CPU_{i}" for i in range(4)] or len(rec["devices"]) == 4
+        assert len(set(rec["devices"])) == 4, rec["devices"]
         assert rec["split"], f"{method}: nothing was split over the task axis"
         assert not got["unsharded_info"], method
     # what was split: the rows of the ragged NUTS data, the collapsed statistics, the
