@@ -83,7 +83,7 @@ def resolve_devices(devices: Any) -> Mesh | None:
 
     >>> resolve_devices(None) is None
     True
-    >>> resolve_devices(1).shape
+    >>> dict(resolve_devices(1).shape)  # a 1-D mesh over the first device
     {'task': 1}
     """
     if devices is None:
