@@ -24,7 +24,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bayesmeta._checks import check_seed
-from bayesmeta.inference import chees, collapsed, exact, laplace, minibatch_vi, nuts, vi
+from bayesmeta.inference import (
+    chees,
+    collapsed,
+    exact,
+    laplace,
+    minibatch_vi,
+    nuts,
+    sharding,
+    vi,
+)
 from bayesmeta.inference.registry import Engine
 from bayesmeta.model import _TaskModel
 from bayesmeta.tasks import TaskSet
@@ -95,7 +104,7 @@ def _precheck_auto(options: dict) -> None:
     ENGINES["nuts"].check_options(dict(ENGINES["nuts"].options, **shared))
 
 
-def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **options):
+def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, devices=None, **options):
     """Fit ``model`` to ``tasks`` and return a :class:`~bayesmeta.posterior.Posterior`.
 
     Args:
@@ -112,6 +121,13 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
         why.
       seed: integer seed of the run, a Python or numpy integer with ``0 <= seed < 2**32``
         (the one range of every method; a ValueError otherwise).
+      devices: None (one device), a device count, a list of JAX devices or a
+        ``jax.sharding.Mesh`` with a ``"task"`` axis: the task axis of the data is split
+        across those devices (and, under ``jax.distributed``, across processes) for
+        ``"nuts"``, ``"collapsed"``, ``"laplace"``, ``"vi"`` and ``"chees"``; the draws
+        equal the one-device run's up to the order of floating-point sums.
+        ``post.info["sharding"]`` records the devices and the layout; see
+        :mod:`bayesmeta.inference.sharding` (and its recipe for several hosts).
       **options: the engine's options (unknown names are rejected); see ``fit_nuts``,
         ``fit_vi``, ``fit_collapsed``, ``fit_exact``, ``fit_svi``.
 
@@ -146,6 +162,7 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
             f"model: expected a bm.Hierarchical or a NumPyro model function, got "
             f"{type(model).__name__}"
         )
+    mesh = sharding.resolve_devices(devices)
     if method == "auto":  # the pilot may compile: check what every candidate takes first
         _precheck_auto(options)
     name, auto = _resolve(method, model, tasks) if method == "auto" else (method, None)
@@ -165,7 +182,12 @@ def fit(model: Any, tasks: TaskSet, method: str = "nuts", seed: int = 0, **optio
                 f"method: 'collapsed' needs a Gaussian likelihood with a Normal or "
                 f"MvNormal population; {why}"
             )
-    post = engine.fit(model, tasks, seed, **options)
+    if mesh is not None:
+        sharding.check_engine(engine.name, options)
+    with sharding.using(mesh) as record:
+        post = engine.fit(model, tasks, seed, **options)
+    if record is not None:
+        post.info.extra["sharding"] = record
     if auto is not None:
         post.info.extra["auto"] = auto
     return post

@@ -41,6 +41,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import initialize_model
 
+from bayesmeta.inference import sharding
 from bayesmeta.inference.diagnostics import FitWarning, user_stacklevel
 from bayesmeta.inference.nuts import bind, posterior_from_draws
 from bayesmeta.inference.registry import Engine, sampler_cli_options
@@ -144,13 +145,14 @@ class _Program:
         self.compiles = 0
 
     def run(self, seed: int, data: dict):
-        key = jax.random.PRNGKey(seed)
+        key = sharding.place(jax.random.PRNGKey(seed), note=False)
         sig = tuple((k, jnp.shape(v), jnp.result_type(v)) for k, v in sorted(data.items()))
+        sig = (sig, sharding.key())
         timing = {"trace_s": 0.0, "compile_s": 0.0, "compiled": False}
         exe = self._exe.get(sig)
         if exe is None:
             t0 = time.perf_counter()
-            lowered = jax.jit(self._program).lower(key, data)
+            lowered = sharding.jit(self._program).lower(key, data)
             t1 = time.perf_counter()
             exe = lowered.compile()
             timing.update(trace_s=t1 - t0, compile_s=time.perf_counter() - t1, compiled=True)
@@ -363,7 +365,7 @@ def fit_chees(built, tasks, seed: int, model=None, **options):
                 stacklevel=user_stacklevel(),
             )
     program = _program_for(model, built, opts, num_super)
-    (sites, fields, adapted), timing = program.run(seed, built.data)
+    (sites, fields, adapted), timing = program.run(seed, sharding.place_built(built).data)
     samples = {k: np.asarray(v) for k, v in sites.items()}
     extras = {k: np.asarray(v) for k, v in fields.items()}
     adapted = {k: np.asarray(v).tolist() for k, v in adapted.items() if k != "inverse_mass"}

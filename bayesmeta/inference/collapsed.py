@@ -28,6 +28,7 @@ import numpyro
 
 from bayesmeta import _streams
 from bayesmeta.inference import _gaussian as gauss
+from bayesmeta.inference import sharding
 from bayesmeta.inference._scalar_marginal import (
     ScalarMarginal,
     scalar_log_marginal_sum,
@@ -129,14 +130,14 @@ class _CompiledNUTS:
 
     def __init__(self, model_fn, opts):
         self.model_fn, self.opts = model_fn, opts
-        self.program = jax.jit(self._program)
+        self.program = sharding.jit(self._program)  # replicated draws under devices=
 
     def run(self, seed: int, model_kwargs: dict):
         chains = int(self.opts["num_chains"])
         key = jax.random.PRNGKey(seed)
         if chains > 1:
             key = jax.random.split(key, chains)
-        z, fields = self.program(key, model_kwargs)
+        z, fields = self.program(sharding.place(key, note=False), model_kwargs)
         if chains == 1:  # unbatched kernel: add the chain dim
             z, fields = jax.tree.map(lambda x: x[None], (z, fields))
         return z, dict(zip(self.FIELDS, fields, strict=True))
@@ -206,7 +207,7 @@ def _sampler(model, param_shape, model_kwargs, nuts_opts, structure=None, regres
         return None, False
     leaves = jax.tree.leaves(model_kwargs)
     shapes = tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
-    key = (param_shape, shapes, structure, tuple(sorted(nuts_opts.items())))
+    key = (param_shape, shapes, structure, tuple(sorted(nuts_opts.items())), sharding.key())
     store = model.__dict__.setdefault(_PROGRAMS_ATTR, OrderedDict())
     try:
         _HOLDERS.add(model)
@@ -299,7 +300,8 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     if nuts_opts["chain_method"] == "auto":
         nuts_opts["chain_method"] = "vectorized"
     marginal, marginal_info = _marginal_form(stats, param_shape, opts["marginal"], mixed)
-    model_kwargs = {"stats": marginal, "task_x": task_x}
+    # split over devices along the task axis (devices=)
+    model_kwargs = sharding.place({"stats": marginal, "task_x": task_x}, tasks.num_tasks)
     sampler, reused = _sampler(
         model, param_shape, model_kwargs, nuts_opts, built.structure, regression
     )
@@ -326,18 +328,24 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
             for k, v in model.population.fixed_values(param_shape).items()
         }
     )
+    per_task = sharding.place(
+        (stats, task_x, _streams.label_hashes(tasks.labels)), tasks.num_tasks, note=False
+    )
+    key_theta = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+    hyper_in, key_theta = sharding.place((hyper_flat, key_theta), note=False)
     theta = _draw_theta(
         model.population,
         gauss.conjugate_noise(model.likelihood) == "shared",
         tuple(param_shape),
-        stats,
-        hyper_flat,
-        jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+        per_task[0],
+        hyper_in,
+        key_theta,
         int(opts["theta_batch"]),
         regression,
-        task_x,
-        jnp.asarray(_streams.label_hashes(tasks.labels)),
+        per_task[1],
+        jnp.asarray(per_task[2]),
     )
+    theta = sharding.gather(theta)  # every process holds all tasks' draws
     site = model.population.theta_site
     samples[site] = np.asarray(theta).reshape(chains, draws, *theta.shape[1:])
     log_lik = None

@@ -61,6 +61,7 @@ import numpyro
 
 from bayesmeta import populations as pops
 from bayesmeta.inference import _gaussian as gauss
+from bayesmeta.inference import sharding
 from bayesmeta.inference.assemble import assemble
 from bayesmeta.inference.collapsed import _pointwise
 from bayesmeta.inference.diagnostics import check_fit
@@ -577,7 +578,8 @@ def fit_laplace(model, tasks, seed: int = 0, **options):
     if program is None:
         fn = _hyper_model(model, param_shape, regression, steps)
         program = store[key] = CompiledNUTS(fn, nuts_opts, layout)
-    inputs = {"data": data, "start": start, "task_x": task_x}
+    # split over devices along the task axis (devices=)
+    inputs = sharding.place({"data": data, "start": start, "task_x": task_x}, tasks.num_tasks)
     target = start_target(nuts_opts)
     samples, extras, timing = program.run(seed, inputs, target)
     info = {"options": opts, "chain_method": layout, "target_accept": target}
@@ -607,9 +609,9 @@ def fit_laplace(model, tasks, seed: int = 0, **options):
         steps,
         int(opts["theta_batch"]),
         hyper_flat,
-        data,
-        start,
-        task_x,
+        inputs["data"],
+        inputs["start"],
+        inputs["task_x"],
         jax.random.fold_in(jax.random.PRNGKey(seed), 1),
     )
     theta, logw, rel = np.asarray(theta), np.asarray(logw), np.asarray(rel)  # (S, T, p)

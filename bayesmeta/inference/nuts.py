@@ -42,6 +42,7 @@ from numpyro.infer import (
     log_likelihood,
 )
 
+from bayesmeta.inference import sharding
 from bayesmeta.inference.assemble import assemble
 from bayesmeta.inference.diagnostics import check_fit
 from bayesmeta.inference.registry import Engine, sampler_cli_options
@@ -227,14 +228,15 @@ class CompiledNUTS:
         keys = jax.random.split(jax.random.PRNGKey(seed), chains)
         self._keys = keys
         target = jnp.asarray(target_accept, dtype=jnp.result_type(float))
+        keys, target = sharding.place((keys, target), note=False)
         args = (keys, data, target)
         sig = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), args)
-        sig = (jax.tree.structure(args), tuple(jax.tree.leaves(sig)))
+        sig = (jax.tree.structure(args), tuple(jax.tree.leaves(sig)), sharding.key())
         timing = {"trace_s": 0.0, "compile_s": 0.0, "compiled": False}
         exe = self._executables.get(sig)
         if exe is None:
             t0 = time.perf_counter()
-            lowered = jax.jit(self._program).lower(*args)
+            lowered = sharding.jit(self._program).lower(*args)
             t1 = time.perf_counter()
             exe = lowered.compile()
             t2 = time.perf_counter()
@@ -561,7 +563,8 @@ def fit_nuts(built, tasks, seed: int, model=None, **options):
         timing = {"sampling_s": time.perf_counter() - t0, "compiled": True}
     else:
         program = compiled_program(model, built, opts, layout)
-        run, skip_first = _runner(program, built, model, seed, opts, layout, info)
+        placed = sharding.place_built(built)  # the data split over devices (devices=)
+        run, skip_first = _runner(program, placed, model, seed, opts, layout, info)
         if skip_first:  # a checkpoint of the rerun at the higher target: resume that
             target = info["target_accept"] = TARGET_ACCEPT_RETRY
         samples, extras, timing = run(target)

@@ -44,6 +44,7 @@ from numpyro.infer.autoguide import (
     AutoNormal,
 )
 
+from bayesmeta.inference import sharding
 from bayesmeta.inference.diagnostics import FitWarning, user_stacklevel
 from bayesmeta.inference.nuts import bind, posterior_from_draws
 from bayesmeta.inference.registry import Engine
@@ -332,8 +333,9 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
             data=built.data,
         )
         checkpoint = (path, fp)
+    data = sharding.place_built(built).data  # split over devices (devices=)
     params, losses, means, width, resumed = _run_windows(
-        svi, window, key_fit, int(opts["num_steps"]), built.data, bool(progress), checkpoint
+        svi, window, key_fit, int(opts["num_steps"]), data, bool(progress), checkpoint
     )
     elbo = -losses
     if not np.all(np.isfinite(elbo[-max(len(elbo) // 10, 1) :])):
@@ -355,7 +357,7 @@ def fit_vi(built, tasks, seed: int, model=None, **options):
             stacklevel=user_stacklevel(),
         )
     # deterministic sites (theta from theta_raw) come from replaying the model on guide draws
-    latent, replay = draw(key_draw, params, built.data)
+    latent, replay = draw(key_draw, params, data)
     samples = {k: np.asarray(v)[None] for k, v in replay.items() if k != "y"}
     for k, v in latent.items():
         samples.setdefault(k, np.asarray(v)[None])
