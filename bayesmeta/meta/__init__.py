@@ -15,6 +15,7 @@ from bayesmeta.meta.hypergrad import (
     learn_inner_lr,
     post_adaptation_loss,
 )
+from bayesmeta.meta.l2o import L2O, L2OConfig, L2OInfo, L2OState, build_l2o_loss, l2o
 from bayesmeta.meta.learners import (
     MetaInfo,
     MetaLearner,
@@ -77,4 +78,10 @@ __all__ = [
     "ABMLInfo",
     "GaussianPrior",
     "abml",
+    "L2O",
+    "L2OConfig",
+    "L2OState",
+    "L2OInfo",
+    "l2o",
+    "build_l2o_loss",
 ]
