@@ -33,7 +33,7 @@ meta-batch axis ``B``. With ``stochastic=True`` the loss is ``loss_fn(params, ta
 ...          "task": {"scale": jnp.ones((4, 3)), "opt": jnp.ones((4, 3))}}
 >>> learner = bm.meta.l2o(loss, optax.adam(1e-2), num_unroll_steps=5, num_truncations=2)
 >>> state = learner.init(learner.init_params(jax.random.key(0)), batch)
->>> state, info = learner.step(state, batch)
+>>> state, info = jax.jit(learner.step)(state, batch)  # train() compiles it the same way
 >>> int(state.unroll), info.task_losses.shape  # one truncation done of two; 4 tasks
 (1, (4,))
 
@@ -160,7 +160,7 @@ class L2OInfo(NamedTuple):
 class L2O(NamedTuple):
     """A learned optimizer: pure functions in the style of the other meta-learners.
 
-    init_params(key) -> network weights (random; a JAX PRNG key)
+    init_params(key, dtype=None) -> network weights (random; a JAX PRNG key)
     init(net_params, task_batch) -> L2OState   (an L2OState is returned as it is)
     step(state, task_batch, key=None) -> (L2OState, L2OInfo)
     optimize(net_or_state, params, task, num_steps, *, key=None, loss_fn=None,
@@ -257,9 +257,10 @@ def _learned_step(config, vg, first_order, net, state, task, key):
     value, g = vg(theta, task, key)
     if first_order:
         g = lax.stop_gradient(g)
-    moment = beta * moment + (1.0 - beta) * g
-    carry, update = _cell(config, net, _features(config, g, moment), carry)
-    return (theta + update.astype(theta.dtype), carry, moment), value
+    moment = (beta * moment + (1.0 - beta) * g).astype(theta.dtype)
+    x = _features(config, g, moment).astype(net["w_in"].dtype)
+    new, update = _cell(config, net, x, carry)
+    return (theta + update.astype(theta.dtype), new.astype(carry.dtype), moment), value
 
 
 def _run(config, loss_fn, stochastic, first_order, unravel, net, theta, carry, moment, task, keys):
@@ -302,13 +303,16 @@ def build_l2o_loss(
 
     >>> import jax, jax.numpy as jnp, bayesmeta as bm
     >>> from jax.flatten_util import ravel_pytree
-    >>> config = bm.meta.L2OConfig("gru", 4, True, None, 0.1)
     >>> loss = lambda p, t: 0.5 * jnp.sum((p - t) ** 2)
+    >>> learner = bm.meta.l2o(loss, cell="gru", hidden_size=4, momentum=None)
     >>> _, unravel = ravel_pytree(jnp.zeros(2))
-    >>> task_loss = bm.meta.build_l2o_loss(loss, config, num_unroll_steps=3, unravel=unravel)
-    >>> net = bm.meta.l2o(loss, cell="gru", hidden_size=4).init_params(jax.random.key(0))
-    >>> J, _ = task_loss(net, jnp.zeros(2), jnp.zeros((2, 1, 4)), jnp.zeros(2), jnp.ones(2),
-    ...                  jax.random.key(1))
+    >>> task_loss = bm.meta.build_l2o_loss(
+    ...     loss, learner.config, num_unroll_steps=3, unravel=unravel
+    ... )
+    >>> net = learner.init_params(jax.random.key(0))
+    >>> J, _ = jax.jit(task_loss)(
+    ...     net, jnp.zeros(2), jnp.zeros((2, 1, 4)), jnp.zeros(2), jnp.ones(2), jax.random.key(1)
+    ... )
     >>> J.shape
     ()
     """
@@ -451,10 +455,11 @@ def l2o(
     config = L2OConfig(cell, hidden_size, bool(preprocess), momentum, float(output_scale))
     stochastic, first_order = bool(stochastic), bool(first_order)
 
-    def init_params(key):
+    def init_params(key, dtype=None):
         if key is None or isinstance(key, int | np.integer) or not hasattr(key, "dtype"):
             raise ValueError(f"key: expected a JAX PRNG key, got {key!r}")
-        return _init_net(key, config)
+        # the default float (float64 when JAX's x64 is on)
+        return _init_net(key, config, jnp.asarray(0.0).dtype if dtype is None else dtype)
 
     def _check_net(net):
         expected = jax.tree.structure(_init_net(jax.random.key(0), config))
