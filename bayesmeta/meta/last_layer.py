@@ -330,12 +330,13 @@ def bayesian_last_layer(
         params = _strong(params)
         return MetaState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
-    def _check_features(params, x):
-        out = jax.eval_shape(lambda n, x: feature_fn(n, x), params.net, x)
+    def _check_features(params, x, out=None):
+        if out is None:
+            out = jax.eval_shape(lambda n, x: feature_fn(n, x), params.net, x)
         n = jnp.shape(x)[0]
-        if out.shape != (n, f):
+        if jnp.shape(out) != (n, f):
             raise ValueError(
-                f"feature_fn: returned shape {out.shape} for {n} inputs, expected ({n}, {f}) "
+                f"feature_fn: returned shape {jnp.shape(out)} for {n} inputs, expected ({n}, {f}) "
                 f"(num_features={f})"
             )
 
@@ -368,9 +369,9 @@ def bayesian_last_layer(
 
     def _build_many(fn_ref):
         def one(params, support):
-            stats = _task_stats(
-                fn_ref()(params.net, support["x"]), support["y"], support.get("mask")
-            )
+            phi = fn_ref()(params.net, support["x"])
+            _check_features(params, support["x"], phi)  # while tracing: before compiling
+            stats = _task_stats(phi, support["y"], support.get("mask"))
             post = linear_task_posterior(stats, last_layer_hyper(params))
             return GaussianPosterior(post.mean[0], post.cov[0])
 
@@ -382,6 +383,7 @@ def bayesian_last_layer(
         def predictive(params, support_batch, x_query, with_noise):
             posts = jax.vmap(one, in_axes=(None, 0))(params, support_batch)
             phi = jax.vmap(lambda x: fn_ref()(params.net, x))(x_query)  # (T, m, F)
+            _check_features(params, x_query[0], phi[0])
             mean = jnp.einsum("tmf,tf->tm", phi, posts.mean)
             cov = jnp.einsum("tmf,tfg,tng->tmn", phi, posts.cov, phi)
             sigma2 = jnp.exp(2 * params.log_noise)
@@ -396,19 +398,16 @@ def bayesian_last_layer(
     def gaussians(params_or_state, support_batch):
         params = _params(params_or_state)
         _check_part(support_batch, "support_batch", True)
-        _check_features(params, support_batch["x"][0])
         return _compiled_fns()[0](params, support_batch)
 
     def predict(params_or_state, support_batch, x_query, noise=True):
         params = _params(params_or_state)
         num_tasks = _check_part(support_batch, "support_batch", True)
-        _check_features(params, support_batch["x"][0])
         if jnp.ndim(x_query) < 1 or jnp.shape(x_query)[0] != num_tasks:
             raise ValueError(
                 f"x_query: expected a leading task axis of {num_tasks}, got shape "
                 f"{jnp.shape(x_query)}"
             )
-        _check_features(params, x_query[0])
         return _compiled_fns()[1](
             params, support_batch, jnp.asarray(x_query), jnp.asarray(float(bool(noise)))
         )
