@@ -215,7 +215,7 @@ def main(argv=None):
             stochastic=True,
         )
 
-        def l2o_curves(state, tasks, keys):
+        def l2o_curves(state, tasks, keys, learner=learner):
             out = []
             for t in range(keys.shape[0]):
                 task = jax.tree.map(lambda a, t=t: a[t], tasks)
