@@ -17,6 +17,14 @@ from bayesmeta.meta.hypergrad import (
     post_adaptation_loss,
     unrolled_hypergradient,
 )
+from bayesmeta.meta.l2o import L2O, L2OConfig, L2OInfo, L2OState, build_l2o_loss, l2o
+from bayesmeta.meta.last_layer import (
+    BayesianLastLayer,
+    LastLayerParams,
+    bayesian_last_layer,
+    build_last_layer_loss,
+    last_layer_hyper,
+)
 from bayesmeta.meta.learners import (
     MetaInfo,
     MetaLearner,
@@ -84,4 +92,15 @@ __all__ = [
     "linear_cka",
     "relative_change",
     "average_risk",
+    "L2O",
+    "L2OConfig",
+    "L2OState",
+    "L2OInfo",
+    "l2o",
+    "build_l2o_loss",
+    "BayesianLastLayer",
+    "LastLayerParams",
+    "bayesian_last_layer",
+    "build_last_layer_loss",
+    "last_layer_hyper",
 ]
