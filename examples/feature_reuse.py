@@ -29,6 +29,13 @@ layer's activations at the query inputs before and after adaptation (1: the feat
 not move), and the relative weight change by layer (``bm.meta.relative_change``), means
 over tasks.
 
+What to expect: a pooled (not meta-trained) body gives the head almost nothing to adapt
+with at any shift; ANIL's meta-trained body is best in distribution but its frozen
+features break at mid shifts (d about 1 to 1.5), where the whole-network adaptation
+still removes most of the error. Near ``d = pi`` the shifted family is the negated
+training family (``sin(x - pi - phase) = -sin(x - phase)``), which the head reaches by a
+sign flip, so the frozen meta-trained features recover there; the sweep shows both.
+
 Run: ``python examples/feature_reuse.py`` (a few minutes on a 2-core CPU);
 ``--quick --out DIR`` for a tiny version; ``--json`` prints a JSON summary as the last line.
 """
