@@ -1,29 +1,40 @@
 """MAML against feature reuse: frozen features with a fine-tuned head versus adapting the
-whole network, in distribution and under a shift of the task family.
+whole network, in distribution and under a growing shift of the task family.
 
-Tasks are sinusoids ``y = A sin(w x - phase)``, ``A ~ U[0.1, 5]``, ``phase ~ U[0, pi]``,
-``x ~ U[-5, 5]``, seen through ``--shots`` support points. Meta-training draws the
-frequency from the training band ``w ~ U[0.8, 1.2]``; held-out tasks come from the same
-band (in distribution) and from a shifted band ``w ~ U[1.6, 2.0]`` (higher frequencies:
-the features needed at test time differ from the training ones). The network is
-1-40-40-1 ReLU; every learner is trained by ``bm.meta.train`` with Adam (1e-3) on
-meta-batches of 25 tasks for the same number of steps:
+Tasks are sinusoids ``y = A sin(x - phase)``, ``A ~ U[0.1, 5]``, ``x ~ U[-5, 5]``, seen
+through ``--shots`` support points. Meta-training draws the phase from a narrow band
+``phase ~ U[0, 0.5]``; held-out tasks draw it from the shifted band ``U[d, d + 0.5]`` for
+each shift ``d`` of ``--shifts`` (``d = 0``: in distribution). A phase shift is a shift of
+the input, ``sin(x - d - phase)``: the whole network reaches it by moving its first-layer
+biases (``b1 -> b1 - d W1``, a direction the gradient of the support loss points along),
+while a frozen body only offers the features that its narrow training family needed.
+The network is 1-40-40-1 ReLU; every learner is trained by ``bm.meta.train`` with Adam
+(1e-3) on meta-batches of 25 tasks for the same number of steps:
 
 * ``pretrained, head``: the network trained on the pooled data of all tasks (no inner
   step), then only the last layer is fine-tuned on the support points (body frozen);
 * ``ANIL, head``: MAML whose inner step moves only the last layer (Raghu et al., 2020):
   a body meta-trained *for* head-only adaptation, i.e. the best case of feature reuse;
-* ``MAML, whole``: MAML adapting every layer (Finn et al., 2017).
+* ``MAML, whole``: MAML adapting every layer (Finn et al., 2017), inner step 0.01.
 
-Each adapts by ``--steps`` gradient steps of size 0.01 (the inner step of meta-training,
-one step, continued) on the support points; for the head-only learners the step is
-capped at the stability limit of the head's quadratic loss (``1 / lambda_max`` of its
-Hessian), so a frozen body with large features is not scored on a diverged head. Scored
-by the mean squared error on 100 query points, with 95% intervals over tasks (1.96
-standard errors). How far the adapted features moved: linear CKA
-(``bm.meta.linear_cka``) between each hidden layer's activations at the query inputs
-before and after adaptation (1: the features did not move), and the relative weight
-change by layer (``bm.meta.relative_change``), means over tasks.
+At test time each adapts by ``--steps`` plain gradient steps on the support points; the
+step size is chosen per learner and per shift on separate meta-validation tasks of the
+same band (never on the test tasks) from a small grid (whole network: 0.001, 0.003, 0.01;
+head: 0.01, 0.1, 1, each capped at the stability limit ``1 / lambda_max`` of the head's
+quadratic loss, so a frozen body is never scored on a diverged head). Scored by the mean
+squared error on ``--query`` query points, with 95% intervals over tasks (1.96 standard
+errors), and by the share of the pre-adaptation error that adaptation removed. How far
+the adapted features moved: linear CKA (``bm.meta.linear_cka``) between each hidden
+layer's activations at the query inputs before and after adaptation (1: the features did
+not move), and the relative weight change by layer (``bm.meta.relative_change``), means
+over tasks.
+
+What to expect: a pooled (not meta-trained) body gives the head almost nothing to adapt
+with at any shift; ANIL's meta-trained body is best in distribution but its frozen
+features break at mid shifts (d about 1 to 1.5), where the whole-network adaptation
+still removes most of the error. Near ``d = pi`` the shifted family is the negated
+training family (``sin(x - pi - phase) = -sin(x - phase)``), which the head reaches by a
+sign flip, so the frozen meta-trained features recover there; the sweep shows both.
 
 Run: ``python examples/feature_reuse.py`` (a few minutes on a 2-core CPU);
 ``--quick --out DIR`` for a tiny version; ``--json`` prints a JSON summary as the last line.
@@ -33,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -44,9 +54,10 @@ import optax
 
 import bayesmeta as bm
 
-BANDS = {"in distribution": (0.8, 1.2), "shifted": (1.6, 2.0)}
+TRAIN_PHASE = (0.0, 0.5)
 LAYERS = ("h1", "h2", "out")
-TITLES = ("query MSE after adaptation", "linear CKA of h2, pre vs post")
+WHOLE_RATES = (0.001, 0.003, 0.01)
+HEAD_RATES = (0.01, 0.1, 1.0)
 
 
 def init_mlp(key, hidden=40):
@@ -78,15 +89,15 @@ def mse_loss(params, batch):
 
 
 def sample_tasks(key, num_tasks, num_support, num_query, band):
-    k_a, k_p, k_w, k_s, k_q = jax.random.split(key, 5)
+    """Sinusoid tasks ``A sin(x - phase)`` with ``phase ~ U[band]``."""
+    k_a, k_p, k_s, k_q = jax.random.split(key, 4)
     amp = jax.random.uniform(k_a, (num_tasks, 1), minval=0.1, maxval=5.0)
-    phase = jax.random.uniform(k_p, (num_tasks, 1), minval=0.0, maxval=math.pi)
-    freq = jax.random.uniform(k_w, (num_tasks, 1), minval=band[0], maxval=band[1])
+    phase = jax.random.uniform(k_p, (num_tasks, 1), minval=band[0], maxval=band[1])
     xs = jax.random.uniform(k_s, (num_tasks, num_support), minval=-5.0, maxval=5.0)
     xq = jax.random.uniform(k_q, (num_tasks, num_query), minval=-5.0, maxval=5.0)
     return {
-        "support": {"x": xs, "y": amp * jnp.sin(freq * xs - phase)},
-        "query": {"x": xq, "y": amp * jnp.sin(freq * xq - phase)},
+        "support": {"x": xs, "y": amp * jnp.sin(xs - phase)},
+        "query": {"x": xq, "y": amp * jnp.sin(xq - phase)},
     }
 
 
@@ -98,26 +109,40 @@ def head_only(params, rate):
     }
 
 
-def head_adapt(inner_lr):
+def head_steps(params, support, num_steps, inner_lr):
     """Fine-tune only the last layer by gradient descent on the support MSE, with the step
     capped at the head's stability limit: the head's loss is quadratic with Hessian
     ``2/K F^T F`` (``F`` the support features with a column of ones), so the step is
-    ``min(inner_lr, 1 / lambda_max)`` and never diverges. Same signature as
-    ``MetaLearner.adapt``."""
+    ``min(inner_lr, 1 / lambda_max)`` and never diverges."""
+    _, h2 = hidden(params, support["x"])
+    feats = jnp.concatenate([h2, jnp.ones((h2.shape[0], 1))], axis=1)
+    top = jnp.linalg.eigvalsh(2.0 / h2.shape[0] * feats.T @ feats)[-1]
+    rate = jnp.minimum(inner_lr, 1.0 / top)
+
+    def step(head, _):
+        g = jax.grad(lambda hd: mse_loss({**params, "out": hd}, support))(head)
+        return jax.tree.map(lambda p, d: p - rate * d, head, g), None
+
+    head, _ = jax.lax.scan(step, params["out"], None, length=num_steps)
+    return {**params, "out": head}
+
+
+def whole_steps(params, support, num_steps, inner_lr):
+    """Plain gradient descent on every layer (MAML's inner step, continued)."""
+
+    def step(p, _):
+        g = jax.grad(mse_loss)(p, support)
+        return jax.tree.map(lambda a, d: a - inner_lr * d, p, g), None
+
+    return jax.lax.scan(step, params, None, length=num_steps)[0]
+
+
+def head_adapt(inner_lr):
+    """``head_steps`` with the signature of ``MetaLearner.adapt``."""
 
     def adapt(params_or_state, support, num_steps=1):
         params = getattr(params_or_state, "params", params_or_state)
-        _, h2 = hidden(params, support["x"])
-        feats = jnp.concatenate([h2, jnp.ones((h2.shape[0], 1))], axis=1)
-        top = jnp.linalg.eigvalsh(2.0 / h2.shape[0] * feats.T @ feats)[-1]
-        rate = jnp.minimum(inner_lr, 1.0 / top)
-
-        def step(head, _):
-            g = jax.grad(lambda hd: mse_loss({**params, "out": hd}, support))(head)
-            return jax.tree.map(lambda p, d: p - rate * d, head, g), None
-
-        head, _ = jax.lax.scan(step, params["out"], None, length=num_steps)
-        return {**params, "out": head}
+        return head_steps(params, support, num_steps, inner_lr)
 
     return adapt
 
@@ -144,13 +169,13 @@ def pretrain_learner(optimizer, adapt):
     return bm.meta.MetaLearner(init, step, adapt)
 
 
-def evaluate(adapt, params, batch, num_steps):
-    """Per-task query MSE before and after ``num_steps`` adaptation steps, the adapted
+def make_evaluate(steps_fn, num_steps):
+    """A jitted evaluation over a batch of tasks, the step size an argument (one compile):
+    per-task query MSE before and after ``num_steps`` adaptation steps, the adapted
     parameters and the hidden activations at the query inputs before and after."""
 
-    @jax.jit
-    def one(support, query):
-        phi = adapt(params, support, num_steps=num_steps)
+    def one(params, support, query, rate):
+        phi = steps_fn(params, support, num_steps, rate)
         return (
             mse_loss(params, query),
             mse_loss(phi, query),
@@ -159,20 +184,20 @@ def evaluate(adapt, params, batch, num_steps):
             hidden(phi, query["x"]),
         )
 
-    return jax.vmap(one)(batch["support"], batch["query"])
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, None)))
 
 
 def movement(params, phi, before, after, finite):
     """Mean linear CKA per hidden layer and mean relative weight change per layer, over
     the tasks whose adaptation stayed finite (``finite``, a boolean mask over tasks)."""
     tasks = np.flatnonzero(finite)
+    params, phi = jax.device_get(params), jax.device_get(phi)
+    before, after = np.asarray(before), np.asarray(after)
     cka = {
         name: float(
-            np.nanmean(
-                [bm.meta.linear_cka(np.asarray(b[t]), np.asarray(a[t])) for t in tasks] or [np.nan]
-            )
+            np.nanmean([bm.meta.linear_cka(before[i][t], after[i][t]) for t in tasks] or [np.nan])
         )
-        for name, b, a in zip(("h1", "h2"), before, after, strict=True)
+        for i, name in enumerate(("h1", "h2"))
     }
     changes = [
         bm.meta.relative_change(params, jax.tree.map(lambda leaf, t=t: leaf[t], phi)) for t in tasks
@@ -181,14 +206,24 @@ def movement(params, phi, before, after, finite):
     return cka, change
 
 
+def _mean_ci(values):
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return float("nan"), float("nan")
+    return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(values.size))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shots", type=int, default=10, help="K support points per task")
     parser.add_argument("--meta-iters", type=int, default=8000)
     parser.add_argument("--meta-batch", type=int, default=25)
-    parser.add_argument("--inner-lr", type=float, default=0.01)
+    parser.add_argument("--inner-lr", type=float, default=0.01, help="meta-training inner step")
     parser.add_argument("--steps", type=int, default=10, help="adaptation steps at test time")
+    parser.add_argument("--shifts", default="0,0.5,1,1.5,2,2.5", help="phase shifts d")
+    parser.add_argument("--shift", type=float, default=1.0, help="the headline shift")
     parser.add_argument("--test-tasks", type=int, default=500)
+    parser.add_argument("--val-tasks", type=int, default=200, help="to choose the step size")
     parser.add_argument("--query", type=int, default=100, help="query points per test task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
@@ -196,29 +231,38 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print a JSON summary last")
     args = parser.parse_args(argv)
     if args.quick:
-        args.meta_iters, args.test_tasks, args.query, args.meta_batch = 30, 20, 20, 5
+        args.meta_iters, args.test_tasks, args.val_tasks = 30, 20, 20
+        args.query, args.meta_batch = 20, 5
+    try:
+        shifts = sorted({float(d) for d in args.shifts.split(",")} | {0.0, args.shift})
+    except ValueError:
+        parser.error("--shifts must be comma-separated numbers")
     if min(args.shots, args.meta_iters, args.meta_batch, args.steps, args.test_tasks) < 1:
         parser.error("sizes must be positive")
+    if args.val_tasks < 1:
+        parser.error("--val-tasks must be positive")
     if args.query < 2:
         parser.error("--query must be at least 2 (CKA needs two inputs)")
     start = time.time()
     key = jax.random.PRNGKey(args.seed)
     k_init, k_test = jax.random.split(key)
     params0 = init_mlp(k_init)
-    band = BANDS["in distribution"]
 
     def sampler(k):
-        return sample_tasks(k, args.meta_batch, args.shots, args.shots, band)
+        return sample_tasks(k, args.meta_batch, args.shots, args.shots, TRAIN_PHASE)
 
     alpha = args.inner_lr
-    head_rate = head_only(params0, alpha)
     adam = optax.adam(1e-3)
-    anil = bm.meta.maml(mse_loss, adam, inner_lr=head_rate, num_inner_steps=1)
+    anil = bm.meta.maml(mse_loss, adam, inner_lr=head_only(params0, alpha), num_inner_steps=1)
     learners = {
         "pretrained, head": pretrain_learner(adam, head_adapt(alpha)),
         "ANIL, head": bm.meta.MetaLearner(anil.init, anil.step, head_adapt(alpha)),
         "MAML, whole": bm.meta.maml(mse_loss, adam, inner_lr=alpha, num_inner_steps=1),
     }
+    head_eval = make_evaluate(head_steps, args.steps)
+    whole_eval = make_evaluate(whole_steps, args.steps)
+    evals = {"pretrained, head": head_eval, "ANIL, head": head_eval, "MAML, whole": whole_eval}
+    grids = {"pretrained, head": HEAD_RATES, "ANIL, head": HEAD_RATES, "MAML, whole": WHOLE_RATES}
     progress = not args.quick
     states = {}
     for i, (name, learner) in enumerate(learners.items()):
@@ -226,59 +270,82 @@ def main(argv=None):
             learner, params0, sampler, args.meta_iters, seed=args.seed + i, progress_bar=progress
         )
 
-    results = {}
-    for b_index, (band_name, band) in enumerate(BANDS.items()):
+    results, examples = {}, {}
+    n_val, n_test = args.val_tasks, args.test_tasks
+    test = slice(n_val, None)
+    for s_index, shift in enumerate(shifts):
+        band = (TRAIN_PHASE[0] + shift, TRAIN_PHASE[1] + shift)
+        # validation and test tasks in one batch (one compile); the rate is chosen on the
+        # first n_val tasks and scored on the other n_test
         batch = sample_tasks(
-            jax.random.fold_in(k_test, b_index), args.test_tasks, args.shots, args.query, band
+            jax.random.fold_in(k_test, s_index), n_val + n_test, args.shots, args.query, band
         )
-        for name, learner in learners.items():
+        for name in learners:
             params = states[name].params
-            before, after, phi, h_before, h_after = evaluate(
-                learner.adapt, params, batch, args.steps
-            )
-            after = np.asarray(after, dtype=float)
+            best = None
+            for rate in grids[name]:
+                out = evals[name](params, batch["support"], batch["query"], rate)
+                val = np.asarray(out[1][:n_val], dtype=float)
+                score = float(np.mean(val)) if np.all(np.isfinite(val)) else np.inf
+                if best is None or score < best[0]:
+                    best = (score, rate, out)
+            _, rate, (before, after, phi, h_before, h_after) = best
+            before = np.asarray(before[test], dtype=float)
+            after = np.asarray(after[test], dtype=float)
+            phi = jax.tree.map(lambda leaf: leaf[test], phi)
+            h_before = [h[test] for h in h_before]
+            h_after = [h[test] for h in h_after]
             # a task whose inner steps diverged is counted, not averaged in
             finite = np.isfinite(after)
             cka, change = movement(params, phi, h_before, h_after, finite)
-            kept = after[finite] if finite.any() else np.array([np.nan, np.nan])
-            results[(band_name, name)] = {
+            mse, ci = _mean_ci(after)
+            results[(shift, name)] = {
+                "rate": rate,
                 "mse_before": float(np.mean(before)),
-                "mse": float(np.mean(kept)),
-                "mse_ci95": float(1.96 * np.std(kept, ddof=1) / np.sqrt(kept.size)),
+                "mse": mse,
+                "mse_ci95": ci,
+                "removed": float(1.0 - mse / np.mean(before)),
                 "diverged": int(np.sum(~finite)),
                 "cka": cka,
                 "weight_change": change,
                 "task_mse": after,
             }
+            if shift == args.shift:
+                examples[name] = jax.tree.map(lambda leaf: leaf[0], phi)
+        if shift == args.shift:
+            example_task = jax.tree.map(lambda a: a[n_val], batch)
     elapsed = time.time() - start
 
     print(
-        f"Sinusoids, K = {args.shots} shots, meta-trained on w in {BANDS['in distribution']} "
-        f"({args.meta_iters} iterations), {args.test_tasks} held-out tasks per band, "
-        f"{args.steps} adaptation steps ({elapsed:.0f} s)"
+        f"Sinusoids A sin(x - phase), K = {args.shots} shots, meta-trained on phase in "
+        f"{TRAIN_PHASE} ({args.meta_iters} iterations), tested on phase in [d, d + 0.5]; "
+        f"{args.test_tasks} test tasks per shift, {args.steps} adaptation steps, step size "
+        f"chosen on {args.val_tasks} validation tasks ({elapsed:.0f} s)"
     )
     print(
-        f"{'band':<17}{'learner':<18}{'MSE before':>11}{'MSE after':>19}{'CKA h1':>8}"
-        f"{'CKA h2':>8}" + "".join(f"{'dW ' + n:>9}" for n in LAYERS) + f"{'diverged':>9}"
+        f"{'d':>4} {'learner':<18}{'rate':>7}{'MSE before':>11}{'MSE after':>19}{'removed':>8}"
+        f"{'CKA h1':>8}{'CKA h2':>8}" + "".join(f"{'dW ' + n:>9}" for n in LAYERS) + f"{'div':>5}"
     )
-    for (band_name, name), r in results.items():
+    for (shift, name), r in results.items():
         print(
-            f"{band_name:<17}{name:<18}{r['mse_before']:>11.3f}{r['mse']:>11.3f} +- "
-            f"{r['mse_ci95']:<5.3f}{r['cka']['h1']:>8.3f}{r['cka']['h2']:>8.3f}"
+            f"{shift:>4.1f} {name:<18}{r['rate']:>7.3f}{r['mse_before']:>11.3f}{r['mse']:>11.3f}"
+            f" +- {r['mse_ci95']:<5.3f}{r['removed']:>7.0%}{r['cka']['h1']:>8.3f}"
+            f"{r['cka']['h2']:>8.3f}"
             + "".join(f"{r['weight_change'][n]:>9.4f}" for n in LAYERS)
-            + f"{r['diverged']:>9d}"
+            + f"{r['diverged']:>5d}"
         )
     gaps = {}
-    for band_name in BANDS:
-        d = (
-            results[(band_name, "ANIL, head")]["task_mse"]
-            - results[(band_name, "MAML, whole")]["task_mse"]
-        )
-        d = d[np.isfinite(d)]
-        gaps[band_name] = (float(d.mean()), float(1.96 * d.std(ddof=1) / np.sqrt(d.size)))
+    for shift in shifts:
+        maml_mse = results[(shift, "MAML, whole")]["task_mse"]
+        gaps[shift] = {
+            name: _mean_ci(results[(shift, name)]["task_mse"] - maml_mse)
+            for name in ("pretrained, head", "ANIL, head")
+        }
         print(
-            f"{band_name}: ANIL head minus MAML whole, MSE after adaptation "
-            f"{gaps[band_name][0]:.3f} +- {gaps[band_name][1]:.3f} (paired over tasks)"
+            f"d = {shift:.1f}: minus MAML whole (paired over tasks): ANIL head "
+            f"{gaps[shift]['ANIL, head'][0]:.3f} +- {gaps[shift]['ANIL, head'][1]:.3f}, "
+            f"pretrained head {gaps[shift]['pretrained, head'][0]:.3f} +- "
+            f"{gaps[shift]['pretrained, head'][1]:.3f}"
         )
 
     os.makedirs(args.out, exist_ok=True)
@@ -288,31 +355,28 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    names = list(learners)
-    width = 0.38
-    for b_index, band_name in enumerate(BANDS):
-        m = [results[(band_name, n)]["mse"] for n in names]
-        h = [results[(band_name, n)]["mse_ci95"] for n in names]
-        pos = np.arange(len(names)) + (b_index - 0.5) * width
-        axes[0].bar(pos, m, width, yerr=h, capsize=3, label=band_name)
-        cka = [results[(band_name, n)]["cka"]["h2"] for n in names]
-        axes[1].bar(pos, cka, width, label=band_name)
-    for ax, title in zip(axes[:2], TITLES, strict=True):
-        ax.set_xticks(np.arange(len(names)))
-        ax.set_xticklabels(names, fontsize=8)
-        ax.set_title(title)
-        ax.legend(frameon=False)
+    for name in learners:
+        m = np.array([results[(d, name)]["mse"] for d in shifts])
+        h = np.array([results[(d, name)]["mse_ci95"] for d in shifts])
+        (line,) = axes[0].plot(shifts, m, "o-", label=f"{name}, after")
+        axes[0].fill_between(shifts, m - h, m + h, color=line.get_color(), alpha=0.2)
+        b = [results[(d, name)]["mse_before"] for d in shifts]
+        axes[0].plot(shifts, b, ":", color=line.get_color(), label=f"{name}, before")
+        axes[1].plot(shifts, [results[(d, name)]["removed"] for d in shifts], "o-", label=name)
+    axes[0].set_title(f"query MSE, {args.steps} steps (band: 95%)")
+    axes[1].set_title("share of the pre-adaptation error removed")
+    for ax in axes[:2]:
+        ax.set_xlabel("phase shift d of the test band")
+        ax.legend(frameon=False, fontsize=7)
     ax = axes[2]
-    batch = sample_tasks(jax.random.fold_in(k_test, 99), 1, args.shots, 200, BANDS["shifted"])
-    support = jax.tree.map(lambda a: a[0], batch["support"])
-    xs = jnp.sort(batch["query"]["x"][0])
-    order = jnp.argsort(batch["query"]["x"][0])
-    ax.plot(xs, batch["query"]["y"][0][order], "k", label="truth (shifted band)")
+    xs = jnp.linspace(-5.0, 5.0, 200)
+    query, support = example_task["query"], example_task["support"]
+    order = np.argsort(np.asarray(query["x"]))
+    ax.plot(np.asarray(query["x"])[order], np.asarray(query["y"])[order], "k", label="truth")
     ax.scatter(support["x"], support["y"], c="k", zorder=5, label=f"{args.shots} shots")
-    for name, learner in learners.items():
-        phi = learner.adapt(states[name].params, support, num_steps=args.steps)
+    for name, phi in examples.items():
         ax.plot(xs, mlp(phi, xs), label=f"{name}, {args.steps} steps")
-    ax.set_title("one shifted-band task")
+    ax.set_title(f"one test task at shift d = {args.shift:g}")
     ax.legend(frameon=False, fontsize=7)
     fig.tight_layout()
     path = os.path.join(args.out, "feature_reuse.png")
@@ -320,18 +384,30 @@ def main(argv=None):
     plt.close(fig)
     print(f"saved {path}")
 
-    summary = {
-        band_name: {
-            name: {k: v for k, v in results[(band_name, name)].items() if k != "task_mse"}
+    def rows(shift):
+        return {
+            name: {k: v for k, v in results[(shift, name)].items() if k != "task_mse"}
             for name in learners
         }
-        for band_name in BANDS
+
+    summary = {
+        "in distribution": rows(0.0),
+        "shifted": rows(args.shift),
+        "sweep": {f"{d:g}": rows(d) for d in shifts},
+        "minus_maml": {
+            f"{d:g}": {n: {"mean": g[0], "ci95": g[1]} for n, g in gaps[d].items()} for d in shifts
+        },
     }
-    summary["anil_minus_maml"] = {b: {"mean": g[0], "ci95": g[1]} for b, g in gaps.items()}
+    summary["anil_minus_maml"] = {
+        "in distribution": summary["minus_maml"]["0"]["ANIL, head"],
+        "shifted": summary["minus_maml"][f"{args.shift:g}"]["ANIL, head"],
+    }
     summary.update(
         shots=args.shots,
         meta_iters=args.meta_iters,
         steps=args.steps,
+        shift=args.shift,
+        shifts=shifts,
         test_tasks=args.test_tasks,
         seconds=round(elapsed, 1),
         figure=path,
