@@ -543,11 +543,13 @@ def _integrand(y, se, loc, prior, mp, offset, u, with_theta, keep=None):
     return np.moveaxis(out, 1, 0)  # (n, R, K)
 
 
-def _integrand_blocks(y, se, loc, prior, mp, offset, u, with_theta, block, keep=None):
+def _integrand_blocks(y, se, loc, prior, mp, offset, u, with_theta, block, keep=None, post=None):
     """The components of :func:`_integrand` in blocks, ``(n, R, K_b)`` each: first the five
     shared ones, then theta's first and second moments for ``block`` tasks at a time, so
-    nothing of size nodes x tasks is built."""
-    logd, mhat, vmu = _log_post(y, se, loc, prior, mp, u)
+    nothing of size nodes x tasks is built. ``post``: :func:`_log_post` at ``u`` when
+    already known. Where the density is zero at every node (far from the posterior's
+    mass, where ``exp`` underflows) theta's blocks are zeros, without their arithmetic."""
+    logd, mhat, vmu = _log_post(y, se, loc, prior, mp, u) if post is None else post
     dens = np.exp(logd - offset[:, None]) * mp.jac(u)  # (R, n)
     tau = mp.tau(u)
     tau_b = np.broadcast_to(tau, dens.shape)
@@ -558,8 +560,14 @@ def _integrand_blocks(y, se, loc, prior, mp, offset, u, with_theta, block, keep=
     yield np.moveaxis(out, 1, 0)
     if not with_theta:
         return
+    zero = not np.any(dens)
     for start in range(0, y.shape[1], block):
         sl = slice(start, start + block)
+        if zero:
+            width = len(range(start, min(start + block, y.shape[1])))
+            yield np.zeros((len(u), y.shape[0], width))
+            yield np.zeros((len(u), y.shape[0], width))
+            continue
         tm, tv = _theta_moments_given_tau(y[:, sl], se[:, sl], tau_b, mhat, vmu)
         yield np.moveaxis(dens[..., None] * tm, 1, 0)
         yield np.moveaxis(dens[..., None] * (tm**2 + tv), 1, 0)
@@ -619,17 +627,34 @@ def _build_rule(y, se, loc, prior, rtol, max_panels, with_theta=True, keep_densi
     initial = _initial_edges(extra)
     if width * len(initial) > _STREAM_ABOVE:
         block = min(y.shape[1], _TASK_BLOCK)
+        cache: dict[float, np.ndarray] = {}  # u -> (logd, mhat, vmu) (R, 3): O(nodes)
 
         def fn_blocks(u):
-            return _integrand_blocks(y, se, loc, prior, mp, offset, u, with_theta, block, keep)
+            # log p(tau, y) and mu's moments, a sum over every task, once per node: the
+            # streamed rule evaluates a panel again when it re-scores or splits it
+            missing = [i for i, v in enumerate(u.tolist()) if v not in cache]
+            if missing:
+                got = np.stack(_log_post(y, se, loc, prior, mp, u[missing]), axis=-1)
+                for i, col in zip(missing, np.moveaxis(got, 1, 0), strict=True):
+                    cache[float(u[i])] = col
+            cols = np.stack([cache[v] for v in u.tolist()], axis=1)  # (R, n, 3)
+            post = (cols[..., 0], cols[..., 1], cols[..., 2])
+            return _integrand_blocks(
+                y, se, loc, prior, mp, offset, u, with_theta, block, keep, post
+            )
 
         chunk = max(1, 2_000_000 // (15 * y.shape[0] * (5 + 2 * block)))
         edges, converged = _adaptive_streamed(fn_blocks, initial, rtol, max_panels, chunk)
     else:
+        cache = None
         edges, converged = _adaptive(fn, initial, rtol, max_panels, width)
     nodes, half = _panel_nodes(edges[:-1], edges[1:])
     u = nodes.reshape(-1)
-    logd, mhat, vmu = _log_post(y, se, loc, prior, mp, u)
+    if cache is not None and all(v in cache for v in u.tolist()):
+        cols = np.stack([cache[v] for v in u.tolist()], axis=1)
+        logd, mhat, vmu = cols[..., 0], cols[..., 1], cols[..., 2]
+    else:
+        logd, mhat, vmu = _log_post(y, se, loc, prior, mp, u)
     base = (half[:, None] * _KRONROD_W).reshape(-1) * mp.jac(u)
     with np.errstate(under="ignore"):
         dens = np.exp(logd - offset[:, None]) * base

@@ -150,57 +150,100 @@ def _adaptive_streamed(fn_blocks, edges: np.ndarray, rtol: float, max_panels: in
 
     ``fn_blocks(u: (n,))`` yields the integrand's components in blocks, arrays
     ``(n, *M_b)`` whose union is the components of :func:`_adaptive`'s ``fn``. Nothing per
-    panel and component is kept: each round streams over the panels (``chunk`` at a time)
-    twice, once for the summed error and absolute integral of every component (added panel
-    by panel in the order :func:`_adaptive` sums them) and once for each panel's score
-    against the tolerances. The panels it splits, and so the rule, are those of
-    :func:`_adaptive`; it costs about two integrand evaluations per panel and round instead
-    of one per new panel.
+    panel and component is kept. The first rounds stream over all panels (``chunk`` at a
+    time) twice: once for the summed error and absolute integral of every component (added
+    panel by panel in the order :func:`_adaptive` sums them), once for each panel's score
+    against the tolerances. Then only the panels a round changes are evaluated: the summed
+    errors and integrals are updated (minus the split panels, plus their halves), and each
+    panel keeps bounds on its score that follow the tolerances from round to round (a
+    score against ``tol`` times ``tol / tol_new`` bounds the score against ``tol_new``); a
+    panel is evaluated again only when its bounds straddle the splitting threshold. The
+    panels it splits are those of :func:`_adaptive` up to rounding in the updated sums
+    (relative ``1e-16`` of the first round's errors, against a tolerance ``rtol``); each
+    panel costs about one integrand evaluation when it is made and one when it is split,
+    plus two full sweeps at the start.
     """
     a, b = edges[:-1], edges[1:]
     converged = False
 
-    def sweep(a, b, tol):
+    def sweep(a, b, tol=None, totals=None, sign=1.0):
+        """Scores of the panels against ``tol`` (when given); adds (``sign``) each panel's
+        errors and absolute integrals to ``totals`` (when given), panel by panel in order."""
         nodes, half = _panel_nodes(a, b)
-        totals_err, totals_abs = None, None
         score = np.full(len(a), -np.inf)
         for start in range(0, len(a), chunk):
             sl = slice(start, start + chunk)
             for i, vals in enumerate(fn_blocks(nodes[sl].reshape(-1))):
                 vals = vals.reshape(-1, 15, *vals.shape[1:])
-                err, absk = _panel_err_abs(vals, half[sl])
-                if tol is not None:
-                    ratio = (err / tol[i]).reshape(len(err), -1).max(axis=1)
-                    score[sl] = np.maximum(score[sl], ratio)
-                    continue
-                if totals_err is None:
-                    totals_err, totals_abs = [], []
-                if len(totals_err) <= i:
-                    totals_err.append(err[0].copy())
-                    totals_abs.append(absk[0].copy())
-                    first = 1
+                if not vals.any():  # zero errors and integrals (what the arithmetic gives)
+                    err = absk = np.zeros((vals.shape[0], *vals.shape[2:]))
+                    if tol is not None:
+                        score[sl] = np.maximum(score[sl], 0.0)
                 else:
-                    first = 0
+                    err, absk = _panel_err_abs(vals, half[sl])
+                    if tol is not None:
+                        ratio = (err / tol[i]).reshape(len(err), -1).max(axis=1)
+                        score[sl] = np.maximum(score[sl], ratio)
+                if totals is None:
+                    continue
+                total_err, total_abs = totals
+                first = 0
+                if len(total_err) <= i:
+                    total_err.append(err[0].copy())
+                    total_abs.append(absk[0].copy())
+                    first = 1
                 for p in range(first, len(err)):  # sequential, as ndarray.sum(axis=0)
-                    totals_err[i] += err[p]
-                    totals_abs[i] += absk[p]
-        return totals_err, totals_abs, score
+                    if err is absk:  # zeros: adding them changes nothing
+                        break
+                    if sign > 0:
+                        total_err[i] += err[p]
+                        total_abs[i] += absk[p]
+                    else:
+                        total_err[i] -= err[p]
+                        total_abs[i] -= absk[p]
+        return score
 
+    total_err, total_abs = [], []
+    sweep(a, b, totals=(total_err, total_abs))
+    tol = [rtol * s + 1e-300 for s in total_abs]
+    lo = hi = None  # bounds on every panel's score against ``tol``
+    margin = 1e-12  # covers the rounding of a score and of the ratios of tolerances
     for _ in range(200):
-        total_err, total_abs, _ = sweep(a, b, None)
-        tol = [rtol * s + 1e-300 for s in total_abs]
         if all(np.all(e <= t) for e, t in zip(total_err, tol, strict=True)):
             converged = True
             break
         num = len(a)
-        _, _, score = sweep(a, b, tol)
-        split = score > 0.5 / num
-        split[np.argmax(score)] = True
+        threshold = 0.5 / num
+        if lo is None:
+            lo = sweep(a, b, tol)
+            hi = lo.copy()
+        else:
+            redo = (lo <= threshold) & (hi > threshold)
+            if redo.any():
+                lo[redo] = hi[redo] = sweep(a[redo], b[redo], tol)
+        split = lo > threshold
+        if not split.any():  # the panel of largest score, as np.argmax picks it
+            redo = (hi >= lo.max()) & (lo < hi)
+            if redo.any():
+                lo[redo] = hi[redo] = sweep(a[redo], b[redo], tol)
+            exact = lo == hi
+            split[np.argmax(np.where(exact, lo, -np.inf))] = True
         if num + split.sum() > max_panels:
             break
         mid = 0.5 * (a[split] + b[split])
         keep = ~split
-        a = np.concatenate([a[keep], a[split], mid])
-        b = np.concatenate([b[keep], mid, b[split]])
+        sweep(a[split], b[split], totals=(total_err, total_abs), sign=-1.0)
+        na = np.concatenate([a[split], mid])
+        nb = np.concatenate([mid, b[split]])
+        new_score = sweep(na, nb, tol, totals=(total_err, total_abs))
+        a = np.concatenate([a[keep], na])
+        b = np.concatenate([b[keep], nb])
+        new_tol = [rtol * s + 1e-300 for s in total_abs]
+        ratios = [t / n for t, n in zip(tol, new_tol, strict=True)]
+        r_lo = min(float(r.min()) for r in ratios) * (1.0 - margin)
+        r_hi = max(float(r.max()) for r in ratios) * (1.0 + margin)
+        lo = np.concatenate([lo[keep], new_score]) * r_lo
+        hi = np.concatenate([hi[keep], new_score]) * r_hi
+        tol = new_tol
     order = np.argsort(a)
     return np.concatenate([a[order], [b[order][-1]]]), converged

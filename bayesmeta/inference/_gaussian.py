@@ -13,13 +13,24 @@ in float64 numpy, outside the traced code, each task's estimate ``b / A``, its v
 ``1 / A`` and its within-task residual ``sum (y - x b / A)^2 / s^2``, and
 :func:`log_marginal` and :func:`scalar_posterior` use the equivalent form
 ``(estimate - mu)^2 / (sigma^2 / A + tau^2) + log(sigma^2 / A + tau^2) - log(sigma^2 / A)``,
-which has no cancellation and no product ``tau^2 A`` that could overflow. Vector ``theta``
-and models with common coefficients keep the raw sums and the Woodbury form of
-:mod:`bayesmeta.exact.linear`: rescaling the columns of ``x`` leaves ``I + L^T A L``
-unchanged, so it would not help; where the prior's scale and the data's differ by more
-than float32 resolves (about 1e7, e.g. ``x`` times 1e10 under unit-scale priors) the draws
-come out non-finite and the fit raises
-:class:`~bayesmeta.inference.diagnostics.FitError` (see
+which has no cancellation and no product ``tau^2 A`` that could overflow.
+
+Vector ``theta`` (``p`` varying coefficients, no common coefficients) is centred the same
+way when every task's ``A_t`` is of full rank: each task's least-squares estimate
+``e_t = A_t^{-1} b_t``, its unit-noise covariance ``P_t = A_t^{-1}`` (and ``log det P_t``)
+and the within-task residual ``sum (y - x e_t)^2 / s^2`` are computed in float64 numpy,
+each from the rows (``x`` columns scaled to unit size and the task's ``x`` mean taken out
+before the solve, then transformed back exactly), and the marginal is
+``N(e_t | mu, sigma^2 P_t + Sigma)`` times the residual's term: no difference of two large
+sums (the raw form's ``rr - |z|^2`` cancels as soon as the data outweigh the prior; for
+``x`` times 1e4 plus 1e4 and ``y`` times 1e-6 it lost every digit even in float64). The
+posterior mean is the weighted form ``S V^{-1} mu + Sigma V^{-1} e_t`` (``S = sigma^2
+P_t``, ``V = S + Sigma``), whose two terms never cancel; the covariance keeps the
+Woodbury form ``L M^{-1} L^T`` (a product, no cancellation). A task with fewer rows than
+coefficients, collinear columns, or a model with common coefficients keeps the raw sums
+and the Woodbury form of :mod:`bayesmeta.exact.linear`; where the prior's scale and the
+data's differ by more than float32 resolves (about 1e7) the draws come out non-finite and
+the fit raises :class:`~bayesmeta.inference.diagnostics.FitError` (see
 :mod:`bayesmeta.inference.assemble`): rescale the data or enable float64.
 Data whose magnitudes leave the dtype's range are refused before this point
 (:meth:`bayesmeta.model.Hierarchical.build`)."""
@@ -30,6 +41,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.linalg import solve_triangular
 
 from bayesmeta import populations as pops
 from bayesmeta.exact.linear import (
@@ -99,6 +111,9 @@ class CentredStats(NamedTuple):
     variance: jnp.ndarray
     within: jnp.ndarray
     informed: jnp.ndarray
+    # vector theta (p > 1): estimate (T, p), variance (T, p, p) = A^{-1}, informed all
+    # True, and log det A^{-1} (T,); None for scalar theta
+    log_det_variance: jnp.ndarray | None = None
 
     xtx = property(lambda self: self.raw.xtx)
     xty = property(lambda self: self.raw.xty)
@@ -124,7 +139,7 @@ def stable_task_stats(likelihood, tasks) -> LinearStats | CentredStats:
     idx, num = np.asarray(tasks.task_index), tasks.num_tasks
     dtype = raw.yty.dtype
     if x.shape[1] != 1:
-        return raw
+        return _centred_vector(raw, x, y, w, idx, num, dtype)
     x = x[:, 0]
     info = np.bincount(idx, w * x * x, num)
     informed = info > 0
@@ -138,6 +153,124 @@ def stable_task_stats(likelihood, tasks) -> LinearStats | CentredStats:
         jnp.asarray(within, dtype),
         jnp.asarray(informed),
     )
+
+
+# a task's scaled, centred cross-product matrix must have a reciprocal condition number
+# above this for its least-squares estimate to be used (float64 keeps about 1e-16)
+_MIN_RCOND = 1e-10
+
+
+def _centred_vector(raw, x, y, w, idx, num, dtype):
+    """:class:`CentredStats` of vector ``theta`` (see the module docstring), or ``raw`` when
+    some task has fewer rows than coefficients or an ``A_t`` too badly conditioned to solve
+    in float64 (reciprocal condition number of its scaled form below ``_MIN_RCOND``).
+
+    In float64 numpy: the columns of ``x`` are divided by their root mean square over all
+    rows (``D``, undone exactly at the end); each task's cross products are accumulated
+    from deviations about its weighted means of ``x`` and ``y`` plus the means' own term
+    (the same sums, without a large offset inside a sum of squares); the normal equations
+    are solved through the eigen-decomposition of their correlation form; the residual
+    sum of squares is summed from the rows."""
+    p = x.shape[1]
+    d = np.sqrt(np.mean(x * x, axis=0))
+    d = np.where(d > 0, d, 1.0)
+    xs = x / d
+    order = np.argsort(idx, kind="stable")
+    xs, ys, ws, ids = xs[order], y[order], w[order], idx[order]
+    starts = np.searchsorted(ids, np.arange(num))
+    seg = lambda v: np.add.reduceat(v, starts, axis=0) if v.shape[0] else v  # noqa: E731
+    counts = np.bincount(ids, minlength=num)
+    if np.any(counts < p):
+        return raw
+    # the task's weighted means of the scaled columns and of y: the products below are of
+    # deviations from them (no large offset enters a sum of squares)
+    sw = seg(ws)
+    xm = seg(ws[:, None] * xs) / sw[:, None]  # (T, p)
+    ym = seg(ws * ys) / sw
+    xc = xs - xm[ids]
+    yc = ys - ym[ids]
+    # A_s = sum w xs xs^T = sum w xc xc^T + sw xm xm^T (exact: xc has weighted mean 0)
+    a = seg(ws[:, None, None] * xc[:, :, None] * xc[:, None, :])
+    a = a + sw[:, None, None] * xm[:, :, None] * xm[:, None, :]
+    bvec = seg(ws[:, None] * xc * yc[:, None]) + (sw * ym)[:, None] * xm
+    diag = np.sqrt(np.einsum("tii->ti", a))
+    if not np.all(diag > 0):
+        return raw
+    corr = a / (diag[:, :, None] * diag[:, None, :])
+    vals, vecs = np.linalg.eigh(corr)
+    if not np.all(vals[:, 0] > _MIN_RCOND * vals[:, -1]):
+        return raw
+    inv_corr = np.einsum("tij,tj,tkj->tik", vecs, 1.0 / vals, vecs)
+    inv_a = inv_corr / (diag[:, :, None] * diag[:, None, :])  # (D^-1 A D^-1)^-1
+    v = np.einsum("tij,tj->ti", inv_a, bvec)
+    estimate = v / d
+    variance = inv_a / (d[:, None] * d[None, :])[None]
+    log_det = -np.sum(np.log(vals), axis=1) - 2.0 * np.sum(np.log(diag), axis=1)
+    log_det = log_det - 2.0 * np.sum(np.log(d))
+    resid = ys - np.einsum("rp,rp->r", xs, v[ids])
+    within = np.bincount(ids, ws * resid**2, num)
+    return CentredStats(
+        raw,
+        jnp.asarray(estimate, dtype),
+        jnp.asarray(variance, dtype),
+        jnp.asarray(within, dtype),
+        jnp.ones(num, dtype=bool),
+        jnp.asarray(log_det, dtype),
+    )
+
+
+def _vector_pieces(stats: CentredStats, hyper: LinearHyper):
+    """``V = sigma^2 P + L L^T`` per task, its Cholesky factor, ``e - mu`` and ``s2``."""
+    L = hyper.scale_tril
+    mu = jnp.broadcast_to(hyper.mu, stats.estimate.shape)
+    s2 = hyper.noise**2
+    sig = L @ L.T
+    v = s2 * stats.variance + sig
+    v = 0.5 * (v + jnp.swapaxes(v, -1, -2))
+    chol = jnp.linalg.cholesky(v)
+    return s2, sig, mu, chol
+
+
+def _vector_log_marginal(stats: CentredStats, hyper: LinearHyper) -> jnp.ndarray:
+    """``log N(e_t | mu, sigma^2 P_t + Sigma)`` plus the residual's and the constants'
+    terms: the centred form of :func:`bayesmeta.exact.linear.linear_log_marginal`."""
+    s2, _, mu, chol = _vector_pieces(stats, hyper)
+    p = mu.shape[-1]
+    r = solve_triangular(chol, (stats.estimate - mu)[..., None], lower=True)[..., 0]
+    logdet_v = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    return -0.5 * (
+        stats.count * jnp.log(2.0 * jnp.pi * s2)
+        + 2.0 * stats.log_scale
+        + stats.within / s2
+        + jnp.sum(r**2, axis=-1)
+        + logdet_v
+        - p * jnp.log(s2)
+        - stats.log_det_variance
+    )
+
+
+def _vector_task_posterior(stats: CentredStats, hyper: LinearHyper) -> GaussianPosterior:
+    """``theta_t | y_t``: mean ``S V^{-1} mu + Sigma V^{-1} e`` (no cancellation), covariance
+    ``L M^{-1} L^T`` with ``M = I + L^T P^{-1} L / sigma^2`` (a product of factors)."""
+    s2, sig, mu, chol = _vector_pieces(stats, hyper)
+
+    def solve(rhs):  # V^{-1} rhs, rhs (T, p)
+        z = solve_triangular(chol, rhs[..., None], lower=True)
+        return solve_triangular(jnp.swapaxes(chol, -1, -2), z, lower=False)[..., 0]
+
+    s = s2 * stats.variance
+    mean = jnp.einsum("tij,tj->ti", s, solve(mu)) + solve(stats.estimate) @ sig.T
+    # cov = Sigma - Sigma V^{-1} Sigma = L (I - L^T V^{-1} L) L^T = L M^{-1} L^T; with
+    # K = C^{-1} L (C the Cholesky factor of V): M^{-1} = I - K^T K, formed as the inverse
+    # of M = I + L^T A L / s2 where A = P^{-1} is taken from the raw statistics
+    L = hyper.scale_tril
+    a = stats.raw.xtx
+    m = jnp.eye(L.shape[-1], dtype=a.dtype) + (L.T @ a) @ L / s2
+    m = 0.5 * (m + jnp.swapaxes(m, -1, -2))
+    cm = jnp.linalg.cholesky(m)
+    w = solve_triangular(cm, jnp.broadcast_to(L.T, cm.shape), lower=True)  # C_M^{-1} L^T
+    cov = jnp.swapaxes(w, -1, -2) @ w
+    return GaussianPosterior(mean, cov)
 
 
 def residual_stats(stats: LinearStats, num_varying: int, beta=None) -> LinearStats:
@@ -173,6 +306,8 @@ def population_hyper(
 def log_marginal(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
     """``log p(y_t | mu, Sigma, sigma)`` per task ``(T,)``; elementwise when ``p = 1``."""
     if hyper.mu.shape[-1] != 1:
+        if isinstance(stats, CentredStats):
+            return _vector_log_marginal(stats, hyper)
         return linear_log_marginal(stats, hyper)
     if isinstance(stats, CentredStats):
         mu, tau, s2 = hyper.mu[..., 0], hyper.scale_tril[0, 0], hyper.noise**2
@@ -205,6 +340,8 @@ def log_marginal(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
 def task_posterior(stats: LinearStats, hyper: LinearHyper) -> GaussianPosterior:
     """``theta_t | y_t, hyper``: mean ``(T, p)``, cov ``(T, p, p)``; elementwise when p = 1."""
     if hyper.mu.shape[-1] != 1:
+        if isinstance(stats, CentredStats):
+            return _vector_task_posterior(stats, hyper)
         return linear_task_posterior(stats, hyper)
     mean, var = scalar_posterior(stats, hyper.mu[..., 0], hyper.scale_tril[0, 0], hyper.noise**2)
     return GaussianPosterior(mean[:, None], var[:, None, None])

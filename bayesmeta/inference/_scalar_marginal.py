@@ -131,21 +131,34 @@ def scalar_marginal(
     tol: float = 1e-12,
     max_degree: int = 256,
     group_ratio: float = 30.0,
+    ybar=None,
+    within=None,
 ) -> tuple[ScalarMarginal | None, dict]:
     """Build the Chebyshev form from per-task statistics (``A``, ``b = A ybar``,
     ``c = sum y^2/s^2``, rows and ``sum log s`` per task). Tasks are grouped so that
     precisions within a group differ by at most ``group_ratio``; each group gets its own
     series. Returns ``(form, info)``; ``form`` is None when some group meets ``tol`` at no
     degree up to ``max_degree``. ``info`` has the groups, the degree and the largest
-    relative error found by the check."""
+    relative error found by the check.
+
+    ``ybar`` and ``within`` (each task's own estimate ``b / A`` and its residual sum of
+    squares ``sum (y - x ybar)^2 / s^2``, e.g. the centred statistics of
+    :func:`bayesmeta.inference._gaussian.stable_task_stats`) replace ``b / A`` and
+    ``c - b^2 / A`` when given: the latter difference cancels for data with a large offset
+    (``y = 1e4 + noise`` in float32 leaves no digit of it)."""
     A, b, c = (np.asarray(v, dtype=np.float64) for v in (A, b, c))
     inf = A > 0
     if not np.any(inf):
         return None, {"form": "direct", "why": "no task carries information about theta"}
     Ai = A[inf]
-    ybar = b[inf] / Ai
-    sse = float(np.sum(np.maximum(c[inf] - b[inf] * ybar, 0.0)) + np.sum(c[~inf]))
-    y0 = float(np.sum(b[inf]) / np.sum(Ai))
+    if ybar is None:
+        ybar = b[inf] / Ai
+        sse = float(np.sum(np.maximum(c[inf] - b[inf] * ybar, 0.0)) + np.sum(c[~inf]))
+        y0 = float(np.sum(b[inf]) / np.sum(Ai))
+    else:
+        ybar = np.asarray(ybar, dtype=np.float64)[inf]
+        sse = float(np.sum(np.asarray(within, dtype=np.float64)))
+        y0 = float(np.sum(Ai * ybar) / np.sum(Ai))
     d = ybar - y0
     order = np.argsort(Ai)
     Ai, d = Ai[order], d[order]

@@ -184,8 +184,11 @@ def _marginal_form(stats, param_shape, choice: str, mixed: bool = False):
                 f"tasks and no common coefficients (shape {param_shape}, mixed={mixed}; {why})"
             )
         return stats, {"form": "direct"}
+    centred = {}
+    if isinstance(stats, gauss.CentredStats):  # no c - b^2 / A: see scalar_marginal
+        centred = dict(ybar=stats.estimate, within=stats.within)
     form, info = scalar_marginal(
-        stats.xtx[:, 0, 0], stats.xty[:, 0], stats.yty, stats.count, stats.log_scale
+        stats.xtx[:, 0, 0], stats.xty[:, 0], stats.yty, stats.count, stats.log_scale, **centred
     )
     if form is None:
         if choice == "chebyshev":
