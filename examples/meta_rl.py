@@ -147,8 +147,14 @@ def evaluate(learner, params, goals, key, rollouts, horizon, max_steps, shared=F
     keys = jax.random.split(key, goals.shape[0])
     one_goal = _one_goal(learner.adapt, rollouts, horizon, max_steps)
     if shared:
-        return np.asarray(_shared_evaluator(one_goal)(params, goals, keys))
+        return np.asarray(_shared_evaluator(one_goal)(_strong(params), goals, keys))
     return np.asarray(jax.vmap(jax.jit(functools.partial(one_goal, params)))(goals, keys))
+
+
+def _strong(params):
+    """The same arrays without weak types (the initial ``log_std`` is weakly typed, trained
+    parameters are not): one compilation serves both."""
+    return jax.tree.map(lambda a: a.astype(a.dtype), params)
 
 
 @functools.cache
@@ -261,7 +267,7 @@ def main(argv=None):
     mean_path = jax.jit(rollout)
     for (name, p), color in zip(starts.items(), ("C0", "C1", "C2"), strict=True):
         for steps, ls in ((0, ":"), (1, "-")):
-            q = p if steps == 0 else adapt_once(p, {"goal": goal, "noise": noise})
+            q = _strong(p) if steps == 0 else adapt_once(_strong(p), {"goal": goal, "noise": noise})
             states, _, _ = mean_path(q, goal, jnp.zeros((args.horizon, 2)))
             path = np.asarray(states)
             ax.plot(path[:, 0], path[:, 1], ls=ls, color=color, label=f"{name}, {steps} step")
