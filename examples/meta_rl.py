@@ -145,9 +145,10 @@ def evaluate(learner, params, goals, key, rollouts, horizon, max_steps, shared=F
     function); the default compiles per start with ``params`` as constants, which differs
     from the shared one only by float32 round-off."""
     keys = jax.random.split(key, goals.shape[0])
-    one_goal = _one_goal(learner.adapt, rollouts, horizon, max_steps)
     if shared:
-        return np.asarray(_shared_evaluator(one_goal)(_strong(params), goals, keys))
+        run = _shared_evaluator(learner.adapt, rollouts, horizon, max_steps)
+        return np.asarray(run(_strong(params), goals, keys))
+    one_goal = _one_goal(learner.adapt, rollouts, horizon, max_steps)
     return np.asarray(jax.vmap(jax.jit(functools.partial(one_goal, params)))(goals, keys))
 
 
@@ -176,7 +177,22 @@ def _one_goal(adapt, rollouts, horizon, max_steps):
 
 
 @functools.cache
-def _shared_evaluator(one_goal):
+def _shared_evaluator(adapt, rollouts, horizon, max_steps):
+    """The evaluation of ``_one_goal`` with its steps in a ``lax.scan`` (compiled once,
+    not unrolled) and the start ``params`` as an argument."""
+
+    def one_goal(params, goal, k):
+        shape = (rollouts, horizon, 2)
+
+        def body(p, key):
+            k_score, k_adapt = jax.random.split(key)
+            score = returns(p, {"goal": goal, "noise": jax.random.normal(k_score, shape)})
+            support = {"goal": goal, "noise": jax.random.normal(k_adapt, shape)}
+            return adapt(p, support, num_steps=1), score.mean()
+
+        _, out = jax.lax.scan(body, params, jax.random.split(k, max_steps + 1))
+        return out
+
     return jax.jit(jax.vmap(one_goal, in_axes=(None, 0, 0)))
 
 
