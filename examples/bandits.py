@@ -177,12 +177,18 @@ def priors_for(family, post):
     return out
 
 
-def run_priors(family, priors, theta_new, key, horizon):
+# --quick: the grid prior as one compiled function per kind of prior (distributions are
+# pytrees), instead of many small op-by-op compilations
+_grid_log_prior_jit = jax.jit(grid_log_prior)
+
+
+def run_priors(family, priors, theta_new, key, horizon, quick=False):
     lo, hi = GRIDS[family]
     grid = jnp.linspace(lo, hi, GRID_SIZE)
+    log_prior_of = _grid_log_prior_jit if quick else grid_log_prior
     out = {}
     for name, prior in priors.items():
-        regret = thompson(family, grid_log_prior(prior, grid), jnp.asarray(theta_new), key, horizon)
+        regret = thompson(family, log_prior_of(prior, grid), jnp.asarray(theta_new), key, horizon)
         out[name] = np.cumsum(np.asarray(regret, dtype=float), axis=1)
     return out
 
@@ -227,7 +233,7 @@ def main(argv=None):
             sub = logs.subset(list(range(count))) if count < max(sweep) else logs
             post = fit_population(family, sub, args.seed, args.quick)
             curves_by_count[count] = run_priors(
-                family, priors_for(family, post), theta_new, k_family, args.horizon
+                family, priors_for(family, post), theta_new, k_family, args.horizon, args.quick
             )
             if count == args.past_tasks:
                 fits[family] = post
