@@ -108,7 +108,6 @@ def grid_log_prior(population, grid):
     return logp - jax.nn.logsumexp(logp, axis=1, keepdims=True)
 
 
-@functools.partial(jax.jit, static_argnames=("family", "horizon"))
 def thompson(family, log_prior, theta, key, horizon):
     """Thompson sampling on ``T`` tasks at once.
 
@@ -122,8 +121,19 @@ def thompson(family, log_prior, theta, key, horizon):
       ``(T, horizon)`` per-step pseudo-regret ``max_k v_k - v_{a_s}``.
     """
     lo, hi = GRIDS[family]
+    return _thompson(family == "bernoulli", lo, hi, log_prior, theta, key, horizon)
+
+
+@functools.partial(jax.jit, static_argnames=("horizon",))
+def _thompson(bernoulli, lo, hi, log_prior, theta, key, horizon):
+    # the family is a traced flag (both branches computed, one selected): both families
+    # share one compilation
     grid = jnp.linspace(lo, hi, GRID_SIZE)
-    values = arm_values(family, theta)
+
+    def values_of(t):
+        return jnp.where(bernoulli, jax.nn.sigmoid(t), t)
+
+    values = values_of(theta)
     best = values.max(axis=1)
 
     def one_task(vals, best, task_key):
@@ -132,15 +142,14 @@ def thompson(family, log_prior, theta, key, horizon):
             # one draw per arm from its grid posterior (Gumbel-max), then play the best
             gumbel = jax.random.gumbel(k_sample, log_post.shape)
             draws = grid[jnp.argmax(log_post + gumbel, axis=1)]
-            arm = jnp.argmax(arm_values(family, draws))
-            if family == "bernoulli":
-                reward = (jax.random.uniform(k_reward) < vals[arm]).astype(grid.dtype)
-                loglik = reward * jax.nn.log_sigmoid(grid) + (1 - reward) * jax.nn.log_sigmoid(
-                    -grid
-                )
-            else:
-                reward = vals[arm] + NOISE_SD * jax.random.normal(k_reward)
-                loglik = -0.5 * ((reward - grid) / NOISE_SD) ** 2
+            arm = jnp.argmax(values_of(draws))
+            success = (jax.random.uniform(k_reward) < vals[arm]).astype(grid.dtype)
+            loglik_bernoulli = success * jax.nn.log_sigmoid(grid) + (
+                1 - success
+            ) * jax.nn.log_sigmoid(-grid)
+            reward = vals[arm] + NOISE_SD * jax.random.normal(k_reward)
+            loglik_gaussian = -0.5 * ((reward - grid) / NOISE_SD) ** 2
+            loglik = jnp.where(bernoulli, loglik_bernoulli, loglik_gaussian)
             log_post = log_post.at[arm].add(loglik)
             log_post = log_post - jax.nn.logsumexp(log_post, axis=1, keepdims=True)
             return log_post, best - vals[arm]
@@ -168,12 +177,18 @@ def priors_for(family, post):
     return out
 
 
-def run_priors(family, priors, theta_new, key, horizon):
+# --quick: the grid prior as one compiled function per kind of prior (distributions are
+# pytrees), instead of many small op-by-op compilations
+_grid_log_prior_jit = jax.jit(grid_log_prior)
+
+
+def run_priors(family, priors, theta_new, key, horizon, quick=False):
     lo, hi = GRIDS[family]
     grid = jnp.linspace(lo, hi, GRID_SIZE)
+    log_prior_of = _grid_log_prior_jit if quick else grid_log_prior
     out = {}
     for name, prior in priors.items():
-        regret = thompson(family, grid_log_prior(prior, grid), jnp.asarray(theta_new), key, horizon)
+        regret = thompson(family, log_prior_of(prior, grid), jnp.asarray(theta_new), key, horizon)
         out[name] = np.cumsum(np.asarray(regret, dtype=float), axis=1)
     return out
 
@@ -218,7 +233,7 @@ def main(argv=None):
             sub = logs.subset(list(range(count))) if count < max(sweep) else logs
             post = fit_population(family, sub, args.seed, args.quick)
             curves_by_count[count] = run_priors(
-                family, priors_for(family, post), theta_new, k_family, args.horizon
+                family, priors_for(family, post), theta_new, k_family, args.horizon, args.quick
             )
             if count == args.past_tasks:
                 fits[family] = post

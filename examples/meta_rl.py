@@ -29,6 +29,7 @@ Run: ``python examples/meta_rl.py`` (a couple of minutes on a 2-core CPU);
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -136,12 +137,30 @@ def pretrain_learner(optimizer, inner_lr):
     return bm.meta.MetaLearner(init, step, bm.meta.maml(surrogate_loss, inner_lr=inner_lr).adapt)
 
 
-def evaluate(learner, params, goals, key, rollouts, horizon, max_steps):
+def evaluate(learner, params, goals, key, rollouts, horizon, max_steps, shared=False):
     """Mean return ``(num_goals, max_steps + 1)`` after 0..max_steps REINFORCE steps, each
-    step on fresh rollouts of the current policy, scored on fresh rollouts."""
+    step on fresh rollouts of the current policy, scored on fresh rollouts.
 
-    @jax.jit
-    def one_goal(goal, k):
+    ``shared=True`` compiles once for all starts (``params`` is an argument of the compiled
+    function); the default compiles per start with ``params`` as constants, which differs
+    from the shared one only by float32 round-off."""
+    keys = jax.random.split(key, goals.shape[0])
+    if shared:
+        run = _shared_evaluator(learner.adapt, rollouts, horizon, max_steps)
+        return np.asarray(run(_strong(params), goals, keys))
+    one_goal = _one_goal(learner.adapt, rollouts, horizon, max_steps)
+    return np.asarray(jax.vmap(jax.jit(functools.partial(one_goal, params)))(goals, keys))
+
+
+def _strong(params):
+    """The same arrays without weak types (the initial ``log_std`` is weakly typed, trained
+    parameters are not): one compilation serves both."""
+    return jax.tree.map(lambda a: a.astype(a.dtype), params)
+
+
+@functools.cache
+def _one_goal(adapt, rollouts, horizon, max_steps):
+    def one_goal(params, goal, k):
         keys = jax.random.split(k, max_steps + 1)
         shape = (rollouts, horizon, 2)
         p, out = params, []
@@ -151,11 +170,30 @@ def evaluate(learner, params, goals, key, rollouts, horizon, max_steps):
                 returns(p, {"goal": goal, "noise": jax.random.normal(k_score, shape)}).mean()
             )
             support = {"goal": goal, "noise": jax.random.normal(k_adapt, shape)}
-            p = learner.adapt(p, support, num_steps=1)
+            p = adapt(p, support, num_steps=1)
         return jnp.stack(out)
 
-    keys = jax.random.split(key, goals.shape[0])
-    return np.asarray(jax.vmap(one_goal)(goals, keys))
+    return one_goal
+
+
+@functools.cache
+def _shared_evaluator(adapt, rollouts, horizon, max_steps):
+    """The evaluation of ``_one_goal`` with its steps in a ``lax.scan`` (compiled once,
+    not unrolled) and the start ``params`` as an argument."""
+
+    def one_goal(params, goal, k):
+        shape = (rollouts, horizon, 2)
+
+        def body(p, key):
+            k_score, k_adapt = jax.random.split(key)
+            score = returns(p, {"goal": goal, "noise": jax.random.normal(k_score, shape)})
+            support = {"goal": goal, "noise": jax.random.normal(k_adapt, shape)}
+            return adapt(p, support, num_steps=1), score.mean()
+
+        _, out = jax.lax.scan(body, params, jax.random.split(k, max_steps + 1))
+        return out
+
+    return jax.jit(jax.vmap(one_goal, in_axes=(None, 0, 0)))
 
 
 def main(argv=None):
@@ -197,7 +235,9 @@ def main(argv=None):
     max_steps = max(STEPS_REPORTED)
     starts = {"maml": maml_state.params, "pretrained": pre_state.params, "random init": params0}
     scores = {
-        name: evaluate(maml, p, goals, k_eval, args.rollouts, args.horizon, max_steps)
+        name: evaluate(
+            maml, p, goals, k_eval, args.rollouts, args.horizon, max_steps, shared=args.quick
+        )
         for name, p in starts.items()
     }
     elapsed = time.time() - start
@@ -239,10 +279,12 @@ def main(argv=None):
     ax = axes[1]
     goal = goals[0]
     noise = jax.random.normal(jax.random.fold_in(k_eval, 7), (args.rollouts, args.horizon, 2))
+    adapt_once = jax.jit(functools.partial(maml.adapt, num_steps=1))  # one compile each
+    mean_path = jax.jit(rollout)
     for (name, p), color in zip(starts.items(), ("C0", "C1", "C2"), strict=True):
         for steps, ls in ((0, ":"), (1, "-")):
-            q = p if steps == 0 else maml.adapt(p, {"goal": goal, "noise": noise}, num_steps=1)
-            states, _, _ = rollout(q, goal, jnp.zeros((args.horizon, 2)))
+            q = _strong(p) if steps == 0 else adapt_once(_strong(p), {"goal": goal, "noise": noise})
+            states, _, _ = mean_path(q, goal, jnp.zeros((args.horizon, 2)))
             path = np.asarray(states)
             ax.plot(path[:, 0], path[:, 1], ls=ls, color=color, label=f"{name}, {steps} step")
     ax.scatter([goal[0]], [goal[1]], marker="*", s=200, c="k", label="goal", zorder=5)

@@ -19,8 +19,6 @@ def _load(name):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-# slow: two NUTS fits and two Thompson-sampling scans compile (about 30 s of CPU)
-@pytest.mark.slow
 def test_bandits_quick(tmp_path, capsys):
     summary = _load("bandits").main(["--quick", "--out", str(tmp_path), "--json"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -5,8 +5,6 @@ import json
 import math
 import os
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -18,8 +16,6 @@ def _load(name):
     return module
 
 
-# slow: two meta-training scans and the evaluation compile (about 30 s of CPU)
-@pytest.mark.slow
 def test_meta_rl_quick(tmp_path, capsys):
     summary = _load("meta_rl").main(["--quick", "--out", str(tmp_path), "--json"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
