@@ -111,6 +111,18 @@ def compile_watch():
 FUZZ_CASES: collections.Counter = collections.Counter()
 
 
+def pytest_sessionfinish(session):
+    # a worker of pytest-xdist hands its fuzz counts to the controller
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["fuzz_cases"] = dict(FUZZ_CASES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    FUZZ_CASES.update(getattr(node, "workeroutput", {}).get("fuzz_cases", {}))
+
+
 def pytest_terminal_summary(terminalreporter):
     if FUZZ_CASES:
         total = sum(FUZZ_CASES.values())
