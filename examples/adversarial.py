@@ -146,6 +146,14 @@ def _step(step, state, batch):
 _sample = jax.jit(lambda key, n, k, eps: sample_tasks(key, n, k, eps), static_argnums=(1, 2))
 
 
+def per_parameter(rate, params):
+    """``rate`` as a dict like ``params`` (a scalar is broadcast): every init then shares
+    one compiled ``accuracy_curves``."""
+    if isinstance(rate, dict):
+        return rate
+    return jax.tree.map(lambda p: jnp.broadcast_to(jnp.asarray(rate, p.dtype), p.shape), params)
+
+
 def steps_to(curve, target):
     hit = np.nonzero(curve >= target)[0]
     return int(hit[0]) if hit.size else None
@@ -172,7 +180,8 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print a JSON summary last")
     args = parser.parse_args(argv)
     if args.quick:
-        args.meta_iters, args.test_tasks, args.eval_steps, args.eval_pgd_steps = 30, 50, 5, 5
+        args.meta_iters, args.eval_steps, args.eval_pgd_steps = 30, 5, 5
+        args.test_tasks = args.meta_batch
     try:
         targets = [float(t) for t in args.targets.split(",")]
     except ValueError:
@@ -202,7 +211,11 @@ def main(argv=None):
     )
     inits[name], rates[name] = state.params.init, state.params.inner_lr
 
-    test = sample_tasks(jax.random.PRNGKey(args.seed + 1), args.test_tasks, args.shots, 0.0)
+    test_key = jax.random.PRNGKey(args.seed + 1)
+    if args.quick:  # as many test tasks as a meta-batch: the compiled sampler is reused
+        test = _sample(test_key, args.meta_batch, args.shots, 0.0)
+    else:
+        test = sample_tasks(test_key, args.test_tasks, args.shots, 0.0)
     curves = {}
     for name, params in inits.items():
         clean, robust = (
@@ -210,7 +223,7 @@ def main(argv=None):
             for a in accuracy_curves(
                 params,
                 test,
-                rates.get(name, args.inner_lr),
+                per_parameter(rates.get(name, args.inner_lr), params),
                 args.eval_steps,
                 args.eps,
                 args.eval_pgd_steps,

@@ -140,7 +140,11 @@ def main(argv=None) -> dict:
     k_init, k_a, k_b = jax.random.split(key, 3)
 
     # ---- initialisations learned on the task family (same Adam steps each)
-    params0 = init_mlp(k_init)
+    # in --quick the set-up is compiled whole (a few compiles instead of one per eager op)
+    init, sample = init_mlp, sample_tasks
+    if args.quick:
+        init, sample = jax.jit(init_mlp), jax.jit(sample_tasks, static_argnums=(1, 2))
+    params0 = init(k_init)
     sampler = make_sampler(args.meta_batch, args.meta_shots)
     learners = {
         "MAML": bm.meta.maml(mse_loss, optax.adam(1e-3), inner_lr=args.inner_lr),
@@ -161,8 +165,8 @@ def main(argv=None) -> dict:
     # ---- the (A, B) pairs: for A, 50 training, 100 query and 20 more points (the shots
     # of re-acquisition, nested across k); for B, 50 training points
     n, kmax = args.pairs, max(SHOTS)
-    ax_, ay_ = sample_tasks(k_a, n, 150 + kmax)
-    bx_, by_ = sample_tasks(k_b, n, 50)
+    ax_, ay_ = sample(k_a, n, 150 + kmax)
+    bx_, by_ = sample(k_b, n, 50)
     train_a = {"x": ax_[:, :50], "y": ay_[:, :50]}
     query_a = {"x": ax_[:, 50:150], "y": ay_[:, 50:150]}
     shots_a = {"x": ax_[:, 150:], "y": ay_[:, 150:]}

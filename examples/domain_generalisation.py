@@ -200,14 +200,18 @@ def main(argv=None) -> dict:
     # ---- part 2: a small network on sinusoid domains
     key = jax.random.PRNGKey(args.seed)
     k_tr, k_te, k_init = jax.random.split(key, 3)
-    train_x, train_y = sinusoid_domains(k_tr, args.net_train_domains, 100)
-    test_x, test_y = sinusoid_domains(k_te, args.net_test_domains, args.shots + 100)
+    # in --quick the set-up is compiled whole (a few compiles instead of one per eager op)
+    init, domains = init_mlp, sinusoid_domains
+    if args.quick:
+        init, domains = jax.jit(init_mlp), jax.jit(sinusoid_domains, static_argnums=(1, 2))
+    train_x, train_y = domains(k_tr, args.net_train_domains, 100)
+    test_x, test_y = domains(k_te, args.net_test_domains, args.shots + 100)
     test_batch = {
         "support": {"x": test_x[:, : args.shots], "y": test_y[:, : args.shots]},
         "query": {"x": test_x[:, args.shots :], "y": test_y[:, args.shots :]},
     }
     sampler = make_sampler(train_x, train_y, args.shots, 100 - args.shots)
-    params0 = init_mlp(k_init)
+    params0 = init(k_init)
     learners = {
         "average risk": bm.meta.average_risk(mse_loss, optax.adam(1e-3), inner_lr=args.net_alpha),
         "MAML (1 step)": bm.meta.maml(

@@ -246,7 +246,11 @@ def main(argv=None):
     start = time.time()
     key = jax.random.PRNGKey(args.seed)
     k_init, k_test = jax.random.split(key)
-    params0 = init_mlp(k_init)
+    # in --quick the set-up is compiled whole (a few compiles instead of one per eager op)
+    init, sample = init_mlp, sample_tasks
+    if args.quick:
+        init, sample = jax.jit(init_mlp), jax.jit(sample_tasks, static_argnums=(1, 2, 3))
+    params0 = init(k_init)
 
     def sampler(k):
         return sample_tasks(k, args.meta_batch, args.shots, args.shots, TRAIN_PHASE)
@@ -277,7 +281,7 @@ def main(argv=None):
         band = (TRAIN_PHASE[0] + shift, TRAIN_PHASE[1] + shift)
         # validation and test tasks in one batch (one compile); the rate is chosen on the
         # first n_val tasks and scored on the other n_test
-        batch = sample_tasks(
+        batch = sample(
             jax.random.fold_in(k_test, s_index), n_val + n_test, args.shots, args.query, band
         )
         for name in learners:
