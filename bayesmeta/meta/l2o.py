@@ -62,6 +62,7 @@ from bayesmeta.meta.learners import (
     _check_loss_fn,
     _check_optimizer,
     _check_positive,
+    _check_task_batch,
     _strong,
 )
 
@@ -332,31 +333,15 @@ def build_l2o_loss(
 
 
 def _check_batch(task_batch: Any, name: str = "task_batch") -> int:
-    if not isinstance(task_batch, Mapping) or not {"params", "task"} <= set(task_batch):
-        got = sorted(task_batch) if isinstance(task_batch, Mapping) else type(task_batch).__name__
-        raise ValueError(
-            f"{name}: expected a mapping with keys 'params' (the optimizee's starting "
-            f"parameters) and 'task' (the task data), each with a leading meta-batch axis, "
-            f"got {got}"
-        )
-    sizes = set()
-    for part in ("params", "task"):
-        leaves = jax.tree.leaves(task_batch[part])
-        if not leaves:
-            raise ValueError(f"{name}['{part}']: has no array leaves")
-        for leaf in leaves:
-            if jnp.ndim(leaf) < 1:
-                raise ValueError(
-                    f"{name}['{part}']: every leaf needs a leading meta-batch axis, got a scalar"
-                )
-            sizes.add(jnp.shape(leaf)[0])
-    if len(sizes) != 1:
-        raise ValueError(
-            f"{name}: leaves disagree on the meta-batch size (leading axis): {sorted(sizes)}"
-        )
-    size = sizes.pop()
-    if size < 1:
-        raise ValueError(f"{name}: the meta-batch is empty")
+    size = _check_task_batch(
+        task_batch,
+        name,
+        parts=("params", "task"),
+        expected=(
+            "keys 'params' (the optimizee's starting parameters) and 'task' (the task data), "
+            "each with a leading meta-batch axis"
+        ),
+    )
     for leaf in jax.tree.leaves(task_batch["params"]):
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             raise ValueError(

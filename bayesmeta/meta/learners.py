@@ -190,17 +190,20 @@ def _check_rate(name: str, value: Any) -> None:
         _check_positive(name, leaves[0])
 
 
-def _check_task_batch(task_batch: Any, name: str = "task_batch") -> int:
-    """ValueError unless ``task_batch`` is ``{"support": ..., "query": ...}`` with a common
-    leading meta-batch axis; returns the meta-batch size."""
-    if not isinstance(task_batch, Mapping) or not {"support", "query"} <= set(task_batch):
+def _check_task_batch(
+    task_batch: Any,
+    name: str = "task_batch",
+    parts: tuple[str, str] = ("support", "query"),
+    expected: str = "keys 'support' and 'query' (each a pytree with a leading meta-batch axis)",
+) -> int:
+    """ValueError unless ``task_batch`` is a mapping holding ``parts`` (by default
+    ``{"support": ..., "query": ...}``) with a common leading meta-batch axis; returns the
+    meta-batch size. ``expected`` describes the keys in the message."""
+    if not isinstance(task_batch, Mapping) or not set(parts) <= set(task_batch):
         got = sorted(task_batch) if isinstance(task_batch, Mapping) else type(task_batch).__name__
-        raise ValueError(
-            f"{name}: expected a mapping with keys 'support' and 'query' (each a pytree with a "
-            f"leading meta-batch axis), got {got}"
-        )
+        raise ValueError(f"{name}: expected a mapping with {expected}, got {got}")
     sizes = set()
-    for part in ("support", "query"):
+    for part in parts:
         leaves = jax.tree.leaves(task_batch[part])
         if not leaves:
             raise ValueError(f"{name}['{part}']: has no array leaves")
