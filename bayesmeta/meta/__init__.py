@@ -23,6 +23,7 @@ from bayesmeta.meta.last_layer import (
     LastLayerParams,
     bayesian_last_layer,
     build_last_layer_loss,
+    calibrate_last_layer,
     last_layer_hyper,
 )
 from bayesmeta.meta.learners import (
@@ -50,6 +51,7 @@ from bayesmeta.meta.posterior import (
     llama_gaussians,
     to_posterior,
 )
+from bayesmeta.meta.recalibration import Recalibration, recalibrate
 from bayesmeta.meta.representations import linear_cka, relative_change
 from bayesmeta.meta.train import train
 
@@ -102,5 +104,8 @@ __all__ = [
     "LastLayerParams",
     "bayesian_last_layer",
     "build_last_layer_loss",
+    "calibrate_last_layer",
+    "Recalibration",
+    "recalibrate",
     "last_layer_hyper",
 ]

@@ -7,8 +7,16 @@ have a meta-learned Gaussian prior,
     y = phi(x) . w + eps,    w ~ N(mu, L L^T),    eps ~ N(0, sigma^2),
 
 so that each task is a Bayesian linear regression on the learned features and everything
-after the features is closed-form (:mod:`bayesmeta.exact.linear`). The features, ``mu``,
-``L`` (lower-triangular, log-parameterised diagonal) and ``log sigma`` are meta-trained on
+after the features is closed-form (:mod:`bayesmeta.exact.linear`). With
+``predictive="student_t"`` a task scale ``s^2 ~ InverseGamma(a, b)``, also meta-learned,
+multiplies both the prior covariance and the noise variance (the normal-inverse-gamma
+prior): each task then learns its own scale from its support points, and the predictive is
+a Student-t with ``2a + n_support`` degrees of freedom. Use it when tasks differ in size
+(amplitudes, units): a Gaussian last layer gives every task intervals of the same width
+whatever its support values, too wide for small tasks and too narrow for large ones.
+
+The features, ``mu``, ``L`` (lower-triangular, log-parameterised diagonal) and
+``log sigma`` (and ``log a``, ``log b``) are meta-trained on
 the exact log predictive density of each task's query points given its support points,
 
     log p(y_q | y_s) = log p(y_s, y_q) - log p(y_s)
@@ -53,10 +61,16 @@ from bayesmeta.exact.linear import (
     GaussianPosterior,
     LinearHyper,
     LinearStats,
+    NIGPosterior,
+    StudentTPredictive,
     linear_log_marginal,
+    linear_log_marginal_t,
+    linear_quad_rows,
     linear_sufficient_stats,
     linear_task_posterior,
 )
+from bayesmeta.inference.assemble import assemble
+from bayesmeta.info import MetaInfo as PosteriorMetaInfo
 from bayesmeta.meta._compiled import compiled
 from bayesmeta.meta.learners import (
     MetaInfo,
@@ -68,13 +82,14 @@ from bayesmeta.meta.learners import (
     _params_of,
     _strong,
 )
-from bayesmeta.meta.posterior import TaskGaussians, to_posterior
+from bayesmeta.meta.posterior import TaskGaussians, _check_labels, to_posterior
 
 __all__ = [
     "LastLayerParams",
     "BayesianLastLayer",
     "bayesian_last_layer",
     "build_last_layer_loss",
+    "calibrate_last_layer",
     "last_layer_hyper",
 ]
 
@@ -90,6 +105,9 @@ class LastLayerParams(NamedTuple):
       tril       # shape=(F, F): lower-triangular; the prior's Cholesky factor L has this
                  #   strict lower triangle and exp(diagonal) on its diagonal
       log_noise  # shape=(): log of the noise sd sigma
+      log_concentration  # shape=() or None: log a of the task scale's InverseGamma(a, b)
+                         #   (None: a Gaussian last layer with no task scale)
+      log_rate           # shape=() or None: log b
 
     >>> import jax.numpy as jnp, bayesmeta as bm
     >>> learner = bm.meta.bayesian_last_layer(lambda n, x: x[:, None] * n, num_features=1)
@@ -102,6 +120,8 @@ class LastLayerParams(NamedTuple):
     mean: jax.Array
     tril: jax.Array
     log_noise: jax.Array
+    log_concentration: jax.Array | None = None
+    log_rate: jax.Array | None = None
 
 
 class BayesianLastLayer(NamedTuple):
@@ -114,6 +134,8 @@ class BayesianLastLayer(NamedTuple):
     gaussians(params_or_state, support_batch) -> GaussianPosterior  ((T, F), (T, F, F))
     predict(params_or_state, support_batch, x_query, noise=True) -> GaussianPosterior
         (per task: mean (T, m), cov (T, m, m); with the noise sigma^2 I by default)
+    With predictive="student_t", adapt and gaussians return an NIGPosterior and predict a
+    StudentTPredictive (mean (T, m), scale (T, m, m), df (T,)).
     posterior(params_or_state, support_batch, *, num_draws, seed, labels) -> Posterior
 
     >>> import jax.numpy as jnp, bayesmeta as bm
@@ -155,12 +177,59 @@ def _task_stats(phi: jax.Array, y: jax.Array, mask: jax.Array | None) -> LinearS
     return stats
 
 
-def _add(a: LinearStats, b: LinearStats) -> LinearStats:
-    return LinearStats(*(x + y for x, y in zip(a, b, strict=True)))
+def _scale_prior(params: LastLayerParams):
+    """``(a, b)`` of the task scale's InverseGamma, or None for a Gaussian last layer."""
+    if params.log_concentration is None:
+        return None
+    return jnp.exp(params.log_concentration), jnp.exp(params.log_rate)
+
+
+def _log_marginal(phi, y, mask, params: LastLayerParams) -> jax.Array:
+    """One task's exact log marginal likelihood (a scalar); with a task scale, its residual
+    quadratic form comes from the rows (:func:`bayesmeta.exact.linear_quad_rows`)."""
+    hyper, prior = last_layer_hyper(params), _scale_prior(params)
+    stats = _task_stats(phi, y, mask)
+    if prior is None:
+        return linear_log_marginal(stats, hyper)[0]
+    mean = linear_task_posterior(stats, hyper).mean[0]
+    quad = linear_quad_rows(phi, y, mean, hyper, mask)
+    return linear_log_marginal_t(stats, hyper, *prior, quad=quad[None])[0]
+
+
+def _task_posterior(phi, y, mask, params: LastLayerParams):
+    """One task's exact posterior: a GaussianPosterior, or an NIGPosterior with a task scale."""
+    hyper, prior = last_layer_hyper(params), _scale_prior(params)
+    stats = _task_stats(phi, y, mask)
+    post = linear_task_posterior(stats, hyper)
+    if prior is None:
+        return GaussianPosterior(post.mean[0], post.cov[0])
+    quad = linear_quad_rows(phi, y, post.mean[0], hyper, mask)
+    a, b = prior
+    count = stats.count[0]
+    return NIGPosterior(post.mean[0], post.cov[0], a + 0.5 * count, b + 0.5 * quad)
+
+
+def _pointwise_log_density(post, phi_q, y_q, params):
+    """``log p(y_qi | y_s)`` per query point under the posterior ``post`` (Gaussian or
+    Student-t marginals of the predictive)."""
+    mean = phi_q @ post.mean
+    var = jnp.einsum("mf,fg,mg->m", phi_q, post.cov, phi_q) + jnp.exp(2 * params.log_noise)
+    if isinstance(post, NIGPosterior):
+        df = 2.0 * post.concentration
+        scale2 = var * post.rate / post.concentration
+        z2 = (y_q - mean) ** 2 / scale2
+        return (
+            jax.scipy.special.gammaln(0.5 * (df + 1))
+            - jax.scipy.special.gammaln(0.5 * df)
+            - 0.5 * jnp.log(jnp.pi * df * scale2)
+            - 0.5 * (df + 1) * jnp.log1p(z2 / df)
+        )
+    return -0.5 * (jnp.log(2 * jnp.pi * var) + (y_q - mean) ** 2 / var)
 
 
 def build_last_layer_loss(
     feature_fn: Callable[[PyTree, Any], jax.Array],
+    objective: str = "joint",
 ) -> Callable[[LastLayerParams, Mapping], tuple[jax.Array, jax.Array]]:
     """The meta-objective: minus the exact log predictive density per query point.
 
@@ -168,8 +237,14 @@ def build_last_layer_loss(
 
         task_loss_b = -(log p(y_q | y_s)) / n_q = -(log p(y_s, y_q) - log p(y_s)) / n_q
 
-    under the linear-Gaussian last layer on the features ``feature_fn(params.net, x)``,
-    differentiable in every field of ``params``.
+    (``objective="joint"``), or with ``objective="pointwise"`` the mean of the query
+    points' own log predictive densities, ``-(1/n_q) sum_i log p(y_qi | y_s)``: the proper
+    scoring rule for each point's predictive marginal, which is what interval coverage
+    measures (the joint rewards the correlation between query points as well).
+
+    under the linear-Gaussian last layer on the features ``feature_fn(params.net, x)``
+    (or its Student-t form when ``params`` carry a task-scale prior), differentiable in
+    every field of ``params``.
 
     >>> import jax, jax.numpy as jnp, numpy as np, bayesmeta as bm
     >>> from scipy import stats
@@ -183,20 +258,118 @@ def build_last_layer_loss(
     True
     """
 
+    if objective not in ("joint", "pointwise"):
+        raise ValueError(f"objective: expected 'joint' or 'pointwise', got {objective!r}")
+
     def task_loss(params, task):
-        hyper = last_layer_hyper(params)
         s, q = task["support"], task["query"]
-        stats_s = _task_stats(feature_fn(params.net, s["x"]), s["y"], s.get("mask"))
-        stats_q = _task_stats(feature_fn(params.net, q["x"]), q["y"], q.get("mask"))
-        joint = linear_log_marginal(_add(stats_s, stats_q), hyper)[0]
-        marginal = linear_log_marginal(stats_s, hyper)[0]
-        return -(joint - marginal) / stats_q.count[0]
+        phi_s, phi_q = feature_fn(params.net, s["x"]), feature_fn(params.net, q["x"])
+        ms, mq = s.get("mask"), q.get("mask")
+        count_q = q["y"].shape[0] if mq is None else jnp.sum(mq.astype(phi_q.dtype))
+        if objective == "pointwise":
+            post = _task_posterior(phi_s, s["y"], ms, params)
+            lp = _pointwise_log_density(post, phi_q, q["y"], params)
+            lp = lp if mq is None else jnp.where(mq, lp, 0.0)
+            return -jnp.sum(lp) / count_q
+        cat = lambda a, b: jnp.concatenate([a, b], axis=0)  # noqa: E731
+        joint_mask = None
+        if ms is not None or mq is not None:
+            ones = lambda n: jnp.ones(n, bool)  # noqa: E731
+            joint_mask = cat(
+                ones(s["y"].shape[0]) if ms is None else ms,
+                ones(q["y"].shape[0]) if mq is None else mq,
+            )
+        joint = _log_marginal(cat(phi_s, phi_q), cat(s["y"], q["y"]), joint_mask, params)
+        marginal = _log_marginal(phi_s, s["y"], ms, params)
+        return -(joint - marginal) / count_q
 
     def meta_loss(params, task_batch):
-        losses = jax.vmap(task_loss, in_axes=(None, 0))(params, task_batch)
+        # a loop over the meta-batch, not vmap: vmap batches the Cholesky factorisations,
+        # and jaxlib 0.10's batched LAPACK kernels can deadlock when two run at once
+        # (seen in every default run of examples/bayesian_last_layer.py on jaxlib 0.10.2)
+        losses = jax.lax.map(lambda task: task_loss(params, task), task_batch)
         return jnp.mean(losses), losses
 
     return meta_loss
+
+
+def calibrate_last_layer(
+    feature_fn: Callable[[PyTree, Any], jax.Array],
+    params: Any,
+    task_batch: Mapping,
+    *,
+    objective: str = "pointwise",
+    max_iter: int = 200,
+) -> LastLayerParams:
+    """Refit the scale of a meta-trained last layer on held-out validation tasks.
+
+    Meta-training moves the features faster than the widths: the predictive of a model
+    trained for a fixed budget tends to be wider than its current accuracy warrants. This
+    refits, on ``task_batch`` (fresh tasks, never the test tasks), only the numbers that set
+    every task's interval widths and tails, by maximising the exact predictive density of
+    the query points given the support points (:func:`build_last_layer_loss` with
+    ``objective``), with the features and the shape of the prior held fixed:
+
+    * with a task-scale prior (``predictive="student_t"``), its ``InverseGamma(a, b)``
+      (``log_concentration`` and ``log_rate``): ``b / a`` sets the widths, ``a`` the tails;
+    * a Gaussian last layer gets one common scale ``c`` multiplying ``L`` and ``sigma``.
+
+    Returns new :class:`LastLayerParams` (a MetaState's params are taken as they are).
+    Exact gradients, L-BFGS (scipy) on one or two unconstrained numbers.
+
+    >>> import jax.numpy as jnp, numpy as np, bayesmeta as bm
+    >>> feats = lambda net, x: jnp.ones((x.shape[0], 1))  # y ~ N(w, sigma^2), w ~ N(0, 1)
+    >>> p = bm.meta.LastLayerParams(None, jnp.zeros(1), jnp.zeros((1, 1)), jnp.log(1.0))
+    >>> rng = np.random.default_rng(0)
+    >>> y = 3.0 * rng.normal(size=(400, 1)) + 3.0 * rng.normal(size=(400, 2))  # 3x too small
+    >>> part = lambda a: {"x": jnp.zeros_like(a), "y": jnp.asarray(a)}
+    >>> batch = {"support": part(y[:, :1]), "query": part(y[:, 1:])}
+    >>> q = bm.meta.calibrate_last_layer(feats, p, batch)
+    >>> bool(abs(float(jnp.exp(q.log_noise)) - 3.0) < 0.3)  # the common scale found: about 3
+    True
+    """
+    import scipy.optimize
+
+    params = _params_of(params)
+    if not isinstance(params, LastLayerParams):
+        raise ValueError(f"params: expected LastLayerParams, got {type(params).__name__}")
+    _check_batch(task_batch)
+    _check_int("max_iter", max_iter, 1)
+    meta_loss = build_last_layer_loss(feature_fn, objective)
+    student = params.log_concentration is not None
+
+    def rebuild(u):
+        if student:
+            return params._replace(log_concentration=u[0], log_rate=u[1])
+        strict, log_diag = jnp.tril(params.tril, -1), jnp.diagonal(params.tril)
+        return params._replace(  # L -> c L and sigma -> c sigma, c = exp(u)
+            tril=strict * jnp.exp(u[0]) + jnp.diag(log_diag + u[0]),
+            log_noise=params.log_noise + u[0],
+        )
+
+    dtype = jnp.result_type(params.log_noise)
+    fn = jax.jit(jax.value_and_grad(lambda u: meta_loss(rebuild(u), task_batch)[0]))
+
+    def scipy_fn(u):
+        value, grad = fn(jnp.asarray(u, dtype))
+        return float(value), np.asarray(grad, np.float64)
+
+    u0 = (
+        np.array([float(params.log_concentration), float(params.log_rate)])
+        if student
+        else np.zeros(1)
+    )
+    res = scipy.optimize.minimize(  # log-scale bounds keep a, b and c in float range
+        scipy_fn,
+        u0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(-20.0, 20.0)] * u0.size,
+        options={"maxiter": max_iter},
+    )
+    if not np.all(np.isfinite(res.x)):
+        raise FloatingPointError("calibrate_last_layer: the refit scale is not finite")
+    return rebuild(jnp.asarray(res.x, dtype))
 
 
 # ----------------------------------------------------------------------------- checks
@@ -254,6 +427,9 @@ def bayesian_last_layer(
     num_features: int,
     prior_scale: float = 1.0,
     noise: float = 0.1,
+    predictive: str = "gaussian",
+    concentration: float = 2.0,
+    objective: str = "joint",
 ) -> BayesianLastLayer:
     """Meta-learned features with an exact Bayesian linear last layer (ALPaCA).
 
@@ -264,6 +440,13 @@ def bayesian_last_layer(
       prior_scale: initial prior sd of every last-layer weight (``L = prior_scale I``)
         when ``init`` gets the network's weights alone; the prior mean starts at zero.
       noise: initial noise sd ``sigma``.
+      predictive: ``"gaussian"`` (ALPaCA: known scale, Gaussian predictive) or
+        ``"student_t"`` (a meta-learned task scale ``s^2 ~ InverseGamma(a, b)`` multiplying
+        the prior covariance and the noise variance; Student-t predictive; module doc).
+      concentration: initial ``a`` of the task scale's prior (``"student_t"``); ``b``
+        starts at ``a``, so that ``s^2`` starts near 1.
+      objective: ``"joint"`` (the query points' joint predictive density, ALPaCA) or
+        ``"pointwise"`` (each query point's own; see :func:`build_last_layer_loss`).
 
     Returns:
       a :class:`BayesianLastLayer`. ``step`` maximises the exact log predictive density of
@@ -273,6 +456,9 @@ def bayesian_last_layer(
       Adaptation is exact and closed-form; ``posterior`` returns a ``Posterior`` (method
       ``"bayesian_last_layer"``, site ``"w"`` with dims ``["task", "feature"]``) whose
       ``info`` holds the ``gaussians``, the ``prior`` (a ``LinearHyper``) and ``noise``.
+      With ``"student_t"`` the draws are exact draws of each task's normal-inverse-gamma
+      (sites ``"w"`` and ``"noise"``, the task's noise sd ``s sigma``, dims ``["task"]``),
+      and ``info`` holds the ``nig`` posteriors and the ``scale_prior`` ``(a, b)``.
 
     >>> import jax.numpy as jnp, optax, bayesmeta as bm
     >>> feats = lambda net, x: jnp.stack([jnp.ones_like(x), net * x], axis=-1)  # [1, a x]
@@ -292,7 +478,11 @@ def bayesian_last_layer(
     _check_int("num_features", num_features, 1)
     _check_positive("prior_scale", prior_scale)
     _check_positive("noise", noise)
-    meta_loss = build_last_layer_loss(feature_fn)
+    _check_positive("concentration", concentration)
+    if predictive not in ("gaussian", "student_t"):
+        raise ValueError(f"predictive: expected 'gaussian' or 'student_t', got {predictive!r}")
+    student = predictive == "student_t"
+    meta_loss = build_last_layer_loss(feature_fn, objective)
     f = num_features
 
     def _params(params_or_state) -> LastLayerParams:
@@ -312,11 +502,14 @@ def bayesian_last_layer(
             dtype = leaves[0].dtype if leaves else jnp.float32
             if not jnp.issubdtype(dtype, jnp.floating):
                 dtype = jnp.float32
+            log_a = jnp.asarray(math.log(concentration), dtype) if student else None
             params = LastLayerParams(
                 params,
                 jnp.zeros((f,), dtype),
                 jnp.diag(jnp.full((f,), math.log(prior_scale), dtype)),
                 jnp.asarray(math.log(noise), dtype),
+                log_a,
+                log_a,
             )
         if jnp.shape(params.mean) != (f,) or jnp.shape(params.tril) != (f, f):
             raise ValueError(
@@ -327,6 +520,17 @@ def bayesian_last_layer(
             raise ValueError(
                 f"params.log_noise: expected a scalar, got {jnp.shape(params.log_noise)}"
             )
+        has_prior = (params.log_concentration is not None, params.log_rate is not None)
+        if has_prior != (student, student):
+            raise ValueError(
+                f"params: log_concentration and log_rate must both be "
+                f"{'scalars' if student else 'None'} for predictive={predictive!r}"
+            )
+        for name in ("log_concentration", "log_rate") if student else ():
+            if jnp.ndim(getattr(params, name)) != 0:
+                raise ValueError(
+                    f"params.{name}: expected a scalar, got {jnp.shape(getattr(params, name))}"
+                )
         params = _strong(params)
         return MetaState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
@@ -355,9 +559,8 @@ def bayesian_last_layer(
         return new_state, MetaInfo(loss, before, losses, grad_norm)
 
     def _posterior_one(params, support):
-        stats = _task_stats(feature_fn(params.net, support["x"]), support["y"], support.get("mask"))
-        post = linear_task_posterior(stats, last_layer_hyper(params))
-        return GaussianPosterior(post.mean[0], post.cov[0])
+        phi = feature_fn(params.net, support["x"])
+        return _task_posterior(phi, support["y"], support.get("mask"), params)
 
     def adapt(params_or_state, support, num_steps=None):
         if num_steps is not None:
@@ -371,9 +574,7 @@ def bayesian_last_layer(
         def one(params, support):
             phi = fn_ref()(params.net, support["x"])
             _check_features(params, support["x"], phi)  # while tracing: before compiling
-            stats = _task_stats(phi, support["y"], support.get("mask"))
-            post = linear_task_posterior(stats, last_layer_hyper(params))
-            return GaussianPosterior(post.mean[0], post.cov[0])
+            return _task_posterior(phi, support["y"], support.get("mask"), params)
 
         @jax.jit
         def many(params, support_batch):
@@ -388,6 +589,11 @@ def bayesian_last_layer(
             cov = jnp.einsum("tmf,tfg,tng->tmn", phi, posts.cov, phi)
             sigma2 = jnp.exp(2 * params.log_noise)
             cov = cov + with_noise * sigma2 * jnp.eye(phi.shape[1], dtype=cov.dtype)
+            if isinstance(posts, NIGPosterior):
+                ratio = posts.rate / posts.concentration
+                return StudentTPredictive(
+                    mean, ratio[:, None, None] * cov, 2.0 * posts.concentration
+                )
             return GaussianPosterior(mean, cov)
 
         return many, predictive
@@ -423,8 +629,10 @@ def bayesian_last_layer(
         seed = check_seed(seed)
         params = _params(params_or_state)
         post = gaussians(params, support_batch)
-        g = TaskGaussians.from_moments(np.asarray(post.mean), np.asarray(post.cov))
         hyper = jax.tree.map(np.asarray, last_layer_hyper(params))
+        if isinstance(post, NIGPosterior):
+            return _student_posterior(params, post, hyper, num_draws, seed, labels)
+        g = TaskGaussians.from_moments(np.asarray(post.mean), np.asarray(post.cov))
         return to_posterior(
             g,
             {"w": jnp.zeros(f)},
@@ -434,6 +642,34 @@ def bayesian_last_layer(
             labels=labels,
             param_dim=("feature", list(range(f))),
             info={"gaussians": g, "prior": hyper, "noise": float(hyper.noise)},
+        )
+
+    def _student_posterior(params, post, hyper, num_draws, seed, labels):
+        """Exact draws from each task's normal-inverse-gamma: ``s^2`` from its
+        InverseGamma, then ``w | s^2`` Gaussian; sites ``w`` and ``noise`` (``s sigma``)."""
+        _check_int("num_draws", num_draws, 1)
+        num_tasks = int(post.mean.shape[0])
+        labels = _check_labels(labels, num_tasks)
+        k_s, k_w = jax.random.split(jax.random.PRNGKey(seed))
+        a, b = np.asarray(post.concentration), np.asarray(post.rate)
+        gam = np.asarray(jax.random.gamma(k_s, jnp.asarray(a)[:, None], (num_tasks, num_draws)))
+        s2 = b[:, None] / gam  # (T, S): InverseGamma(a, b)
+        g = TaskGaussians.from_moments(np.asarray(post.mean), np.asarray(post.cov))
+        eps = np.asarray(g.sample(k_w, num_draws)) - np.asarray(post.mean)[:, None]  # (T, S, F)
+        w = np.asarray(post.mean)[:, None] + np.sqrt(s2)[..., None] * eps
+        noise = np.sqrt(s2) * float(hyper.noise)
+        return assemble(
+            {"w": np.moveaxis(w, 1, 0)[None], "noise": noise.T[None]},
+            method="bayesian_last_layer",
+            dims={"w": ["task", "feature"], "noise": ["task"]},
+            coords={"task": labels, "feature": list(range(f))},
+            info={
+                "nig": jax.tree.map(np.asarray, post),
+                "prior": hyper,
+                "scale_prior": tuple(float(v) for v in _scale_prior(params)),
+                "noise": float(hyper.noise),
+            },
+            info_type=PosteriorMetaInfo,
         )
 
     return BayesianLastLayer(init, step, adapt, gaussians, predict, posterior)

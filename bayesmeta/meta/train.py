@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ import numpy as np
 from jax import lax
 
 from bayesmeta._checks import check_seed
+from bayesmeta.inference.diagnostics import FitWarning
 from bayesmeta.meta._compiled import compiled
 from bayesmeta.meta.learners import MetaState
 
@@ -169,4 +171,30 @@ def train(
             recent = recent[np.isfinite(recent)]
             bar.set_postfix(loss=f"{float(recent.mean()):.4g}" if recent.size else "nan")
     history = {k: np.concatenate([r[k] for r in records])[:num_steps] for k in records[0]}
+    _warn_if_not_finite(state, history)
     return state, history
+
+
+def _warn_if_not_finite(state: MetaState, history: dict[str, np.ndarray]) -> None:
+    """A FitWarning naming the first outer step whose loss was not finite, and whether the
+    returned meta-parameters are: training never hands back NaN without saying so."""
+    loss = history.get("loss")
+    bad_steps = np.flatnonzero(~np.isfinite(loss)) if loss is not None else np.array([], int)
+    leaves = [np.asarray(x) for x in jax.tree.leaves(state.params)]
+    bad_params = any(
+        np.issubdtype(x.dtype, np.inexact) and not np.all(np.isfinite(x)) for x in leaves
+    )
+    if bad_steps.size or bad_params:
+        first = f"first at step {int(bad_steps[0])}, " if bad_steps.size else ""
+        what = (
+            "the returned meta-parameters are NOT finite"
+            if bad_params
+            else ("the returned meta-parameters are finite")
+        )
+        warnings.warn(
+            f"train: {bad_steps.size} of {loss.size if loss is not None else 0} outer steps "
+            f"had a non-finite loss ({first}{what}); lower the outer learning rate or clip "
+            "the meta-gradient",
+            FitWarning,
+            stacklevel=3,
+        )

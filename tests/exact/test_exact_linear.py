@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import optimize, stats
+from scipy import stats as st
 
+import bayesmeta as bm
 from bayesmeta.exact import (
     GaussianPosterior,
     LinearHyper,
@@ -340,3 +342,78 @@ def test_mixed_linear_gaussian_bad_input():
         linear_gaussian(tasks, common=[0, 1, 2])
     with pytest.raises(ValueError, match="mu: cannot be fixed"):
         linear_gaussian(tasks, mu=[0.0, 0.0], common=["w"])
+
+
+# ------------------------------------------------------ normal-inverse-gamma (Student-t)
+def _nig_problem(seed=3):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(9, 2))
+    task = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    y = x @ np.array([0.7, -1.2]) + 0.4 * rng.normal(size=9)
+    scale = rng.uniform(0.5, 2.0, size=9)  # per-row relative noise scales
+    stats = bm.exact.linear_sufficient_stats(x, y, task, 2, noise_scale=scale)
+    tril = np.array([[0.8, 0.0], [-0.3, 0.5]])
+    hyper = bm.exact.LinearHyper(jnp.array([0.2, -0.4]), jnp.asarray(tril), jnp.asarray(0.6))
+    return x, y, task, scale, stats, hyper
+
+
+def test_student_t_marginal_matches_scipy_and_an_integral_over_the_scale():
+    """Two independent references: scipy's multivariate t on the dense covariance, and the
+    Gaussian marginal integrated numerically against the InverseGamma density of s^2."""
+    from scipy import integrate
+
+    x, y, task, scale, stats, hyper = _nig_problem()
+    a, b = 2.5, 0.7
+    got = np.asarray(bm.exact.linear_log_marginal_t(stats, hyper, a, b))
+    cov = np.asarray(hyper.cov)
+    for t in range(2):
+        rows = task == t
+        xt, yt = x[rows], y[rows]
+        k = xt @ cov @ xt.T + 0.6**2 * np.diag(scale[rows] ** 2)
+        mean = xt @ np.asarray(hyper.mu)
+        ref = st.multivariate_t(mean, (b / a) * k, df=2 * a).logpdf(yt)
+        np.testing.assert_allclose(got[t], ref, rtol=1e-10)
+
+        def integrand(s2, xt=xt, yt=yt, k=k, mean=mean):
+            dens = st.multivariate_normal(mean, s2 * k).pdf(yt)
+            return dens * st.invgamma(a, scale=b).pdf(s2)
+
+        value, _ = integrate.quad(integrand, 0, np.inf, epsabs=0, epsrel=1e-11, limit=200)
+        np.testing.assert_allclose(got[t], np.log(value), rtol=1e-7)
+
+
+def test_student_t_posterior_matches_the_dense_conjugate_update():
+    """Textbook normal-inverse-gamma update in dense numpy (precision form, no Woodbury)."""
+    x, y, task, scale, stats, hyper = _nig_problem()
+    a, b = 1.5, 0.3
+    post = bm.exact.linear_task_posterior_t(stats, hyper, a, b)
+    cov0, mu0 = np.asarray(hyper.cov), np.asarray(hyper.mu)
+    for t in range(2):
+        rows = task == t
+        xt, yt = x[rows], y[rows]
+        w = 1.0 / (0.6**2 * scale[rows] ** 2)
+        prec = np.linalg.inv(cov0) + xt.T @ (w[:, None] * xt)
+        cov = np.linalg.inv(prec)
+        mean = cov @ (np.linalg.solve(cov0, mu0) + xt.T @ (w * yt))
+        # b' = b + (y'Wy + mu0' cov0^-1 mu0 - mean' prec mean) / 2
+        quad = yt @ (w * yt) + mu0 @ np.linalg.solve(cov0, mu0) - mean @ prec @ mean
+        np.testing.assert_allclose(post.mean[t], mean, rtol=1e-9)
+        np.testing.assert_allclose(post.cov[t], cov, rtol=1e-9)
+        np.testing.assert_allclose(post.concentration[t], a + rows.sum() / 2, rtol=1e-12)
+        np.testing.assert_allclose(post.rate[t], b + quad / 2, rtol=1e-9)
+    marginal = post.marginal()
+    np.testing.assert_allclose(marginal.df, 2 * (a + np.array([4, 5]) / 2))
+    np.testing.assert_allclose(
+        marginal.scale, (post.rate / post.concentration)[:, None, None] * post.cov
+    )
+
+
+@pytest.mark.parametrize(
+    "a,b", [(0.0, 1.0), (1.0, -1.0), (np.nan, 1.0), (np.ones(2), 1.0), (1.0, np.inf)]
+)
+def test_student_t_rejects_bad_scale_priors(a, b):
+    _, _, _, _, stats, hyper = _nig_problem()
+    with pytest.raises(ValueError, match="concentration|rate"):
+        bm.exact.linear_log_marginal_t(stats, hyper, a, b)
+    with pytest.raises(ValueError, match="concentration|rate"):
+        bm.exact.linear_task_posterior_t(stats, hyper, a, b)

@@ -27,4 +27,8 @@ def test_bayesian_last_layer_quick(tmp_path, capsys):
     assert np.isfinite(last["mse"]) and np.isfinite(last["log_pred"])
     assert 0.0 <= last["coverage50"] <= last["coverage90"] <= 1.0
     assert last == result["K5_last_layer"]
+    for name in ("K5_last_layer_(t)", "K5_t_+_recal."):  # the Student-t layer, recalibrated
+        row = summary[name]
+        assert np.isfinite(row["mse"]) and np.isfinite(row["log_pred"])
+        assert 0.0 <= row["coverage50"] <= row["coverage90"] <= 1.0
     assert os.path.isfile(tmp_path / "bayesian_last_layer.png")

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 import bayesmeta.meta as meta
+from bayesmeta.inference.diagnostics import FitWarning
 from bayesmeta.meta import quadratic as q
 
 # ----------------------------------------------------------------------------- fixtures
@@ -311,3 +312,17 @@ def test_bad_inputs_raise_value_errors_naming_the_field():
         meta.train(learner, _tiny_params(), lambda k: tasks, 0)
     with pytest.raises(ValueError, match="inner_lr"):
         learner.adapt(state, _one_task(tasks, 0)["support"], inner_lr={"w": jnp.ones(3)})
+
+
+def test_train_warns_when_the_loss_or_the_parameters_go_non_finite():
+    """A diverging outer loop (sgd at rate 10 on a quadratic: |1 - 10 * 2| > 1 grows by 19x
+    a step until it overflows) is reported, never returned silently."""
+    loss = lambda p, b: jnp.sum((p - b) ** 2)  # noqa: E731
+    data = jnp.array([[1.0], [3.0]], jnp.float32)
+    sampler = lambda key: {"support": data, "query": data}  # noqa: E731
+    learner = meta.maml(loss, optax.sgd(10.0), inner_lr=1e-3, num_inner_steps=1)
+    with pytest.warns(FitWarning, match="non-finite loss .*first at step"):
+        state, history = meta.train(
+            learner, jnp.zeros((), jnp.float32), sampler, 200, progress_bar=False
+        )
+    assert not np.all(np.isfinite(history["loss"]))
