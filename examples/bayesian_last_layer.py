@@ -124,6 +124,30 @@ def _weight_draws(mlp, gaussians, template, xq, sigma, key, num_draws):
     return f + sigma * jax.random.normal(jax.random.fold_in(key, 1), f.shape, f.dtype)
 
 
+def train_last_layer(sin, params0, sampler, args, seed, progress, **options):
+    """A Bayesian last layer on the network's last hidden units, meta-trained by Adam."""
+    learner = bm.meta.bayesian_last_layer(
+        make_features(sin), optax.adam(1e-3), num_features=sin.HIDDEN[-1], noise=0.1, **options
+    )
+    state, _ = bm.meta.train(
+        learner,
+        learner.init(params0[:-1]),
+        sampler,
+        args.meta_iters,
+        seed=seed,
+        progress_bar=progress,
+    )
+    return learner, state
+
+
+def t_marginals(learner, params_or_state, tasks):
+    """Each query point's Student-t predictive: location and scale ``(T, n)``, and the
+    degrees of freedom ``(T, 1)``."""
+    pred = learner.predict(params_or_state, tasks["support"], tasks["query"]["x"])
+    scale2 = np.asarray(jnp.diagonal(pred.scale, axis1=-2, axis2=-1))
+    return np.asarray(pred.mean), np.sqrt(scale2), np.asarray(pred.df)[:, None]
+
+
 def run_shots(sin, args, k_shots, key, progress):
     """Train every method at ``k_shots`` support points and score it on held-out tasks."""
     k_init, k_test, k_sigma, k_abml, k_draw = jax.random.split(key, 5)
@@ -223,17 +247,7 @@ def run_shots(sin, args, k_shots, key, progress):
 
     # --- the Bayesian last layer: features and prior meta-trained on the exact predictive
     t0 = time.time()
-    learner = bm.meta.bayesian_last_layer(
-        make_features(sin), optax.adam(1e-3), num_features=sin.HIDDEN[-1], noise=0.1
-    )
-    state, _ = bm.meta.train(
-        learner,
-        learner.init(params0[:-1]),
-        sampler,
-        args.meta_iters,
-        seed=args.seed + 3,
-        progress_bar=progress,
-    )
+    learner, state = train_last_layer(sin, params0, sampler, args, args.seed + 3, progress)
     pred = learner.predict(state, test["support"], test["query"]["x"])
     mean = np.asarray(pred.mean)
     var = np.asarray(jnp.diagonal(pred.cov, axis1=-2, axis2=-1))
@@ -244,41 +258,28 @@ def run_shots(sin, args, k_shots, key, progress):
     # --- the same with a meta-learned task scale (normal-inverse-gamma, Student-t
     # predictive), meta-trained on each query point's own predictive density
     t0 = time.time()
-    student = bm.meta.bayesian_last_layer(
-        make_features(sin),
-        optax.adam(1e-3),
-        num_features=sin.HIDDEN[-1],
-        noise=0.1,
+    student, student_state = train_last_layer(
+        sin,
+        params0,
+        sampler,
+        args,
+        args.seed + 4,
+        progress,
         predictive="student_t",
         objective="pointwise",
-    )
-    student_state, _ = bm.meta.train(
-        student,
-        student.init(params0[:-1]),
-        sampler,
-        args.meta_iters,
-        seed=args.seed + 4,
-        progress_bar=progress,
     )
     # its widths refit on fresh validation tasks (never the test tasks): InverseGamma(a, b)
     val, _ = sin.sample_tasks(jax.random.fold_in(key, 7), args.val_tasks, k_shots, args.query)
     raw = student_state.params
     refit = bm.meta.calibrate_last_layer(make_features(sin), raw, val)
     student_state = student_state._replace(params=refit)
-    pred = student.predict(student_state, test["support"], test["query"]["x"])
-    mean = np.asarray(pred.mean)
-    scale2 = np.asarray(jnp.diagonal(pred.scale, axis1=-2, axis2=-1))
-    lpd, cover = student_scores(mean, scale2, np.asarray(pred.df), truth)
+    mean, sd, df = t_marginals(student, student_state, test)
+    lpd, cover = student_scores(mean, sd**2, df[:, 0], truth)
     scores["last layer (t)"] = (float(np.mean((mean - truth) ** 2)), lpd, cover, 0)
     # quantile recalibration from the validation tasks' PIT values (Kuleshov et al., 2018):
     # the same predictive, its intervals bounded by the quantiles that covered on validation
-    vpred = student.predict(student_state, val["support"], val["query"]["x"])
-    vsd = np.sqrt(np.asarray(jnp.diagonal(vpred.scale, axis1=-2, axis2=-1)))
-    vdf = np.asarray(vpred.df)[:, None]
-    recal = bm.meta.recalibrate(
-        stats.t.cdf(np.asarray(val["query"]["y"]), vdf, np.asarray(vpred.mean), vsd)
-    )
-    sd, df = np.sqrt(scale2), np.asarray(pred.df)[:, None]
+    vmean, vsd, vdf = t_marginals(student, student_state, val)
+    recal = bm.meta.recalibrate(stats.t.cdf(np.asarray(val["query"]["y"]), vdf, vmean, vsd))
     cover_recal = {}
     for level in LEVELS:
         lo, hi = (stats.t.ppf(q, df, mean, sd) for q in recal.interval(level))
@@ -289,9 +290,8 @@ def run_shots(sin, args, k_shots, key, progress):
     p = student_state.params
     scale_prior = (float(jnp.exp(p.log_concentration)), float(jnp.exp(p.log_rate)))
     # the same before the refit, for the record
-    pred = student.predict(raw, test["support"], test["query"]["x"])
-    scale2 = np.asarray(jnp.diagonal(pred.scale, axis1=-2, axis2=-1))
-    _, cover_raw = student_scores(np.asarray(pred.mean), scale2, np.asarray(pred.df), truth)
+    mean, sd, df = t_marginals(student, raw, test)
+    _, cover_raw = student_scores(mean, sd**2, df[:, 0], truth)
     scale_prior_raw = (float(jnp.exp(raw.log_concentration)), float(jnp.exp(raw.log_rate)))
     # the same adaptation as a Posterior over the last-layer weights (ArviZ-ready)
     first = jax.tree.map(lambda a: a[:3], test["support"])

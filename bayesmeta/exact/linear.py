@@ -255,6 +255,15 @@ def linear_log_marginal(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
     >>> bool(np.allclose(lp, ref, rtol=1e-5))
     True
     """
+    s2, rr, zz, logdet = _marginal_terms(stats, hyper)
+    return -0.5 * (
+        stats.count * jnp.log(2.0 * jnp.pi * s2) + 2.0 * stats.log_scale + logdet + rr - zz
+    )
+
+
+def _marginal_terms(stats: LinearStats, hyper: LinearHyper):
+    """``sigma^2``, ``rr_t``, ``|C_t^{-1} L^T g_t|^2`` and ``log det M_t`` per task: the
+    pieces of both marginals (module doc), combined by each in its own order."""
     mu = _task_mu(stats, hyper.mu)
     s2, _, chol, _, z = _pieces(stats, hyper)
     rr = (
@@ -263,30 +272,14 @@ def linear_log_marginal(stats: LinearStats, hyper: LinearHyper) -> jnp.ndarray:
         + jnp.einsum("ti,tij,tj->t", mu, stats.xtx, mu)
     ) / s2
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-    return -0.5 * (
-        stats.count * jnp.log(2.0 * jnp.pi * s2)
-        + 2.0 * stats.log_scale
-        + logdet
-        + rr
-        - jnp.sum(z**2, axis=-1)
-    )
+    return s2, rr, jnp.sum(z**2, axis=-1), logdet
 
 
 def _quad_logdet(stats: LinearStats, hyper: LinearHyper):
     """``Q_t = r_t^T K_t^{-1} r_t`` and ``log det K_t`` per task, where ``r_t`` is the
-    residual from the population mean and ``K_t = X_t Sigma X_t^T + sigma^2 diag(s^2)``.
-    (:func:`linear_log_marginal` keeps its own arithmetic, so that the Gaussian marginal,
-    and every fit built on it, rounds exactly as before the Student-t form was added.)"""
-    mu = _task_mu(stats, hyper.mu)
-    s2, _, chol, _, z = _pieces(stats, hyper)
-    rr = (
-        stats.yty
-        - 2.0 * jnp.sum(stats.xty * mu, axis=-1)
-        + jnp.einsum("ti,tij,tj->t", mu, stats.xtx, mu)
-    ) / s2
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-    logdet = logdet + stats.count * jnp.log(s2) + 2.0 * stats.log_scale
-    return rr - jnp.sum(z**2, axis=-1), logdet
+    residual from the population mean and ``K_t = X_t Sigma X_t^T + sigma^2 diag(s^2)``."""
+    s2, rr, zz, logdet = _marginal_terms(stats, hyper)
+    return rr - zz, logdet + stats.count * jnp.log(s2) + 2.0 * stats.log_scale
 
 
 def linear_task_posterior(stats: LinearStats, hyper: LinearHyper) -> GaussianPosterior:
