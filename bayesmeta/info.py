@@ -11,7 +11,8 @@ record                 fields (beyond ``options``, ``diagnostics``, ``extra``)
 :class:`NUTSInfo`      ``timing`` (trace_s, compile_s, sampling_s, first_posterior_s,
                        compiled), ``chain_method``, ``target_accept``, ``retried``
 :class:`CollapsedInfo` ``compiled`` ("new"/"reused"), ``marginal`` (form, degree, error)
-:class:`LaplaceInfo`   ``laplace`` (per task: Newton convergence, importance ESS), and
+:class:`LaplaceInfo`   ``laplace`` (per task: Newton convergence, importance ESS),
+                       ``hyper_sampler`` (which sampler drew the hyperparameters, why), and
                        ``timing``, ``chain_method``, ``target_accept``, ``retried`` as NUTS
 :class:`VIInfo`        ``elbo`` (per step), ``converged``, ``elbo_change``,
                        ``guide_params``, ``convergence`` (the criterion's values)
@@ -102,6 +103,7 @@ class CollapsedInfo(FitInfo):
 @dataclass
 class LaplaceInfo(NUTSInfo):
     laplace: dict | None = None
+    hyper_sampler: dict | None = None
 
 
 @dataclass

@@ -74,7 +74,8 @@ def _resolve(method: str, model: Any, tasks: TaskSet) -> tuple[str, dict | None]
         return "nuts", {
             "chosen": "nuts",
             "why": "the Laplace pilot passed, but nested Laplace is not yet faster than full "
-            "NUTS (bayesmeta.inference.laplace.AUTO_PICKS_LAPLACE)",
+            "NUTS by the margin the switch waits for "
+            "(bayesmeta.inference.laplace.AUTO_PICKS_LAPLACE)",
             **trust,
         }
     failing = trust["tasks_failing"]

@@ -17,9 +17,13 @@ hyperparameters), and
 ``H_t`` the Hessian of ``f_t`` at the mode. The mode carries a custom derivative, so the
 gradient of the approximate marginal in ``phi`` is the implicit-function-theorem one at
 the mode (``d theta^ / d phi = -H^-1 d grad f / d phi``), never a derivative of the
-Newton iterations. NUTS samples ``phi`` on
-``log p(phi) + sum_t log p(y_t | phi)``; every draw ``phi_s`` is completed by a draw of
-every ``theta_t`` from its Laplace Gaussian ``N(theta_t^, -H_t^-1)``. For a Gaussian
+Newton iterations. ``phi`` is sampled on ``log p(phi) + sum_t log p(y_t | phi)``: by
+default with independence Metropolis-Hastings (:mod:`bayesmeta.inference.independence`;
+a split Student-t proposal at the mode, all proposals evaluated in batches, each
+proposal's pass also drawing every ``theta_t``), or by NUTS (``hyper_sampler="nuts"``, and
+the fallback when the independence sampler accepts too little). Every draw ``phi_s`` is
+completed by a draw of every ``theta_t`` from its Laplace Gaussian
+``N(theta_t^, -H_t^-1)``. For a Gaussian
 likelihood the approximation is exact (the collapsed engine's marginal).
 
 **Importance correction** (``importance=True``, the default): per task, the draws are
@@ -77,21 +81,35 @@ from bayesmeta.inference.nuts import (
 )
 from bayesmeta.inference.registry import Engine, sampler_cli_options
 from bayesmeta.info import LaplaceInfo
-from bayesmeta.likelihoods import glm_mle_exists
+from bayesmeta.likelihoods import _GLM, glm_mle_exists
 from bayesmeta.model import Hierarchical, _spread_estimate
 
 __all__ = ["fit_laplace", "why_not_laplace", "LAPLACE_OPTIONS", "laplace_trust"]
 
 LAPLACE_OPTIONS = dict(
-    NUTS_OPTIONS, newton_steps=6, importance=True, log_likelihood=True, theta_batch=256
+    NUTS_OPTIONS,
+    newton_steps=6,
+    importance=True,
+    log_likelihood=True,
+    theta_batch=256,
+    hyper_sampler="auto",
 )
+HYPER_SAMPLERS = ("auto", "independence", "nuts")
+#: the independence sampler is kept (under hyper_sampler="auto") when its acceptance rate
+#: is at least this in every chain, and the hyperparameters number at most MAX_IMH_DIM
+MIN_IMH_ACCEPTANCE = 0.25
+MAX_IMH_DIM = 40
+_IMH_BLOCK = 32
+# relative change of the potential at the mode that counts as a new surface (float32
+# arithmetic on a sum over 1,000 tasks carries about 1e-7 relative)
+_POTENTIAL_TOL = 1e-5
 _PROGRAMS_ATTR = "_laplace_programs"
 # the trust rule of method="auto" (module docstring)
 MIN_ESS_FRACTION = 0.5
 #: whether method="auto" picks nested Laplace where the pilot trusts it. Off: measured on
-#: 1,000 logistic tasks (20 rows, 4 features) one gradient of the Laplace marginal costs
-#: about 4 ms against 0.65 ms for one of the full model, and a 1-chain run took 45 ms per
-#: NUTS iteration (full NUTS: about 14 ms), so it is slower end to end today
+#: 1,000 logistic tasks (20 rows, 4 features, 4 x 1000 draws) the independence sampler's
+#: first fit reaches about 20 ESS/s against about 4 for full NUTS, 4.7x, short of the 20x
+#: the switch waits for; with NUTS on the marginal it was slower than full NUTS
 AUTO_PICKS_LAPLACE = False
 PILOT_DRAWS = 256
 _NEWTON_TOL = 1e-6
@@ -191,6 +209,17 @@ def _chol_solve(chol, b):
     return jnp.stack(x, -1)
 
 
+def _lower_solve(chol, b):
+    """``L^-1 b`` for a lower ``L`` ``(p, p)`` and ``b`` ``(p,)``."""
+    p = chol.shape[-1]
+    if p > _UNROLL_MAX:
+        return jax.scipy.linalg.solve_triangular(chol, b, lower=True)
+    y = [None] * p
+    for i in range(p):
+        y[i] = (b[..., i] - sum(chol[..., i, k] * y[k] for k in range(i))) / chol[..., i, i]
+    return jnp.stack(y, -1)
+
+
 def _upper_solve(chol, z):
     """``L^-T z`` for a lower ``L``: a draw with covariance ``(L L^T)^-1`` from ``z``."""
     p = chol.shape[-1]
@@ -212,19 +241,41 @@ def _task_pieces(lik, pop, param_shape, regression):
     def shaped(theta):
         return theta if param_shape else theta[0]
 
-    def loglik(theta, extras, data_t):
+    def design(data_t):
+        x = lik.design(data_t)
         rows = data_t["y"].shape[0]
-        theta_rows = jnp.broadcast_to(shaped(theta), (rows, *param_shape))
-        lp = lik.row_dist(theta_rows, data_t, extras).log_prob(data_t["y"])
+        return jnp.ones((rows, 1), data_t["y"].dtype) if x is None else x
+
+    def eta_of(theta, extras, data_t):
+        x = design(data_t)
+        eta = x @ theta
+        if getattr(lik, "_split", None) is not None:
+            eta = eta + lik._common_eta(data_t, extras)
+        return eta, x
+
+    # a GLM's rows from their linear predictor x @ theta: jaxlib 0.10.2 miscompiled the
+    # float32 row-wise form below (theta broadcast to rows, intercept + slopes summed),
+    # under a vmap over hyperparameter draws of the vmap over tasks, by up to 119 nats on
+    # 1,000 logistic tasks (right in float64 and on jax 0.12)
+    by_eta = hasattr(lik, "_dist_eta") and type(lik)._dist_eta is not _GLM._dist_eta
+
+    def loglik(theta, extras, data_t):
+        if by_eta and lik.design(data_t) is not None:
+            eta, _ = eta_of(theta, extras, data_t)
+            lp = lik._dist_eta(eta, data_t, extras).log_prob(data_t["y"])
+        else:
+            rows = data_t["y"].shape[0]
+            theta_rows = jnp.broadcast_to(shaped(theta), (rows, *param_shape))
+            lp = lik.row_dist(theta_rows, data_t, extras).log_prob(data_t["y"])
         return jnp.sum(jnp.where(data_t["mask"], lp, 0.0))
 
+    # the triangular solves written out, as the Newton solves (_UNROLL_MAX)
     def precision(chol):
         eye = jnp.eye(p, dtype=chol.dtype)
-        inv = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)  # L^-1
-        return inv.T @ inv
+        return jnp.stack([_chol_solve(chol, eye[i]) for i in range(p)], -1)
 
     def logprior(theta, loc, chol):
-        z = jax.scipy.linalg.solve_triangular(chol, theta - loc, lower=True)
+        z = _lower_solve(chol, theta - loc)
         logdet = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol))))
         return -0.5 * jnp.sum(z**2) - logdet - 0.5 * p * math.log(2 * math.pi)
 
@@ -238,18 +289,6 @@ def _task_pieces(lik, pop, param_shape, regression):
             return -jax.jacfwd(grad)(theta, extras, loc, chol, data_t)
 
         return logjoint, grad, neg_hess, p
-
-    def design(data_t):
-        x = lik.design(data_t)
-        rows = data_t["y"].shape[0]
-        return jnp.ones((rows, 1), data_t["y"].dtype) if x is None else x
-
-    def eta_of(theta, extras, data_t):
-        x = design(data_t)
-        eta = x @ theta
-        if getattr(lik, "_split", None) is not None:
-            eta = eta + lik._common_eta(data_t, extras)
-        return eta, x
 
     def grad(theta, extras, loc, chol, data_t):
         eta, x = eta_of(theta, extras, data_t)
@@ -328,9 +367,11 @@ def _all_tasks(lik, pop, param_shape, regression, steps):
     return jax.vmap(one, in_axes=(0, None, 0, None, 0)), pieces[0]
 
 
-def _hyper_model(model, param_shape, regression, steps):
+def _hyper_model(model, param_shape, regression, steps, record=False):
     """NumPyro model of the hyperparameters with every theta_t Laplace-integrated;
-    called as ``fn(data=padded per-task data, start=(T, p), task_x=...)``."""
+    called as ``fn(data=padded per-task data, start=(T, p), task_x=...)``. With
+    ``record``, every task's Laplace pieces are kept as deterministic sites (``_lm``,
+    ``_mode``, ``_neg_h``, ``_rel``, ``_loc``, ``_chol``) for the independence sampler."""
     pop, lik = model.population, model.likelihood
     vmapped, _ = _all_tasks(lik, pop, param_shape, regression, steps)
 
@@ -339,7 +380,17 @@ def _hyper_model(model, param_shape, regression, steps):
         extras = {name: numpyro.sample(name, d) for name, d in lik.global_priors().items()}
         num_tasks = start.shape[0]
         loc, chol = _population_pieces(pop, hyper, param_shape, regression, task_x, num_tasks)
-        lm, _, _, _ = vmapped(start, extras, loc, chol, data)
+        lm, mode, neg_h, rel = vmapped(start, extras, loc, chol, data)
+        if record:
+            for name, value in (
+                ("_lm", lm),
+                ("_mode", mode),
+                ("_neg_h", neg_h),
+                ("_rel", rel),
+                ("_loc", loc),
+                ("_chol", chol),
+            ):
+                numpyro.deterministic(name, value)
         numpyro.factor("y_laplace", jnp.sum(lm))
 
     return laplace_model
@@ -529,14 +580,260 @@ def check_laplace_options(opts: dict) -> None:
     if not isinstance(steps, int | np.integer) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"newton_steps: must be a positive integer, got {steps!r}")
     check_int_option(opts, "theta_batch")
+    if not isinstance(opts["hyper_sampler"], str) or opts["hyper_sampler"] not in HYPER_SAMPLERS:
+        raise ValueError(
+            f"hyper_sampler: one of {', '.join(map(repr, HYPER_SAMPLERS))}, "
+            f"got {opts['hyper_sampler']!r}"
+        )
     check_bool_option(opts, "importance")
     check_bool_option(opts, "log_likelihood")
+
+
+class _IndependencePrograms:
+    """The compiled pieces of the independence sampler for one model structure, over the
+    flattened unconstrained hyperparameters: the potential's value and gradient at one
+    point, and for a block of ``_IMH_BLOCK`` proposals their log densities together with
+    every task's Laplace mode, one draw of every theta_t from its Laplace Gaussian and
+    that draw's log importance weight (the completion fused into the same pass, so the
+    Laplace solves are not repeated). Executables are built ahead of time, once per input
+    signature; ``compile_s`` sums the time spent building them."""
+
+    def __init__(self, model, param_shape, regression, steps, inputs):
+        from numpyro.distributions.transforms import biject_to
+        from numpyro.infer.util import log_density
+
+        lik, pop = model.likelihood, model.population
+        fn = _hyper_model(model, param_shape, regression, steps, record=True)
+        logjoint = _task_pieces(lik, pop, param_shape, regression)[0]
+        # the latent sites' shapes and supports from an abstract trace (nothing is
+        # evaluated: NumPyro's own initialisation would run every Newton solve op by op)
+        supports = {}
+
+        def latent(inp):
+            tr = numpyro.handlers.trace(numpyro.handlers.seed(fn, 0)).get_trace(**inp)
+            out = {}
+            for name, site in tr.items():
+                if site["type"] == "sample" and not site["is_observed"]:
+                    supports[name] = site["fn"].support
+                    out[name] = site["value"]
+            return out
+
+        shapes = jax.eval_shape(latent, inputs)
+        layout = []
+        for name, sd in shapes.items():
+            ushape = tuple(biject_to(supports[name]).inverse_shape(sd.shape))
+            layout.append((name, ushape, int(np.prod(ushape, dtype=int))))
+        # the start of the mode search: 0 in the unconstrained space of every site
+        self.x0 = np.zeros(sum(size for _, _, size in layout))
+
+        def constrained(x):
+            out, logj, at = {}, 0.0, 0
+            for name, ushape, size in layout:
+                u = x[at : at + size].reshape(ushape)
+                t = biject_to(supports[name])
+                out[name] = t(u)
+                logj = logj + jnp.sum(t.log_abs_det_jacobian(u, out[name]))
+                at += size
+            return out, logj
+
+        def logp(x, inputs):
+            """log density on the unconstrained space (NumPyro's potential, negated) and
+            the model's recorded Laplace pieces"""
+            params, logj = constrained(x)
+            lj, trace = log_density(fn, (), inputs, params)
+            pieces = {k: trace[k]["value"] for k in ("_lm", "_mode", "_neg_h", "_rel")}
+            pieces.update(loc=trace["_loc"]["value"], chol=trace["_chol"]["value"])
+            return lj + logj, (params, pieces)
+
+        def potential(x, inputs):
+            return -logp(x, inputs)[0]
+
+        extras_names = list(lik.global_priors())
+
+        def one(x, key, inputs):
+            lp, (params, pc) = logp(x, inputs)
+            chol_h = jax.vmap(_chol)(pc["_neg_h"])  # (T, p, p): -H = C C^T
+            mode = pc["_mode"]
+            z = jax.random.normal(key, mode.shape, mode.dtype)
+            theta = mode + jax.vmap(_upper_solve)(chol_h, z)
+            logq = (
+                -0.5 * jnp.sum(z**2, -1)
+                + jnp.sum(jnp.log(jnp.diagonal(chol_h, axis1=-2, axis2=-1)), -1)
+                - 0.5 * mode.shape[-1] * math.log(2 * math.pi)
+            )
+            extras = {n: params[n] for n in extras_names}
+            f = jax.vmap(logjoint, in_axes=(0, None, 0, None, 0))(
+                theta, extras, pc["loc"], pc["chol"], inputs["data"]
+            )
+            return lp, mode, theta, f - logq - pc["_lm"], pc["_rel"], params
+
+        def block(xs, key, inputs):
+            keys = jax.random.split(key, xs.shape[0])
+            return jax.vmap(one, in_axes=(0, 0, None))(xs, keys, inputs)
+
+        self._fns = {"value_and_grad": jax.value_and_grad(potential), "block": block}
+        self._exe: dict = {}
+        self.compile_s = 0.0
+
+    def __call__(self, name, *args):
+        sig = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), args)
+        sig = (name, jax.tree.structure(args), tuple(jax.tree.leaves(sig)), sharding.key())
+        exe = self._exe.get(sig)
+        if exe is None:
+            t0 = time.perf_counter()
+            exe = self._exe[sig] = sharding.jit(self._fns[name]).lower(*args).compile()
+            self.compile_s += time.perf_counter() - t0
+        return exe(*args)
+
+
+def _independence_hyper(model, store, key, regression, inputs, opts, seed):
+    """Independence Metropolis-Hastings on the hyperparameters' Laplace marginal
+    (:mod:`bayesmeta.inference.independence`): ``(samples, sampler stats, timing, why)``,
+    or ``(None, None, None, why)`` when ``hyper_sampler="auto"`` should use NUTS instead
+    (too many hyperparameters, no curvature at the mode, or an acceptance rate below
+    ``MIN_IMH_ACCEPTANCE`` in some chain); ``why`` records the sampler's diagnostics.
+    ``inputs["start"]`` becomes every task's mode at the hyperparameters' mode, the warm
+    start of the proposals' Newton solves and of the theta completion."""
+    from bayesmeta.inference import independence
+    from bayesmeta.inference.diagnostics import FitError
+
+    t0 = time.perf_counter()
+    param_shape, _, steps = key
+    progs = store.get((*key, "independence"))
+    if progs is None:
+        progs = store[(*key, "independence")] = _IndependencePrograms(
+            model, param_shape, regression, steps, inputs
+        )
+    compiled_before = progs.compile_s
+    explicit = opts["hyper_sampler"] == "independence"
+    d = progs.x0.size
+    if d > MAX_IMH_DIM:
+        why = f"{d} hyperparameters, more than the independence sampler's {MAX_IMH_DIM}"
+        if explicit:
+            raise ValueError(f"hyper_sampler: 'independence' is not available: {why}")
+        return None, None, None, {"reason": why, "seconds": time.perf_counter() - t0}
+    dtype = inputs["start"].dtype
+
+    def value_and_grad(x):
+        v, g = progs("value_and_grad", jnp.asarray(x, dtype), inputs)
+        return float(v), np.asarray(g, float)
+
+    base = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+    kept = {}
+
+    def run_blocks(ys):
+        outs = []
+        for i in range(0, len(ys), _IMH_BLOCK):
+            part = ys[i : i + _IMH_BLOCK]
+            n = len(part)
+            if n < _IMH_BLOCK:
+                part = np.concatenate([part, np.repeat(part[:1], _IMH_BLOCK - n, axis=0)])
+            key = jax.random.fold_in(base, i // _IMH_BLOCK)
+            out = progs("block", jnp.asarray(part, dtype), key, inputs)
+            outs.append(jax.tree.map(lambda v, n=n: np.asarray(v)[:n], out))
+        return jax.tree.map(lambda *v: np.concatenate(v), *outs)
+
+    def logp(ys, final):
+        lp, _, theta, logw, rel, params = run_blocks(ys)
+        if final:
+            kept.update(theta=theta, logw=logw, rel=rel, params=params)
+        return lp
+
+    def at_mode(x):
+        # the potential's Newton solves start from every task's mode at x, where they
+        # converge in a step or two near x; changed when that moved the potential at x
+        before = value_and_grad(x)[0]
+        _, mode, _, _, rel, _ = run_blocks(np.asarray(x)[None])
+        settled = np.asarray(rel[0]) < _NEWTON_TOL
+        inputs["start"] = jnp.where(jnp.asarray(settled)[:, None], mode[0], inputs["start"])
+        after = value_and_grad(x)[0]
+        return abs(after - before) > _POTENTIAL_TOL * max(1.0, abs(after))
+
+    chains, thin = int(opts["num_chains"]), int(opts["thinning"])
+    draws = int(opts["num_samples"])
+    try:
+        z, stats, info = independence.sample(
+            logp,
+            value_and_grad,
+            progs.x0,
+            chains=chains,
+            draws=draws,
+            warmup=int(opts["num_warmup"]),
+            seed=np.asarray(jax.random.key_data(jax.random.PRNGKey(seed))).astype(np.uint32),
+            at_mode=at_mode,
+        )
+    except independence.IndependenceError as err:
+        if explicit:
+            raise FitError(f"laplace: the independence sampler failed: {err}") from err
+        return None, None, None, {"reason": str(err), "seconds": time.perf_counter() - t0}
+    seconds = time.perf_counter() - t0
+    acceptance = np.asarray(info["acceptance"])
+    why = {
+        "acceptance": acceptance.tolist(),
+        "importance_ess_fraction": info["importance_ess_fraction"],
+        "mode_converged": info["mode_converged"],
+        "evaluations": info["evaluations"],
+        "nonfinite_proposals": info["nonfinite_proposals"],
+        "dim": d,
+        "seconds": seconds,
+    }
+    if acceptance.min() < MIN_IMH_ACCEPTANCE and not explicit:
+        why["reason"] = (
+            f"acceptance rate {acceptance.min():.2f} in a chain, below {MIN_IMH_ACCEPTANCE}"
+        )
+        return None, None, None, why
+    stats = {k: v[:, ::thin] for k, v in stats.items()}
+    index = stats.pop("index")  # (chain, draw): rows of the final evaluation
+    shape = index.shape
+    samples = {k: v[index.ravel()].reshape(*shape, *v.shape[1:]) for k, v in kept["params"].items()}
+    # theta_t of each draw: the draw from its Laplace Gaussian made with that proposal
+    completion = {k: kept[k][index.ravel()] for k in ("theta", "logw", "rel")}
+    compile_s = progs.compile_s - compiled_before
+    extras = {"diverging": np.zeros(shape, bool), "accept_prob": stats["accept_prob"]}
+    timing = {
+        "trace_s": 0.0,
+        "compile_s": compile_s,
+        "compiled": compile_s > 0,
+        "sampling_s": seconds - compile_s,
+    }
+    why["completion"] = completion
+    return samples, extras, timing, why
+
+
+def _nuts_hyper(model, store, key, regression, inputs, nuts_opts, layout, seed):
+    """NUTS on the hyperparameters' Laplace marginal (one compiled program per model
+    structure, as full NUTS): ``(samples, sampler stats, timing, info)``."""
+    param_shape, _, steps = key
+    key = (
+        *key,
+        layout,
+        tuple((k, v) for k, v in sorted(nuts_opts.items()) if k != "progress_bar"),
+    )
+    program = store.get(key)
+    if program is None:
+        fn = _hyper_model(model, param_shape, regression, steps)
+        program = store[key] = CompiledNUTS(fn, nuts_opts, layout)
+    target = start_target(nuts_opts)
+    samples, extras, timing = program.run(seed, inputs, target)
+    info = {"target_accept": target}
+    divergences = int(np.sum(np.asarray(extras["diverging"])))
+    if nuts_opts["target_accept"] == "auto" and divergences:
+        info["retried"] = {"target_accept": target, "divergences": divergences}
+        target = TARGET_ACCEPT_RETRY
+        samples, extras, again = program.run(seed, inputs, target)
+        timing["sampling_s"] += again["sampling_s"]
+        info["target_accept"] = target
+    return samples, extras, timing, info
 
 
 def fit_laplace(model, tasks, seed: int = 0, **options):
     """Fit by nested Laplace; returns a :class:`~bayesmeta.posterior.Posterior`.
 
-    Options: those of ``method="nuts"`` plus ``newton_steps`` (damped Newton steps per
+    Options: those of ``method="nuts"`` plus ``hyper_sampler`` (``"auto"``, the default:
+    independence Metropolis-Hastings on the hyperparameters' Laplace marginal,
+    :func:`_independence_hyper`, falling back to NUTS as it says; ``"independence"`` or
+    ``"nuts"`` to force one; ``info["hyper_sampler"]`` records which ran and why),
+    ``newton_steps`` (damped Newton steps per
     task per evaluation, default 6, from the pilot's modes), ``importance`` (per-task
     importance resampling of the theta draws, default True), ``log_likelihood`` (the
     pointwise log-likelihood on first use) and ``theta_batch`` (hyperparameter draws per
@@ -566,34 +863,39 @@ def fit_laplace(model, tasks, seed: int = 0, **options):
     layout = resolve_chain_method(nuts_opts["chain_method"])
     if layout == "parallel":
         raise ValueError("chain_method: 'parallel' is not available for method='laplace'")
-    key = (
-        param_shape,
-        built.structure,
-        steps,
-        layout,
-        tuple((k, v) for k, v in sorted(nuts_opts.items()) if k != "progress_bar"),
-    )
     store = model.__dict__.setdefault(_PROGRAMS_ATTR, {})
-    program = store.get(key)
-    if program is None:
-        fn = _hyper_model(model, param_shape, regression, steps)
-        program = store[key] = CompiledNUTS(fn, nuts_opts, layout)
     # split over devices along the task axis (devices=)
     inputs = sharding.place({"data": data, "start": start, "task_x": task_x}, tasks.num_tasks)
-    target = start_target(nuts_opts)
-    samples, extras, timing = program.run(seed, inputs, target)
-    info = {"options": opts, "chain_method": layout, "target_accept": target}
-    divergences = int(np.sum(np.asarray(extras["diverging"])))
-    if nuts_opts["target_accept"] == "auto" and divergences:
-        info["retried"] = {"target_accept": target, "divergences": divergences}
-        target = TARGET_ACCEPT_RETRY
-        samples, extras, again = program.run(seed, inputs, target)
-        timing["sampling_s"] += again["sampling_s"]
-        info["target_accept"] = target
+    info = {"options": opts, "chain_method": layout}
+    samples = None
+    if opts["hyper_sampler"] in ("auto", "independence"):
+        samples, extras, timing, why = _independence_hyper(
+            model, store, (param_shape, built.structure, steps), regression, inputs, opts, seed
+        )
+        info["hyper_sampler"] = dict(why, used="independence" if samples is not None else "nuts")
+    if samples is None:
+        samples, extras, timing, info_nuts = _nuts_hyper(
+            model,
+            store,
+            (param_shape, built.structure, steps),
+            regression,
+            inputs,
+            nuts_opts,
+            layout,
+            seed,
+        )
+        info.update(info_nuts)
+        if "hyper_sampler" in info:
+            timing["independence_s"] = info["hyper_sampler"].get("seconds", 0.0)
+        else:
+            info["hyper_sampler"] = {"used": "nuts"}
     samples = {k: np.asarray(v) for k, v in samples.items()}
     extras = {k: np.asarray(v) for k, v in extras.items()}
     diag = check_fit(
-        samples, int(np.sum(extras["diverging"])), warn=opts["warn"], energy=extras["energy"]
+        samples,
+        int(np.sum(extras["diverging"])),
+        warn=opts["warn"],
+        energy=extras.get("energy"),
     )
     chains, draws = next(iter(samples.values())).shape[:2]
     num = chains * draws
@@ -601,19 +903,24 @@ def fit_laplace(model, tasks, seed: int = 0, **options):
     for k, v in pop.fixed_values(param_shape).items():
         hyper_flat[k] = jnp.broadcast_to(v, (num, *jnp.shape(v)))
     t0 = time.perf_counter()
-    theta, logw, rel = _complete(
-        lik,
-        pop,
-        param_shape,
-        regression,
-        steps,
-        int(opts["theta_batch"]),
-        hyper_flat,
-        inputs["data"],
-        inputs["start"],
-        inputs["task_x"],
-        jax.random.fold_in(jax.random.PRNGKey(seed), 1),
-    )
+    completion = info["hyper_sampler"].pop("completion", None)
+    if completion is not None:
+        # made in the independence sampler's own pass over its proposals
+        theta, logw, rel = completion["theta"], completion["logw"], completion["rel"]
+    else:
+        theta, logw, rel = _complete(
+            lik,
+            pop,
+            param_shape,
+            regression,
+            steps,
+            int(opts["theta_batch"]),
+            hyper_flat,
+            inputs["data"],
+            inputs["start"],
+            inputs["task_x"],
+            jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+        )
     theta, logw, rel = np.asarray(theta), np.asarray(logw), np.asarray(rel)  # (S, T, p)
     ess = np.asarray(_ess_of(jnp.asarray(logw)))
     converged = np.all(rel < _NEWTON_TOL, axis=0)
@@ -678,7 +985,7 @@ def _systematic(rng, w, num):
 
 ENGINE = Engine(
     name="laplace",
-    summary="NUTS on the hyperparameters with theta_t integrated out by nested Laplace",
+    summary="nested Laplace: theta_t integrated out, the hyperparameters sampled on the marginal",
     options=LAPLACE_OPTIONS,
     fit=fit_laplace,
     why_not=why_not_laplace,
