@@ -435,6 +435,22 @@ def _start(lik, tasks, param_shape) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- draws of theta
+def _draw_theta(logjoint, key, lm, mode, neg_h, extras, loc, chol, data):
+    """One draw of every theta_t from its Laplace Gaussian ``N(mode, (-H)^-1)`` and its
+    log importance weight ``f(theta) - log q(theta) - log p~(y_t | phi)``."""
+    chol_h = jax.vmap(_chol)(neg_h)  # (T, p, p): -H = C C^T
+    z = jax.random.normal(key, mode.shape, mode.dtype)
+    # theta = mode + C^-T z has covariance (-H)^-1
+    theta = mode + jax.vmap(_upper_solve)(chol_h, z)
+    logq = (
+        -0.5 * jnp.sum(z**2, -1)
+        + jnp.sum(jnp.log(jnp.diagonal(chol_h, axis1=-2, axis2=-1)), -1)
+        - 0.5 * mode.shape[-1] * math.log(2 * math.pi)
+    )
+    f = jax.vmap(logjoint, in_axes=(0, None, 0, None, 0))(theta, extras, loc, chol, data)
+    return theta, f - logq - lm
+
+
 @partial(jax.jit, static_argnames=("lik", "pop", "param_shape", "regression", "steps", "batch"))
 def _complete(
     lik, pop, param_shape, regression, steps, batch, hyper_flat, data, start, task_x, key
@@ -452,17 +468,8 @@ def _complete(
         extras = {n: hyper[n] for n in extras_names}
         loc, chol = _population_pieces(pop, hyper, param_shape, regression, task_x, num_tasks)
         lm, mode, neg_h, rel = vmapped(start, extras, loc, chol, data)
-        chol_h = jax.vmap(_chol)(neg_h)  # (T, p, p): -H = C C^T
-        z = jax.random.normal(k, mode.shape, mode.dtype)
-        # theta = mode + C^-T z has covariance (-H)^-1
-        theta = mode + jax.vmap(_upper_solve)(chol_h, z)
-        logq = (
-            -0.5 * jnp.sum(z**2, -1)
-            + jnp.sum(jnp.log(jnp.diagonal(chol_h, axis1=-2, axis2=-1)), -1)
-            - 0.5 * mode.shape[-1] * math.log(2 * math.pi)
-        )
-        f = jax.vmap(logjoint, in_axes=(0, None, 0, None, 0))(theta, extras, loc, chol, data)
-        return theta, f - logq - lm, rel
+        theta, logw = _draw_theta(logjoint, k, lm, mode, neg_h, extras, loc, chol, data)
+        return theta, logw, rel
 
     return jax.lax.map(one, (hyper_flat, keys), batch_size=batch)
 
@@ -652,20 +659,19 @@ class _IndependencePrograms:
 
         def one(x, key, inputs):
             lp, (params, pc) = logp(x, inputs)
-            chol_h = jax.vmap(_chol)(pc["_neg_h"])  # (T, p, p): -H = C C^T
-            mode = pc["_mode"]
-            z = jax.random.normal(key, mode.shape, mode.dtype)
-            theta = mode + jax.vmap(_upper_solve)(chol_h, z)
-            logq = (
-                -0.5 * jnp.sum(z**2, -1)
-                + jnp.sum(jnp.log(jnp.diagonal(chol_h, axis1=-2, axis2=-1)), -1)
-                - 0.5 * mode.shape[-1] * math.log(2 * math.pi)
-            )
             extras = {n: params[n] for n in extras_names}
-            f = jax.vmap(logjoint, in_axes=(0, None, 0, None, 0))(
-                theta, extras, pc["loc"], pc["chol"], inputs["data"]
+            theta, logw = _draw_theta(
+                logjoint,
+                key,
+                pc["_lm"],
+                pc["_mode"],
+                pc["_neg_h"],
+                extras,
+                pc["loc"],
+                pc["chol"],
+                inputs["data"],
             )
-            return lp, mode, theta, f - logq - pc["_lm"], pc["_rel"], params
+            return lp, pc["_mode"], theta, logw, pc["_rel"], params
 
         def block(xs, key, inputs):
             keys = jax.random.split(key, xs.shape[0])
