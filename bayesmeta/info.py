@@ -98,6 +98,7 @@ class NUTSInfo(FitInfo):
 class CollapsedInfo(FitInfo):
     compiled: str | None = None
     marginal: dict | None = None
+    hyper_sampler: dict | None = None
 
 
 @dataclass

@@ -6,8 +6,10 @@ method                    what runs
 ``"nuts"``                NumPyro NUTS on the full model, one compiled program per structure
 ``"vi"``                  NumPyro SVI with an automatic guide and an optax optimizer
 ``"exact"``               closed-form normal-normal posterior (known-noise Gaussian tasks)
-``"collapsed"``           NUTS on the hyperparameters with Gaussian ``theta_t`` integrated out
-``"laplace"``             NUTS on the hyperparameters, ``theta_t`` integrated by nested Laplace
+``"collapsed"``           the hyperparameters alone (independence MH, or NUTS), Gaussian
+                          ``theta_t`` integrated out exactly
+``"laplace"``             the hyperparameters alone (independence MH, or NUTS), ``theta_t``
+                          integrated out by nested Laplace
 ``"chees"``               many-chain HMC, warmup pooled across chains (ChEES trajectory length)
 ``"svi"``                 task-minibatched SVI, per-task or amortised local guides (huge T)
 ``"auto"``                ``"collapsed"`` when eligible, else ``"nuts"`` (the Laplace pilot's

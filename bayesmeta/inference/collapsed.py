@@ -1,4 +1,4 @@
-"""Collapsed inference: NUTS on the hyperparameters with Gaussian ``theta_t`` integrated out.
+"""Collapsed inference: the hyperparameters sampled alone, Gaussian ``theta_t`` integrated out.
 
 For a linear-Gaussian likelihood (``NormalKnownNoise``, ``Normal`` with a shared noise,
 ``LinearRegression`` with known or shared noise) under a ``Normal`` or ``MvNormal``
@@ -7,9 +7,15 @@ population, the per-task parameters integrate out in closed form:
     p(phi | y) ∝ p(phi) Π_t p(y_t | phi),   p(y_t | phi) = ∫ p(y_t | theta) N(theta | mu, Sigma)
 
 (:mod:`bayesmeta.exact.linear`, per-task sufficient statistics, so one gradient costs
-``O(T p^3)`` however many rows the tasks have). NUTS then runs on ``phi`` alone — a few
-dimensions instead of ``T p`` — and each draw ``phi_s`` is completed by an exact draw of
-every ``theta_t ~ p(theta_t | y_t, phi_s)``. The result has the same sites, dims and ArviZ
+``O(T p^3)`` however many rows the tasks have). A sampler then runs on ``phi`` alone — a
+few dimensions instead of ``T p`` — and each draw ``phi_s`` is completed by an exact draw
+of every ``theta_t ~ p(theta_t | y_t, phi_s)``. The sampler (``hyper_sampler``) is by
+default independence Metropolis-Hastings (:mod:`bayesmeta.inference.independence`, run
+through :mod:`bayesmeta.inference._flat`): a split Student-t proposal at the marginal's
+mode, every proposal evaluated in compiled blocks, falling back to NUTS on the same
+marginal by the rule of :mod:`~bayesmeta.inference._flat` (more than 40
+hyperparameters, or a chain accepting fewer than a quarter of its proposals);
+``hyper_sampler="nuts"`` forces NUTS. The result has the same sites, dims and ArviZ
 groups as full NUTS (``theta`` with a ``task`` dim, the pointwise log-likelihood of ``y``
 given ``theta``), so the two can be compared or overlaid directly.
 """
@@ -29,6 +35,7 @@ import numpyro
 from bayesmeta import _streams
 from bayesmeta.inference import _gaussian as gauss
 from bayesmeta.inference import sharding
+from bayesmeta.inference._flat import FlatPrograms, independence_hyper
 from bayesmeta.inference._scalar_marginal import (
     ScalarMarginal,
     scalar_log_marginal_sum,
@@ -51,8 +58,16 @@ from bayesmeta.info import CollapsedInfo
 
 __all__ = ["fit_collapsed", "why_not_collapsible", "COLLAPSED_OPTIONS", "clear_compiled"]
 
-COLLAPSED_OPTIONS = dict(NUTS_OPTIONS, log_likelihood=True, theta_batch=256, marginal="auto")
+COLLAPSED_OPTIONS = dict(
+    NUTS_OPTIONS, log_likelihood=True, theta_batch=256, marginal="auto", hyper_sampler="auto"
+)
 _MARGINALS = ("auto", "direct", "chebyshev")
+HYPER_SAMPLERS = ("auto", "independence", "nuts")
+# proposals per compiled block of the independence sampler: its marginal's cost is fixed
+# for the Chebyshev form; for the direct sum, a block holds at most _BLOCK_ELEMENTS
+# per-task terms
+_IMH_BLOCK = 256
+_BLOCK_ELEMENTS = 1 << 21
 # below this many tasks a direct sum is as cheap as the Chebyshev form
 _CHEBYSHEV_MIN_TASKS = 256
 
@@ -86,6 +101,11 @@ def check_collapsed_options(opts: dict) -> None:
     check_bool_option(opts, "log_likelihood")
     if opts["marginal"] not in _MARGINALS:
         raise ValueError(f"marginal: must be one of {_MARGINALS}, got {opts['marginal']!r}")
+    if not isinstance(opts["hyper_sampler"], str) or opts["hyper_sampler"] not in HYPER_SAMPLERS:
+        raise ValueError(
+            f"hyper_sampler: one of {', '.join(map(repr, HYPER_SAMPLERS))}, "
+            f"got {opts['hyper_sampler']!r}"
+        )
 
 
 def why_not_collapsible(model) -> str | None:
@@ -230,6 +250,53 @@ def _sampler(model, param_shape, model_kwargs, nuts_opts, structure=None, regres
     return sampler, False
 
 
+def _independence(model, param_shape, model_kwargs, structure, regression, opts, seed):
+    """Independence Metropolis-Hastings on the collapsed marginal
+    (:func:`~bayesmeta.inference._flat.independence_hyper`: a split Student-t proposal at
+    the mode, every proposal evaluated in compiled blocks): ``(samples, sampler stats,
+    timing, why, reused)``, the first three None where ``hyper_sampler="auto"`` falls
+    back to NUTS. The programs are kept on the model object with the NUTS samplers."""
+    store = model.__dict__.setdefault(_PROGRAMS_ATTR, OrderedDict())
+    try:
+        _HOLDERS.add(model)
+    except TypeError:
+        pass
+    key = ("independence", param_shape, structure, sharding.key())
+    try:
+        progs = store.get(key)
+    except TypeError:  # unhashable structure: no reuse
+        key, progs = None, None
+    if progs is None:
+        progs = FlatPrograms(_hyper_model(model, param_shape, regression), model_kwargs)
+        potential = lambda x, inputs: -progs.logp(x, inputs)[0]  # noqa: E731
+
+        def block(xs, key, inputs):
+            lp, params = jax.vmap(lambda x: progs.logp(x, inputs)[:2])(xs)
+            return {"lp": lp, "params": params}
+
+        progs.define("value_and_grad", jax.value_and_grad(potential))
+        progs.define("block", block)
+        if key is not None:
+            store[key] = progs
+            while len(store) > _PROGRAMS_PER_MODEL:
+                store.popitem(last=False)
+    stats = model_kwargs["stats"]
+    if isinstance(stats, ScalarMarginal):
+        block = _IMH_BLOCK
+    else:  # the direct sum holds (block, T, p, p) terms
+        num_tasks = stats.count.shape[0]
+        p = int(np.prod(param_shape)) if param_shape else 1
+        block = _IMH_BLOCK
+        while block > 8 and block * num_tasks * p * p > _BLOCK_ELEMENTS:
+            block //= 2
+    dtype = jnp.asarray(0.0).dtype  # float64 under jax_enable_x64, else float32
+    compiled = progs.compile_s
+    samples, extras, timing, why, _ = independence_hyper(
+        progs, model_kwargs, opts, seed, block=block, dtype=dtype
+    )
+    return samples, extras, timing, why, progs.compile_s == compiled
+
+
 @partial(jax.jit, static_argnames=("pop", "shared", "param_shape", "batch", "regression"))
 def _draw_theta(
     pop, shared, param_shape, stats, hyper_flat, key, batch, regression, task_x, hashes
@@ -263,14 +330,18 @@ def _draw_theta(
 
 
 def fit_collapsed(model, tasks, seed: int = 0, **options):
-    """Fit by collapsed NUTS; returns a :class:`~bayesmeta.posterior.Posterior`.
+    """Fit by collapsed inference; returns a :class:`~bayesmeta.posterior.Posterior`.
 
-    Options: those of ``method="nuts"`` plus ``log_likelihood`` (provide the pointwise
+    Options: those of ``method="nuts"`` (used when NUTS runs) plus ``hyper_sampler``
+    (``"auto"``, the default: independence Metropolis-Hastings on the exact marginal,
+    falling back to NUTS by the rule of the module docstring; ``"independence"`` or
+    ``"nuts"`` to force one; ``info["hyper_sampler"]`` records which ran, its acceptance
+    rate per chain and any reason to fall back), ``log_likelihood`` (provide the pointwise
     log-likelihood given ``theta``, computed on first use; default True),
     ``theta_batch`` (draws per batch when completing vector ``theta``) and ``marginal``:
 
-    - ``"auto"`` (default): for scalar ``theta`` and at least 256 tasks, NUTS evaluates the
-      summed marginal from its Chebyshev form in ``tau^2 / sigma^2`` (see
+    - ``"auto"`` (default): for scalar ``theta`` and at least 256 tasks, the sampler
+      evaluates the summed marginal from its Chebyshev form in ``tau^2 / sigma^2`` (see
       :mod:`bayesmeta.inference._scalar_marginal`), built once and checked against the
       direct sums to 1e-12 relative, so a step costs the same for 10,000 tasks as for 10;
       otherwise, or when the check fails, by summing over tasks;
@@ -305,21 +376,31 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     marginal, marginal_info = _marginal_form(stats, param_shape, opts["marginal"], mixed)
     # split over devices along the task axis (devices=)
     model_kwargs = sharding.place({"stats": marginal, "task_x": task_x}, tasks.num_tasks)
-    sampler, reused = _sampler(
-        model, param_shape, model_kwargs, nuts_opts, built.structure, regression
-    )
-    if sampler is None:
-        samples, extras, _ = run_nuts(
-            _hyper_model(model, param_shape, regression), model_kwargs, seed, nuts_opts
+    samples, hyper_info = None, {"used": "nuts"}
+    if opts["hyper_sampler"] != "nuts":
+        samples, extras, _, why, reused = _independence(
+            model, param_shape, model_kwargs, built.structure, regression, opts, seed
         )
-    else:
-        samples, extras = sampler.run(seed, model_kwargs)
+        hyper_info = dict(why, used="independence" if samples is not None else "nuts")
+    if samples is None:
+        sampler, reused = _sampler(
+            model, param_shape, model_kwargs, nuts_opts, built.structure, regression
+        )
+        if sampler is None:
+            samples, extras, _ = run_nuts(
+                _hyper_model(model, param_shape, regression), model_kwargs, seed, nuts_opts
+            )
+        else:
+            samples, extras = sampler.run(seed, model_kwargs)
     samples = {k: np.asarray(v) for k, v in samples.items()}
     extras = {k: np.asarray(v) for k, v in extras.items()}
     # convergence is judged on what NUTS sampled: every theta draw below is exact given
     # its hyperparameter draw, so theta mixes at least as well as the hyperparameters
     diag = check_fit(
-        samples, int(np.sum(extras["diverging"])), warn=opts["warn"], energy=extras["energy"]
+        samples,
+        int(np.sum(extras["diverging"])),
+        warn=opts["warn"],
+        energy=extras.get("energy"),
     )
     chains, draws = next(iter(samples.values())).shape[:2]
     hyper_flat = {
@@ -369,6 +450,7 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
             "diagnostics": diag,
             "compiled": "reused" if reused else "new",
             "marginal": marginal_info,
+            "hyper_sampler": hyper_info,
         },
         info_type=CollapsedInfo,
     )
@@ -391,7 +473,7 @@ def _pointwise(lik, data, theta, hyper_flat, batch: int = 256) -> dict:
 
 ENGINE = Engine(
     name="collapsed",
-    summary="NUTS on the hyperparameters with Gaussian theta_t integrated out exactly",
+    summary="the hyperparameters sampled alone, Gaussian theta_t integrated out exactly",
     options=COLLAPSED_OPTIONS,
     fit=fit_collapsed,
     why_not=lambda model, tasks: why_not_collapsible(model),

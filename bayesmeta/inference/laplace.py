@@ -66,9 +66,10 @@ import numpyro
 from bayesmeta import populations as pops
 from bayesmeta.inference import _gaussian as gauss
 from bayesmeta.inference import sharding
+from bayesmeta.inference._flat import MAX_DIM, MIN_ACCEPTANCE, FlatPrograms, independence_hyper
 from bayesmeta.inference.assemble import assemble
 from bayesmeta.inference.collapsed import _pointwise
-from bayesmeta.inference.diagnostics import check_fit
+from bayesmeta.inference.diagnostics import FitError, check_fit
 from bayesmeta.inference.nuts import (
     NUTS_OPTIONS,
     TARGET_ACCEPT_RETRY,
@@ -95,10 +96,9 @@ LAPLACE_OPTIONS = dict(
     hyper_sampler="auto",
 )
 HYPER_SAMPLERS = ("auto", "independence", "nuts")
-#: the independence sampler is kept (under hyper_sampler="auto") when its acceptance rate
-#: is at least this in every chain, and the hyperparameters number at most MAX_IMH_DIM
-MIN_IMH_ACCEPTANCE = 0.25
-MAX_IMH_DIM = 40
+#: the rule of hyper_sampler="auto" (shared with the collapsed engine, _flat)
+MIN_IMH_ACCEPTANCE = MIN_ACCEPTANCE
+MAX_IMH_DIM = MAX_DIM
 _IMH_BLOCK = 32
 # relative change of the potential at the mode that counts as a new surface (float32
 # arithmetic on a sum over 1,000 tasks carries about 1e-7 relative)
@@ -596,213 +596,91 @@ def check_laplace_options(opts: dict) -> None:
     check_bool_option(opts, "log_likelihood")
 
 
-class _IndependencePrograms:
-    """The compiled pieces of the independence sampler for one model structure, over the
-    flattened unconstrained hyperparameters: the potential's value and gradient at one
-    point, and for a block of ``_IMH_BLOCK`` proposals their log densities together with
-    every task's Laplace mode, one draw of every theta_t from its Laplace Gaussian and
-    that draw's log importance weight (the completion fused into the same pass, so the
-    Laplace solves are not repeated). Executables are built ahead of time, once per input
-    signature; ``compile_s`` sums the time spent building them."""
+def _independence_programs(model, param_shape, regression, steps, inputs):
+    """The compiled pieces of the independence sampler for one model structure
+    (:class:`~bayesmeta.inference._flat.FlatPrograms` over the flattened unconstrained
+    hyperparameters): the potential's value and gradient at one point, and for a block of
+    ``_IMH_BLOCK`` proposals their log densities together with every task's Laplace mode,
+    one draw of every theta_t from its Laplace Gaussian and that draw's log importance
+    weight (the completion fused into the same pass, so the Laplace solves are not
+    repeated)."""
+    lik, pop = model.likelihood, model.population
+    progs = FlatPrograms(_hyper_model(model, param_shape, regression, steps, record=True), inputs)
+    logjoint = _task_pieces(lik, pop, param_shape, regression)[0]
+    extras_names = list(lik.global_priors())
 
-    def __init__(self, model, param_shape, regression, steps, inputs):
-        from numpyro.distributions.transforms import biject_to
-        from numpyro.infer.util import log_density
+    def potential(x, inputs):
+        return -progs.logp(x, inputs)[0]
 
-        lik, pop = model.likelihood, model.population
-        fn = _hyper_model(model, param_shape, regression, steps, record=True)
-        logjoint = _task_pieces(lik, pop, param_shape, regression)[0]
-        # the latent sites' shapes and supports from an abstract trace (nothing is
-        # evaluated: NumPyro's own initialisation would run every Newton solve op by op)
-        supports = {}
+    def one(x, key, inputs):
+        # the model's recorded Laplace pieces at x
+        lp, params, trace = progs.logp(x, inputs)
+        pc = {k: trace[k]["value"] for k in ("_lm", "_mode", "_neg_h", "_rel", "_loc", "_chol")}
+        extras = {n: params[n] for n in extras_names}
+        theta, logw = _draw_theta(
+            logjoint,
+            key,
+            pc["_lm"],
+            pc["_mode"],
+            pc["_neg_h"],
+            extras,
+            pc["_loc"],
+            pc["_chol"],
+            inputs["data"],
+        )
+        return dict(lp=lp, mode=pc["_mode"], theta=theta, logw=logw, rel=pc["_rel"], params=params)
 
-        def latent(inp):
-            tr = numpyro.handlers.trace(numpyro.handlers.seed(fn, 0)).get_trace(**inp)
-            out = {}
-            for name, site in tr.items():
-                if site["type"] == "sample" and not site["is_observed"]:
-                    supports[name] = site["fn"].support
-                    out[name] = site["value"]
-            return out
+    def block(xs, key, inputs):
+        keys = jax.random.split(key, xs.shape[0])
+        return jax.vmap(one, in_axes=(0, 0, None))(xs, keys, inputs)
 
-        shapes = jax.eval_shape(latent, inputs)
-        layout = []
-        for name, sd in shapes.items():
-            ushape = tuple(biject_to(supports[name]).inverse_shape(sd.shape))
-            layout.append((name, ushape, int(np.prod(ushape, dtype=int))))
-        # the start of the mode search: 0 in the unconstrained space of every site
-        self.x0 = np.zeros(sum(size for _, _, size in layout))
-
-        def constrained(x):
-            out, logj, at = {}, 0.0, 0
-            for name, ushape, size in layout:
-                u = x[at : at + size].reshape(ushape)
-                t = biject_to(supports[name])
-                out[name] = t(u)
-                logj = logj + jnp.sum(t.log_abs_det_jacobian(u, out[name]))
-                at += size
-            return out, logj
-
-        def logp(x, inputs):
-            """log density on the unconstrained space (NumPyro's potential, negated) and
-            the model's recorded Laplace pieces"""
-            params, logj = constrained(x)
-            lj, trace = log_density(fn, (), inputs, params)
-            pieces = {k: trace[k]["value"] for k in ("_lm", "_mode", "_neg_h", "_rel")}
-            pieces.update(loc=trace["_loc"]["value"], chol=trace["_chol"]["value"])
-            return lj + logj, (params, pieces)
-
-        def potential(x, inputs):
-            return -logp(x, inputs)[0]
-
-        extras_names = list(lik.global_priors())
-
-        def one(x, key, inputs):
-            lp, (params, pc) = logp(x, inputs)
-            extras = {n: params[n] for n in extras_names}
-            theta, logw = _draw_theta(
-                logjoint,
-                key,
-                pc["_lm"],
-                pc["_mode"],
-                pc["_neg_h"],
-                extras,
-                pc["loc"],
-                pc["chol"],
-                inputs["data"],
-            )
-            return lp, pc["_mode"], theta, logw, pc["_rel"], params
-
-        def block(xs, key, inputs):
-            keys = jax.random.split(key, xs.shape[0])
-            return jax.vmap(one, in_axes=(0, 0, None))(xs, keys, inputs)
-
-        self._fns = {"value_and_grad": jax.value_and_grad(potential), "block": block}
-        self._exe: dict = {}
-        self.compile_s = 0.0
-
-    def __call__(self, name, *args):
-        sig = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), args)
-        sig = (name, jax.tree.structure(args), tuple(jax.tree.leaves(sig)), sharding.key())
-        exe = self._exe.get(sig)
-        if exe is None:
-            t0 = time.perf_counter()
-            exe = self._exe[sig] = sharding.jit(self._fns[name]).lower(*args).compile()
-            self.compile_s += time.perf_counter() - t0
-        return exe(*args)
+    progs.define("value_and_grad", jax.value_and_grad(potential))
+    progs.define("block", block)
+    return progs
 
 
 def _independence_hyper(model, store, key, regression, inputs, opts, seed):
     """Independence Metropolis-Hastings on the hyperparameters' Laplace marginal
-    (:mod:`bayesmeta.inference.independence`): ``(samples, sampler stats, timing, why)``,
-    or ``(None, None, None, why)`` when ``hyper_sampler="auto"`` should use NUTS instead
-    (too many hyperparameters, no curvature at the mode, or an acceptance rate below
-    ``MIN_IMH_ACCEPTANCE`` in some chain); ``why`` records the sampler's diagnostics.
-    ``inputs["start"]`` becomes every task's mode at the hyperparameters' mode, the warm
-    start of the proposals' Newton solves and of the theta completion."""
-    from bayesmeta.inference import independence
-    from bayesmeta.inference.diagnostics import FitError
-
-    t0 = time.perf_counter()
+    (:func:`~bayesmeta.inference._flat.independence_hyper`): ``(samples, sampler stats,
+    timing, why)``, or ``(None, None, None, why)`` when ``hyper_sampler="auto"`` should
+    use NUTS instead (too many hyperparameters, no curvature at the mode, or an
+    acceptance rate below ``MIN_IMH_ACCEPTANCE`` in some chain); ``why`` records the
+    sampler's diagnostics and, under ``"completion"``, every draw's theta, importance
+    log-weight and Newton residual. ``inputs["start"]`` becomes every task's mode at the
+    hyperparameters' mode, the warm start of the proposals' Newton solves and of the
+    theta completion."""
     param_shape, _, steps = key
     progs = store.get((*key, "independence"))
     if progs is None:
-        progs = store[(*key, "independence")] = _IndependencePrograms(
+        progs = store[(*key, "independence")] = _independence_programs(
             model, param_shape, regression, steps, inputs
         )
-    compiled_before = progs.compile_s
-    explicit = opts["hyper_sampler"] == "independence"
-    d = progs.x0.size
-    if d > MAX_IMH_DIM:
-        why = f"{d} hyperparameters, more than the independence sampler's {MAX_IMH_DIM}"
-        if explicit:
-            raise ValueError(f"hyper_sampler: 'independence' is not available: {why}")
-        return None, None, None, {"reason": why, "seconds": time.perf_counter() - t0}
-    dtype = inputs["start"].dtype
 
-    def value_and_grad(x):
-        v, g = progs("value_and_grad", jnp.asarray(x, dtype), inputs)
-        return float(v), np.asarray(g, float)
-
-    base = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
-    kept = {}
-
-    def run_blocks(ys):
-        outs = []
-        for i in range(0, len(ys), _IMH_BLOCK):
-            part = ys[i : i + _IMH_BLOCK]
-            n = len(part)
-            if n < _IMH_BLOCK:
-                part = np.concatenate([part, np.repeat(part[:1], _IMH_BLOCK - n, axis=0)])
-            key = jax.random.fold_in(base, i // _IMH_BLOCK)
-            out = progs("block", jnp.asarray(part, dtype), key, inputs)
-            outs.append(jax.tree.map(lambda v, n=n: np.asarray(v)[:n], out))
-        return jax.tree.map(lambda *v: np.concatenate(v), *outs)
-
-    def logp(ys, final):
-        lp, _, theta, logw, rel, params = run_blocks(ys)
-        if final:
-            kept.update(theta=theta, logw=logw, rel=rel, params=params)
-        return lp
-
-    def at_mode(x):
+    def at_mode(x, run_blocks, value_and_grad):
         # the potential's Newton solves start from every task's mode at x, where they
         # converge in a step or two near x; changed when that moved the potential at x
         before = value_and_grad(x)[0]
-        _, mode, _, _, rel, _ = run_blocks(np.asarray(x)[None])
-        settled = np.asarray(rel[0]) < _NEWTON_TOL
-        inputs["start"] = jnp.where(jnp.asarray(settled)[:, None], mode[0], inputs["start"])
+        out = run_blocks(np.asarray(x)[None])
+        settled = np.asarray(out["rel"][0]) < _NEWTON_TOL
+        inputs["start"] = jnp.where(jnp.asarray(settled)[:, None], out["mode"][0], inputs["start"])
         after = value_and_grad(x)[0]
         return abs(after - before) > _POTENTIAL_TOL * max(1.0, abs(after))
 
-    chains, thin = int(opts["num_chains"]), int(opts["thinning"])
-    draws = int(opts["num_samples"])
     try:
-        z, stats, info = independence.sample(
-            logp,
-            value_and_grad,
-            progs.x0,
-            chains=chains,
-            draws=draws,
-            warmup=int(opts["num_warmup"]),
-            seed=np.asarray(jax.random.key_data(jax.random.PRNGKey(seed))).astype(np.uint32),
+        samples, extras, timing, why, kept = independence_hyper(
+            progs,
+            inputs,
+            opts,
+            seed,
+            block=_IMH_BLOCK,
+            dtype=inputs["start"].dtype,
             at_mode=at_mode,
         )
-    except independence.IndependenceError as err:
-        if explicit:
-            raise FitError(f"laplace: the independence sampler failed: {err}") from err
-        return None, None, None, {"reason": str(err), "seconds": time.perf_counter() - t0}
-    seconds = time.perf_counter() - t0
-    acceptance = np.asarray(info["acceptance"])
-    why = {
-        "acceptance": acceptance.tolist(),
-        "importance_ess_fraction": info["importance_ess_fraction"],
-        "mode_converged": info["mode_converged"],
-        "evaluations": info["evaluations"],
-        "nonfinite_proposals": info["nonfinite_proposals"],
-        "dim": d,
-        "seconds": seconds,
-    }
-    if acceptance.min() < MIN_IMH_ACCEPTANCE and not explicit:
-        why["reason"] = (
-            f"acceptance rate {acceptance.min():.2f} in a chain, below {MIN_IMH_ACCEPTANCE}"
-        )
-        return None, None, None, why
-    stats = {k: v[:, ::thin] for k, v in stats.items()}
-    index = stats.pop("index")  # (chain, draw): rows of the final evaluation
-    shape = index.shape
-    samples = {k: v[index.ravel()].reshape(*shape, *v.shape[1:]) for k, v in kept["params"].items()}
-    # theta_t of each draw: the draw from its Laplace Gaussian made with that proposal
-    completion = {k: kept[k][index.ravel()] for k in ("theta", "logw", "rel")}
-    compile_s = progs.compile_s - compiled_before
-    extras = {"diverging": np.zeros(shape, bool), "accept_prob": stats["accept_prob"]}
-    timing = {
-        "trace_s": 0.0,
-        "compile_s": compile_s,
-        "compiled": compile_s > 0,
-        "sampling_s": seconds - compile_s,
-    }
-    why["completion"] = completion
+    except FitError as err:
+        raise FitError(f"laplace: {err}") from err
+    if samples is not None:
+        # theta_t of each draw: the draw from its Laplace Gaussian made with that proposal
+        why["completion"] = {k: kept[k] for k in ("theta", "logw", "rel")}
     return samples, extras, timing, why
 
 

@@ -42,12 +42,28 @@ def test_collapsed_matches_exact_normal_normal(schools_collapsed):
 
 
 def test_collapsed_has_the_schema_of_full_nuts(schools_collapsed, eight_schools_post):
+    from conftest import eight_schools_model
+
     a, b = schools_collapsed, eight_schools_post
     assert set(a.samples) == set(b.samples)
     assert a.dims == b.dims and a.coords == b.coords
     assert {k: v.shape for k, v in a.samples.items()} == {k: v.shape for k, v in b.samples.items()}
     assert a.log_likelihood["y"].shape == b.log_likelihood["y"].shape
-    assert set(a.sample_stats) == set(b.sample_stats)
+    # the independence sampler (the default) has no trajectories: no step size, tree
+    # depth or energy; collapsed NUTS has every field of full NUTS
+    assert a.info["hyper_sampler"]["used"] == "independence"
+    assert set(a.sample_stats) == {"diverging", "acceptance_rate", "lp"}
+    nuts = bm.fit(
+        eight_schools_model(),
+        bm.datasets.eight_schools(),
+        method="collapsed",
+        hyper_sampler="nuts",
+        num_samples=50,
+        num_warmup=50,
+        progress_bar=False,
+    )
+    assert nuts.info["hyper_sampler"] == {"used": "nuts"}
+    assert set(nuts.sample_stats) == set(b.sample_stats)
 
 
 def test_collapsed_agrees_with_full_nuts_on_linear_regression():
@@ -153,10 +169,12 @@ def test_compiled_collapsed_loop_equals_numpyro_mcmc(chains):
         )
 
 
-def test_refit_reuses_the_compiled_sampler_with_the_new_data():
+@pytest.mark.parametrize("sampler", ["independence", "nuts"])
+def test_refit_reuses_the_compiled_sampler_with_the_new_data(sampler):
     """A second fit of the same model object on new data of the same shapes reuses the
     compiled sampler, and its draws are those of a fresh compile on the new data: the data
-    are inputs of the compiled program, not constants baked into it."""
+    are inputs of the compiled program, not constants baked into it. Both samplers of
+    the hyperparameters (the independence sampler's programs, collapsed NUTS's loop)."""
     from conftest import eight_schools_model
 
     from bayesmeta.inference import collapsed as col
@@ -166,10 +184,17 @@ def test_refit_reuses_the_compiled_sampler_with_the_new_data():
     y = np.asarray(first.y) + 7.0  # same shapes, other values
     second = bm.TaskSet.from_estimates(y=y, se=np.asarray(first.noise_scale))
     kw = dict(
-        method="collapsed", seed=3, num_warmup=30, num_samples=30, progress_bar=False, warn=False
+        method="collapsed",
+        seed=3,
+        num_warmup=30,
+        num_samples=30,
+        progress_bar=False,
+        warn=False,
+        hyper_sampler=sampler,
     )
     col.clear_compiled()
     a = bm.fit(model, first, **kw)
+    assert a.info["hyper_sampler"]["used"] == sampler
     b = bm.fit(model, second, **kw)
     assert (a.info["compiled"], b.info["compiled"]) == ("new", "reused")
     col.clear_compiled()

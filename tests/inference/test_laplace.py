@@ -147,11 +147,11 @@ def test_independence_potential_is_numpyros(logistic_fits):
     data = lap._padded_data(model.likelihood, tasks)
     start = jnp.asarray(lap._start(model.likelihood, tasks, tuple(built.param_shape)))
     inputs = {"data": data, "start": start, "task_x": None}
-    progs = lap._IndependencePrograms(model, tuple(built.param_shape), None, 6, inputs)
+    progs = lap._independence_programs(model, tuple(built.param_shape), None, 6, inputs)
     fn = lap._hyper_model(model, tuple(built.param_shape), None, 6)
     rng = np.random.default_rng(0)
     xs = rng.normal(scale=0.5, size=(lap._IMH_BLOCK, progs.x0.size))
-    lp = np.asarray(progs("block", jnp.asarray(xs), jax.random.PRNGKey(0), inputs)[0])
+    lp = np.asarray(progs("block", jnp.asarray(xs), jax.random.PRNGKey(0), inputs)["lp"])
     for i in range(3):
         params = {"mu": jnp.asarray(xs[i, :2]), "tau": jnp.asarray(xs[i, 2:])}
         pe = float(potential_energy(fn, (), inputs, params))
