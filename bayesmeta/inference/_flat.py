@@ -110,15 +110,17 @@ class FlatPrograms:
 
 def independence_hyper(progs: FlatPrograms, inputs, opts, seed, *, block, dtype, at_mode=None):
     """Independence Metropolis-Hastings on the density of ``progs``, which must define
-    ``"value_and_grad"`` (the potential ``-logp`` and its gradient at one point) and
     ``"block"`` (``(xs (block, d), key, inputs)`` to a dict with the log densities
     ``"lp"``, the constrained sites ``"params"`` and anything else the engine keeps per
-    proposal). Returns ``(samples, sampler stats, timing, why, kept)``: the sampler
-    stats are ``diverging`` (all False), ``accept_prob`` and ``potential_energy`` (of
-    each draw, as NumPyro's); ``kept`` holds the block's other outputs at every draw,
-    ``(chain * draw, ...)``; or ``None`` for all but
-    ``why`` when ``opts["hyper_sampler"]`` is ``"auto"`` and the rule of the module
-    docstring says NUTS. ``at_mode(x, run_blocks, value_and_grad)``: as
+    proposal) and either ``"value_and_grad"`` (the potential ``-logp`` and its gradient
+    at one point) or, where a block costs little, the gradients of ``lp`` as the block's
+    ``"grad"`` (then the mode search runs blocks too, and one program is compiled).
+    Returns ``(samples, sampler stats, timing, why, kept)``: the sampler stats are
+    ``diverging`` (all False), ``accept_prob`` and ``potential_energy`` (of each draw, as
+    NumPyro's); ``kept`` holds the block's other outputs at every draw,
+    ``(chain * draw, ...)``; or ``None`` for all but ``why`` when
+    ``opts["hyper_sampler"]`` is ``"auto"`` and the rule of the module docstring says
+    NUTS. ``at_mode(x, run_blocks, value_and_grad)``: as
     :func:`independence.sample`'s, with the block runner at hand."""
     from bayesmeta.inference.diagnostics import FitError
 
@@ -133,12 +135,17 @@ def independence_hyper(progs: FlatPrograms, inputs, opts, seed, *, block, dtype,
             raise ValueError(f"hyper_sampler: 'independence' is not available: {why}")
         return *none, {"reason": why, "seconds": time.perf_counter() - t0}, None
 
-    def value_and_grad(x):
-        v, g = progs("value_and_grad", jnp.asarray(x, dtype), inputs)
-        return float(v), np.asarray(g, float)
-
     base = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
     kept = {}
+
+    def value_and_grad(x):
+        if "value_and_grad" in progs._fns:
+            v, g = progs("value_and_grad", jnp.asarray(x, dtype), inputs)
+            return float(v), np.asarray(g, float)
+        # one program only: the block's own gradients, at a block of copies of x
+        rows = np.repeat(np.asarray(x, float)[None], block, axis=0)
+        out = progs("block", jnp.asarray(rows, dtype), base, inputs)
+        return -float(out["lp"][0]), -np.asarray(out["grad"][0], float)
 
     def run_blocks(ys):
         outs = []

@@ -268,13 +268,19 @@ def _independence(model, param_shape, model_kwargs, structure, regression, opts,
         key, progs = None, None
     if progs is None:
         progs = FlatPrograms(_hyper_model(model, param_shape, regression), model_kwargs)
-        potential = lambda x, inputs: -progs.logp(x, inputs)[0]  # noqa: E731
 
         def block(xs, key, inputs):
-            lp, params = jax.vmap(lambda x: progs.logp(x, inputs)[:2])(xs)
-            return {"lp": lp, "params": params}
+            # the marginal costs little: one program gives the proposals' densities and
+            # the mode search's gradients alike
+            def one(x):
+                (lp, params), grad = jax.value_and_grad(
+                    lambda x: progs.logp(x, inputs)[:2], has_aux=True
+                )(x)
+                return lp, params, grad
 
-        progs.define("value_and_grad", jax.value_and_grad(potential))
+            lp, params, grad = jax.vmap(one)(xs)
+            return {"lp": lp, "params": params, "grad": grad}
+
         progs.define("block", block)
         if key is not None:
             store[key] = progs
@@ -304,7 +310,9 @@ def _draw_theta(
     """Exact ``theta`` draws ``(S, T, *param_shape)``, one per hyperparameter draw (and
     common-coefficient draw ``beta``, when the likelihood has them). Scalar ``theta`` is
     elementwise; vector ``theta`` goes through Cholesky factors in batches of ``batch``
-    draws so memory stays ``O(batch T p^2)``. The normals of task ``t`` come from its own
+    draws so memory stays ``O(batch T p^2)``. Scalar ``theta`` without common coefficients
+    comes task-major, ``(T, S)``, which the caller views in draw order. The normals of
+    task ``t`` come from its own
     stream, keyed by its label's hash (``hashes`` ``(T, 2)``, :mod:`bayesmeta._streams`),
     so reordering tasks reorders the draws given the same hyperparameter draws."""
     noise = hyper_flat["sigma"] if shared else None
@@ -312,7 +320,19 @@ def _draw_theta(
     num, T = h.mu.shape[0], stats.count.shape[0]
     p = int(np.prod(param_shape)) if param_shape else 1
     beta = hyper_flat.get("beta")
-    if not param_shape:  # theta_t | y_t, mu, tau, sigma: elementwise for all (s, t)
+    if not param_shape and beta is None:
+        # theta_t | y_t, mu, tau, sigma: elementwise for all (t, s), laid out task-major
+        # like the per-task streams (T, S), so that nothing is transposed here; the
+        # caller's (S, T) view of it is a transpose without a copy
+        mu = h.mu[..., 0]
+        mu = mu[None, :] if mu.ndim == 1 else mu.T
+        tau, s2 = h.scale_tril[:, 0, 0][None, :], (h.noise**2)[None, :]
+        columns = jax.tree.map(lambda a: a[:, None], stats)
+        mean, var = gauss.scalar_posterior(columns, mu, tau, s2)
+        keys = _streams.task_keys(key, hashes)
+        z = jax.vmap(lambda k: jax.random.normal(k, (num,), mean.dtype))(keys)
+        return mean + jnp.sqrt(var) * z
+    if not param_shape:  # as above, with common coefficients: (S, T)
         mu = h.mu[..., 0]
         mu = mu[:, None] if mu.ndim == 1 else mu
         tau, s2 = h.scale_tril[:, 0, :1], h.noise[:, None] ** 2
@@ -429,9 +449,11 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
         per_task[1],
         jnp.asarray(per_task[2]),
     )
-    theta = sharding.gather(theta)  # every process holds all tasks' draws
+    theta = np.asarray(sharding.gather(theta))  # every process holds all tasks' draws
+    if not param_shape and "beta" not in hyper_in:  # task-major: a view in draw order
+        theta = theta.T
     site = model.population.theta_site
-    samples[site] = np.asarray(theta).reshape(chains, draws, *theta.shape[1:])
+    samples[site] = theta.reshape(chains, draws, *theta.shape[1:])
     log_lik = None
     if opts["log_likelihood"]:
         log_lik = partial(_pointwise, model.likelihood, built.data, samples[site], hyper_flat)

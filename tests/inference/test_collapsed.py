@@ -400,5 +400,25 @@ def test_theta_completion_draws_follow_task_labels():
         return np.asarray(_draw_theta(*args))
 
     a, b = draws(np.arange(9)), draws(perm)
-    assert a.shape == (50, 9)
-    np.testing.assert_array_equal(a[:, perm], b)
+    assert a.shape == (9, 50)  # scalar theta comes task-major
+    np.testing.assert_array_equal(a[perm], b)
+
+
+def test_task_statistics_of_concrete_data_equal_the_jax_segment_sums():
+    """task_stats sums concrete data with numpy (float64 bincounts): the same statistics
+    as bm.exact.linear_sufficient_stats (the JAX segment sums, the reference), for a
+    design of three columns and known noise scales, with a task that has no rows."""
+    from bayesmeta.exact.linear import linear_sufficient_stats
+
+    rng = np.random.default_rng(3)
+    n, num = 60, 7
+    x, y = rng.normal(size=(n, 3)), rng.normal(size=n)
+    idx = rng.integers(0, num - 1, size=n)  # task 6 gets no rows
+    scale = rng.uniform(0.5, 2.0, n)
+    got = gauss._numpy_stats(x, y, idx, num, scale)
+    ref = linear_sufficient_stats(x, y, idx, num, scale)
+    for field in ("xtx", "xty", "yty", "count", "log_scale"):
+        a, b = np.asarray(getattr(got, field)), np.asarray(getattr(ref, field))
+        assert a.shape == b.shape and a.dtype == b.dtype, field
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=field)
+    assert np.asarray(got.count)[6] == 0
