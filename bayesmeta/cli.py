@@ -1,7 +1,8 @@
 """The ``bayesmeta`` command.
 
 ``bayesmeta fit [MODEL_FILE] [--method nuts|vi|exact|collapsed|laplace|auto] [--chains N]
-[--warmup N] [--draws N] [--seed S] [--ci-prob 0.94] [--out FILE.nc] [--checkpoint FILE.npz]
+[--warmup N] [--draws N] [--seed S] [--hyper-sampler auto|independence|nuts] [--ci-prob 0.94]
+[--out FILE.nc] [--checkpoint FILE.npz]
 [--checkpoint-every N] [--plot FILE.png
 [--plot-kind auto|forest|funnel|shrinkage|arviz]] [--json]`` fits a gallery model file (with
 no file: the built-in eight schools) and prints a summary table (mean, sd, the ``--ci-prob``
@@ -237,6 +238,15 @@ def _cmd_fit(args) -> int:
                 args.chains, args.warmup, args.draws, not args.json and sys.stderr.isatty()
             )
         )
+    if args.hyper_sampler is not None:
+        if "hyper_sampler" not in engine.options:
+            print(
+                f"bayesmeta fit: error: --hyper-sampler: method {engine.name!r} samples no "
+                "hyperparameters on their own (methods collapsed and laplace do)",
+                file=sys.stderr,
+            )
+            return 2
+        options["hyper_sampler"] = args.hyper_sampler
     if args.checkpoint:
         if "checkpoint" not in engine.options:
             print(
@@ -306,6 +316,8 @@ def _cmd_fit(args) -> int:
         "timing": {k: v for k, v in timing.items() if isinstance(v, float | bool)},
         "compile_cache": cache,
     }
+    if "hyper_sampler" in post.info:
+        payload["hyper_sampler"] = post.info["hyper_sampler"].get("used")
     if "checkpoint" in post.info:
         payload["checkpoint"] = dict(post.info["checkpoint"], resumed_at=timing.get("resumed_at"))
     print(json.dumps(payload))
@@ -418,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         help="save the posterior to this NetCDF file (bm.load_posterior reloads it whole; "
         "arviz.from_netcdf reads it as ArviZ data)",
+    )
+    fit.add_argument(
+        "--hyper-sampler",
+        choices=("auto", "independence", "nuts"),
+        help="collapsed, laplace: how the hyperparameters are sampled (default auto: "
+        "independence Metropolis-Hastings, falling back to NUTS; the JSON says which ran)",
     )
     fit.add_argument(
         "--checkpoint",

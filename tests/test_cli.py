@@ -265,3 +265,15 @@ def test_exit_codes(capsys, tmp_path):
     assert "column 's', line 3" in err and err.count("\n") == 1
     assert main(["fit", str(tmp_path / "missing.py"), "--draws", "10"]) == 2
     assert main(["meta-analysis", "--dataset", "bcg", "--mods", "ablat", "--plot", "x.png"]) == 2
+
+
+def test_fit_hyper_sampler_is_passed_on_and_refused_where_it_means_nothing(capsys):
+    """--hyper-sampler reaches the collapsed engine (the JSON names the sampler that ran)
+    and is refused, before any fitting, by a method that has no such option."""
+    small = ["--chains", "2", "--warmup", "50", "--draws", "50", "--json"]
+    for sampler in ("nuts", "independence"):
+        args = ["fit", "--method", "collapsed", "--hyper-sampler", sampler, *small]
+        assert main(args) == 0
+        assert json.loads(capsys.readouterr().out)["hyper_sampler"] == sampler
+    assert main(["fit", "--method", "exact", "--hyper-sampler", "nuts", *small]) == 2
+    assert "--hyper-sampler: method 'exact'" in capsys.readouterr().err
