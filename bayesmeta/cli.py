@@ -53,6 +53,7 @@ from bayesmeta._cli_args import int_at_least as _int_at_least
 from bayesmeta.arviz import interval_columns, plot_forest
 from bayesmeta.gallery import load_options
 from bayesmeta.inference import METHODS
+from bayesmeta.inference._flat import HYPER_SAMPLERS
 from bayesmeta.inference.diagnostics import ess_bulk, rhat
 
 __all__ = ["main"]
@@ -433,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--hyper-sampler",
-        choices=("auto", "independence", "nuts"),
+        choices=HYPER_SAMPLERS,
         help="collapsed, laplace: how the hyperparameters are sampled (default auto: "
         "independence Metropolis-Hastings, falling back to NUTS; the JSON says which ran)",
     )

@@ -29,12 +29,30 @@ import numpyro
 
 from bayesmeta.inference import independence, sharding
 
-__all__ = ["FlatPrograms", "independence_hyper", "MIN_ACCEPTANCE", "MAX_DIM"]
+__all__ = [
+    "FlatPrograms",
+    "independence_hyper",
+    "check_hyper_sampler",
+    "HYPER_SAMPLERS",
+    "MIN_ACCEPTANCE",
+    "MAX_DIM",
+]
+
+#: the values of an engine's ``hyper_sampler`` option
+HYPER_SAMPLERS = ("auto", "independence", "nuts")
 
 #: hyper_sampler="auto" keeps the independence sampler when its acceptance rate is at
 #: least this in every chain, and the hyperparameters number at most MAX_DIM
 MIN_ACCEPTANCE = 0.25
 MAX_DIM = 40
+
+
+def check_hyper_sampler(opts: dict) -> None:
+    """A ValueError naming ``hyper_sampler`` unless it is one of :data:`HYPER_SAMPLERS`."""
+    value = opts["hyper_sampler"]
+    if not isinstance(value, str) or value not in HYPER_SAMPLERS:
+        choices = ", ".join(map(repr, HYPER_SAMPLERS))
+        raise ValueError(f"hyper_sampler: one of {choices}, got {value!r}")
 
 
 class FlatPrograms:

@@ -35,7 +35,7 @@ import numpyro
 from bayesmeta import _streams
 from bayesmeta.inference import _gaussian as gauss
 from bayesmeta.inference import sharding
-from bayesmeta.inference._flat import FlatPrograms, independence_hyper
+from bayesmeta.inference._flat import FlatPrograms, check_hyper_sampler, independence_hyper
 from bayesmeta.inference._scalar_marginal import (
     ScalarMarginal,
     scalar_log_marginal_sum,
@@ -62,7 +62,6 @@ COLLAPSED_OPTIONS = dict(
     NUTS_OPTIONS, log_likelihood=True, theta_batch=256, marginal="auto", hyper_sampler="auto"
 )
 _MARGINALS = ("auto", "direct", "chebyshev")
-HYPER_SAMPLERS = ("auto", "independence", "nuts")
 # proposals per compiled block of the independence sampler: its marginal's cost is fixed
 # for the Chebyshev form; for the direct sum, a block holds at most _BLOCK_ELEMENTS
 # per-task terms
@@ -101,11 +100,7 @@ def check_collapsed_options(opts: dict) -> None:
     check_bool_option(opts, "log_likelihood")
     if opts["marginal"] not in _MARGINALS:
         raise ValueError(f"marginal: must be one of {_MARGINALS}, got {opts['marginal']!r}")
-    if not isinstance(opts["hyper_sampler"], str) or opts["hyper_sampler"] not in HYPER_SAMPLERS:
-        raise ValueError(
-            f"hyper_sampler: one of {', '.join(map(repr, HYPER_SAMPLERS))}, "
-            f"got {opts['hyper_sampler']!r}"
-        )
+    check_hyper_sampler(opts)
 
 
 def why_not_collapsible(model) -> str | None:

@@ -66,7 +66,13 @@ import numpyro
 from bayesmeta import populations as pops
 from bayesmeta.inference import _gaussian as gauss
 from bayesmeta.inference import sharding
-from bayesmeta.inference._flat import MAX_DIM, MIN_ACCEPTANCE, FlatPrograms, independence_hyper
+from bayesmeta.inference._flat import (
+    MAX_DIM,
+    MIN_ACCEPTANCE,
+    FlatPrograms,
+    check_hyper_sampler,
+    independence_hyper,
+)
 from bayesmeta.inference.assemble import assemble
 from bayesmeta.inference.collapsed import _pointwise
 from bayesmeta.inference.diagnostics import FitError, check_fit
@@ -95,7 +101,6 @@ LAPLACE_OPTIONS = dict(
     theta_batch=256,
     hyper_sampler="auto",
 )
-HYPER_SAMPLERS = ("auto", "independence", "nuts")
 #: the rule of hyper_sampler="auto" (shared with the collapsed engine, _flat)
 MIN_IMH_ACCEPTANCE = MIN_ACCEPTANCE
 MAX_IMH_DIM = MAX_DIM
@@ -587,11 +592,7 @@ def check_laplace_options(opts: dict) -> None:
     if not isinstance(steps, int | np.integer) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"newton_steps: must be a positive integer, got {steps!r}")
     check_int_option(opts, "theta_batch")
-    if not isinstance(opts["hyper_sampler"], str) or opts["hyper_sampler"] not in HYPER_SAMPLERS:
-        raise ValueError(
-            f"hyper_sampler: one of {', '.join(map(repr, HYPER_SAMPLERS))}, "
-            f"got {opts['hyper_sampler']!r}"
-        )
+    check_hyper_sampler(opts)
     check_bool_option(opts, "importance")
     check_bool_option(opts, "log_likelihood")
 
