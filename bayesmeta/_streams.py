@@ -62,13 +62,16 @@ def task_keys(key: jax.Array, hashes: jax.Array) -> jax.Array:
     return jax.vmap(lambda h: jax.random.fold_in(jax.random.fold_in(key, h[0]), h[1]))(hashes)
 
 
-def task_normals(key: jax.Array, hashes: jax.Array, shape: tuple, dtype) -> jax.Array:
+def task_normals(
+    key: jax.Array, hashes: jax.Array, shape: tuple, dtype, task_major: bool = False
+) -> jax.Array:
     """Standard normals ``(*shape[:1], T, *shape[1:])`` with task ``t``'s values drawn from
     its own stream (JAX, traceable): ``shape`` is the per-task shape, leading draw axis
-    first."""
+    first. ``task_major``: ``(T, *shape)`` instead, the streams' own order (moving the
+    task axis costs XLA on the CPU about as much as drawing the normals)."""
     keys = task_keys(key, hashes)
     z = jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(keys)  # (T, *shape)
-    return jnp.moveaxis(z, 0, 1)
+    return z if task_major else jnp.moveaxis(z, 0, 1)
 
 
 @partial(jax.jit, static_argnames=("num",))

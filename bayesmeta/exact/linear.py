@@ -168,6 +168,8 @@ def linear_sufficient_stats(
     x = jnp.asarray(x)
     y = jnp.asarray(y)
     idx = jnp.asarray(task_index)
+    if not any(isinstance(v, jax.core.Tracer) for v in (x, y, idx, noise_scale)):
+        return _numpy_stats(x, y, idx, num_tasks, noise_scale)
     if noise_scale is None:
         w = jnp.ones_like(y)
         logs = jnp.zeros_like(y)
@@ -184,6 +186,32 @@ def linear_sufficient_stats(
         count=seg(jnp.ones_like(y)),
         log_scale=seg(logs),
     )
+
+
+def _numpy_stats(x, y, idx, num_tasks, noise_scale) -> LinearStats:
+    """The statistics of concrete data, summed in float64 by ``np.bincount`` and returned
+    in the dtype the JAX segment sums would have: the same numbers without a dozen eager
+    JAX operations to compile (or read from the cache) in every new process."""
+    dtype = jnp.promote_types(x.dtype, y.dtype)
+    if noise_scale is not None:
+        dtype = jnp.promote_types(dtype, jnp.asarray(noise_scale).dtype)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        dtype = jnp.asarray(0.0).dtype
+    x, y = np.asarray(x, float).reshape(len(y), -1), np.asarray(y, float)
+    idx = np.asarray(idx)
+    s = None if noise_scale is None else np.asarray(noise_scale, float)
+    w = np.ones_like(y) if s is None else 1.0 / s**2
+    logs = np.zeros_like(y) if s is None else np.log(s)
+    seg = lambda v: np.bincount(idx, v, num_tasks)  # noqa: E731
+    p = x.shape[1]
+    xw = x * w[:, None]
+    xtx = np.empty((num_tasks, p, p))
+    for i in range(p):
+        for j in range(i, p):
+            xtx[:, i, j] = xtx[:, j, i] = seg(xw[:, i] * x[:, j])
+    xty = np.stack([seg(xw[:, i] * y) for i in range(p)], axis=1)
+    out = (xtx, xty, seg(w * y**2), seg(np.ones_like(y)), seg(logs))
+    return LinearStats(*(jnp.asarray(v, dtype) for v in out))
 
 
 def linear_residual_stats(stats: LinearStats, num_varying: int, beta=None) -> LinearStats:

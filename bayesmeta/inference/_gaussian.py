@@ -39,7 +39,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
@@ -93,30 +92,7 @@ def task_stats(likelihood, tasks) -> LinearStats:
     if common is not None:
         x = jnp.concatenate([x, common], axis=-1)
     scale = data["noise_scale"] if conjugate_noise(likelihood) == "known" else None
-    if not any(isinstance(v, jax.core.Tracer) for v in (x, data["y"], scale)):
-        return _numpy_stats(x, data["y"], data["task_index"], tasks.num_tasks, scale)
     return linear_sufficient_stats(x, data["y"], data["task_index"], tasks.num_tasks, scale)
-
-
-def _numpy_stats(x, y, idx, num_tasks, scale) -> LinearStats:
-    """:func:`~bayesmeta.exact.linear.linear_sufficient_stats` of concrete data, summed
-    in float64 by ``np.bincount`` and returned in JAX's default float type: the same
-    statistics without a dozen eager JAX operations to compile in every new process."""
-    x, y = np.asarray(x, float).reshape(len(idx), -1), np.asarray(y, float)
-    idx = np.asarray(idx)
-    w = np.ones_like(y) if scale is None else 1.0 / np.asarray(scale, float) ** 2
-    logs = np.zeros_like(y) if scale is None else np.log(np.asarray(scale, float))
-    seg = lambda v: np.bincount(idx, v, num_tasks)  # noqa: E731
-    p = x.shape[1]
-    xw = x * w[:, None]
-    xtx = np.empty((num_tasks, p, p))
-    for i in range(p):
-        for j in range(i, p):
-            xtx[:, i, j] = xtx[:, j, i] = seg(xw[:, i] * x[:, j])
-    dtype = jnp.asarray(0.0).dtype
-    out = (xtx, np.stack([seg(xw[:, i] * y) for i in range(p)], axis=1), seg(w * y**2))
-    out += (seg(np.ones_like(y)), seg(logs))
-    return LinearStats(*(jnp.asarray(v, dtype) for v in out))
 
 
 class CentredStats(NamedTuple):

@@ -226,6 +226,15 @@ def _sampler(model, param_shape, model_kwargs, nuts_opts, structure=None, regres
     leaves = jax.tree.leaves(model_kwargs)
     shapes = tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
     key = (param_shape, shapes, structure, tuple(sorted(nuts_opts.items())), sharding.key())
+    return _kept(
+        model, key, lambda: _CompiledNUTS(_hyper_model(model, param_shape, regression), nuts_opts)
+    )
+
+
+def _kept(model, key, build):
+    """``(program, reused)``: the program kept on ``model`` under ``key`` (the last
+    ``_PROGRAMS_PER_MODEL``, most recently used last), or a new one from ``build()``,
+    kept unless ``key`` is unhashable (e.g. a custom init strategy: no reuse)."""
     store = model.__dict__.setdefault(_PROGRAMS_ATTR, OrderedDict())
     try:
         _HOLDERS.add(model)
@@ -233,16 +242,15 @@ def _sampler(model, param_shape, model_kwargs, nuts_opts, structure=None, regres
         pass
     try:
         hit = store.get(key)
-    except TypeError:  # an unhashable option (e.g. a custom init strategy): no reuse
-        return _CompiledNUTS(_hyper_model(model, param_shape, regression), nuts_opts), False
+    except TypeError:
+        return build(), False
     if hit is not None:
         store.move_to_end(key)
         return hit, True
-    sampler = _CompiledNUTS(_hyper_model(model, param_shape, regression), nuts_opts)
-    store[key] = sampler
+    program = store[key] = build()
     while len(store) > _PROGRAMS_PER_MODEL:
         store.popitem(last=False)
-    return sampler, False
+    return program, False
 
 
 def _independence(model, param_shape, model_kwargs, structure, regression, opts, seed):
@@ -251,17 +259,8 @@ def _independence(model, param_shape, model_kwargs, structure, regression, opts,
     the mode, every proposal evaluated in compiled blocks): ``(samples, sampler stats,
     timing, why, reused)``, the first three None where ``hyper_sampler="auto"`` falls
     back to NUTS. The programs are kept on the model object with the NUTS samplers."""
-    store = model.__dict__.setdefault(_PROGRAMS_ATTR, OrderedDict())
-    try:
-        _HOLDERS.add(model)
-    except TypeError:
-        pass
-    key = ("independence", param_shape, structure, sharding.key())
-    try:
-        progs = store.get(key)
-    except TypeError:  # unhashable structure: no reuse
-        key, progs = None, None
-    if progs is None:
+
+    def build():
         progs = FlatPrograms(_hyper_model(model, param_shape, regression), model_kwargs)
 
         def block(xs, key, inputs):
@@ -277,25 +276,27 @@ def _independence(model, param_shape, model_kwargs, structure, regression, opts,
             return {"lp": lp, "params": params, "grad": grad}
 
         progs.define("block", block)
-        if key is not None:
-            store[key] = progs
-            while len(store) > _PROGRAMS_PER_MODEL:
-                store.popitem(last=False)
+        return progs
+
+    progs, _ = _kept(model, ("independence", param_shape, structure, sharding.key()), build)
+    block_size = _IMH_BLOCK
     stats = model_kwargs["stats"]
-    if isinstance(stats, ScalarMarginal):
-        block = _IMH_BLOCK
-    else:  # the direct sum holds (block, T, p, p) terms
-        num_tasks = stats.count.shape[0]
+    if not isinstance(stats, ScalarMarginal):  # the direct sum holds (block, T, p, p) terms
         p = int(np.prod(param_shape)) if param_shape else 1
-        block = _IMH_BLOCK
-        while block > 8 and block * num_tasks * p * p > _BLOCK_ELEMENTS:
-            block //= 2
+        while block_size > 8 and block_size * stats.count.shape[0] * p * p > _BLOCK_ELEMENTS:
+            block_size //= 2
     dtype = jnp.asarray(0.0).dtype  # float64 under jax_enable_x64, else float32
     compiled = progs.compile_s
     samples, extras, timing, why, _ = independence_hyper(
-        progs, model_kwargs, opts, seed, block=block, dtype=dtype
+        progs, model_kwargs, opts, seed, block=block_size, dtype=dtype
     )
     return samples, extras, timing, why, progs.compile_s == compiled
+
+
+def _task_major(param_shape, hyper) -> bool:
+    """Whether :func:`_draw_theta` returns ``(T, S)``: scalar theta, no common
+    coefficients (elementwise in (task, draw), in the per-task streams' own order)."""
+    return not param_shape and "beta" not in hyper
 
 
 @partial(jax.jit, static_argnames=("pop", "shared", "param_shape", "batch", "regression"))
@@ -315,7 +316,7 @@ def _draw_theta(
     num, T = h.mu.shape[0], stats.count.shape[0]
     p = int(np.prod(param_shape)) if param_shape else 1
     beta = hyper_flat.get("beta")
-    if not param_shape and beta is None:
+    if _task_major(param_shape, hyper_flat):
         # theta_t | y_t, mu, tau, sigma: elementwise for all (t, s), laid out task-major
         # like the per-task streams (T, S), so that nothing is transposed here; the
         # caller's (S, T) view of it is a transpose without a copy
@@ -324,8 +325,7 @@ def _draw_theta(
         tau, s2 = h.scale_tril[:, 0, 0][None, :], (h.noise**2)[None, :]
         columns = jax.tree.map(lambda a: a[:, None], stats)
         mean, var = gauss.scalar_posterior(columns, mu, tau, s2)
-        keys = _streams.task_keys(key, hashes)
-        z = jax.vmap(lambda k: jax.random.normal(k, (num,), mean.dtype))(keys)
+        z = _streams.task_normals(key, hashes, (num,), mean.dtype, task_major=True)
         return mean + jnp.sqrt(var) * z
     if not param_shape:  # as above, with common coefficients: (S, T)
         mu = h.mu[..., 0]
@@ -445,7 +445,7 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
         jnp.asarray(per_task[2]),
     )
     theta = np.asarray(sharding.gather(theta))  # every process holds all tasks' draws
-    if not param_shape and "beta" not in hyper_in:  # task-major: a view in draw order
+    if _task_major(param_shape, hyper_in):  # a view in draw order, not a copy
         theta = theta.T
     site = model.population.theta_site
     samples[site] = theta.reshape(chains, draws, *theta.shape[1:])

@@ -405,18 +405,21 @@ def test_theta_completion_draws_follow_task_labels():
 
 
 def test_task_statistics_of_concrete_data_equal_the_jax_segment_sums():
-    """task_stats sums concrete data with numpy (float64 bincounts): the same statistics
-    as bm.exact.linear_sufficient_stats (the JAX segment sums, the reference), for a
-    design of three columns and known noise scales, with a task that has no rows."""
-    from bayesmeta.exact.linear import linear_sufficient_stats
+    """linear_sufficient_stats sums concrete data with numpy (float64 bincounts): the same
+    statistics as its JAX segment sums (the reference, run under jit), for a design of
+    three columns and known noise scales, with a task that has no rows."""
+    import jax
+
+    from bayesmeta.exact import linear
 
     rng = np.random.default_rng(3)
     n, num = 60, 7
     x, y = rng.normal(size=(n, 3)), rng.normal(size=n)
     idx = rng.integers(0, num - 1, size=n)  # task 6 gets no rows
     scale = rng.uniform(0.5, 2.0, n)
-    got = gauss._numpy_stats(x, y, idx, num, scale)
-    ref = linear_sufficient_stats(x, y, idx, num, scale)
+    got = linear.linear_sufficient_stats(x, y, idx, num, scale)
+    traced = jax.jit(linear.linear_sufficient_stats, static_argnums=3)
+    ref = traced(x, y, idx, num, scale)
     for field in ("xtx", "xty", "yty", "count", "log_scale"):
         a, b = np.asarray(getattr(got, field)), np.asarray(getattr(ref, field))
         assert a.shape == b.shape and a.dtype == b.dtype, field
