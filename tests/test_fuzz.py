@@ -696,6 +696,7 @@ BAD_OPTIONS = {
     "max_tree_depth": [0, 2.5, "10"],
     "thinning": [0, -2, 1.5],
     "chain_method": ["bogus", 3, None],
+    "chain_threads": [0, -1, 1.5, "2", True],
     "dense_mass": ["yes", 1],
     "init_strategy": ["bogus", 3, "init_to_median"],
     "progress_bar": ["no", 2],

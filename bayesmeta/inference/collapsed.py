@@ -59,7 +59,11 @@ from bayesmeta.info import CollapsedInfo
 __all__ = ["fit_collapsed", "why_not_collapsible", "COLLAPSED_OPTIONS", "clear_compiled"]
 
 COLLAPSED_OPTIONS = dict(
-    NUTS_OPTIONS, log_likelihood=True, theta_batch=256, marginal="auto", hyper_sampler="auto"
+    {k: v for k, v in NUTS_OPTIONS.items() if k != "chain_threads"},  # chains vectorised
+    log_likelihood=True,
+    theta_batch=256,
+    marginal="auto",
+    hyper_sampler="auto",
 )
 _MARGINALS = ("auto", "direct", "chebyshev")
 # proposals per compiled block of the independence sampler: its marginal's cost is fixed
@@ -383,7 +387,7 @@ def fit_collapsed(model, tasks, seed: int = 0, **options):
     stats = gauss.stable_task_stats(model.likelihood, tasks)
     regression, task_x = built.regression, built.data.get("task_x")
     mixed = regression is not None or "beta" in model.likelihood.global_priors()
-    nuts_opts = {k: opts[k] for k in NUTS_OPTIONS}
+    nuts_opts = {k: opts[k] for k in NUTS_OPTIONS if k in opts}
     # a few hyperparameters only: vectorised chains cost nothing here and keep the
     # compiled loop (the CPU rule of full NUTS is about long per-task trajectories)
     if nuts_opts["chain_method"] == "auto":

@@ -81,6 +81,7 @@ from bayesmeta.inference.nuts import (
     TARGET_ACCEPT_RETRY,
     CompiledNUTS,
     _check_options,
+    chain_threads,
     check_bool_option,
     check_int_option,
     resolve_chain_method,
@@ -692,20 +693,25 @@ def _nuts_hyper(model, store, key, regression, inputs, nuts_opts, layout, seed):
     key = (
         *key,
         layout,
-        tuple((k, v) for k, v in sorted(nuts_opts.items()) if k != "progress_bar"),
+        tuple(
+            (k, v)
+            for k, v in sorted(nuts_opts.items())
+            if k not in ("progress_bar", "chain_threads")
+        ),
     )
     program = store.get(key)
     if program is None:
         fn = _hyper_model(model, param_shape, regression, steps)
         program = store[key] = CompiledNUTS(fn, nuts_opts, layout)
     target = start_target(nuts_opts)
-    samples, extras, timing = program.run(seed, inputs, target)
+    threads = chain_threads(nuts_opts, layout)
+    samples, extras, timing = program.run(seed, inputs, target, threads)
     info = {"target_accept": target}
     divergences = int(np.sum(np.asarray(extras["diverging"])))
     if nuts_opts["target_accept"] == "auto" and divergences:
         info["retried"] = {"target_accept": target, "divergences": divergences}
         target = TARGET_ACCEPT_RETRY
-        samples, extras, again = program.run(seed, inputs, target)
+        samples, extras, again = program.run(seed, inputs, target, threads)
         timing["sampling_s"] += again["sampling_s"]
         info["target_accept"] = target
     return samples, extras, timing, info

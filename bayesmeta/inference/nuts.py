@@ -14,6 +14,16 @@ and a CPU has no idle vector lanes to fill. On a GPU or TPU the chains are vecto
 (``"vectorized"``), which fills the device. ``"parallel"`` (one chain per host device,
 through ``numpyro.infer.MCMC``) is used only when asked for.
 
+**Chain threads** (``chain_threads=None``, the default): sequential chains are spread over
+threads, one per usable CPU core (``os.sched_getaffinity``) and at most one per chain.
+Each thread runs whole chains, one after another, through the same one-chain executable,
+so every chain is bit for bit what it would be in one program on one thread: chain ``i``
+depends only on the ``i``-th key split from the seed. An integer fixes the number of
+threads (``1``: all chains in one program, on the calling thread). Threads are used only
+unsharded (no ``devices=``) and without ``checkpoint``. On 10,000 normal-normal tasks on
+a 2-core CPU, 4 chains x 300 + 300 iterations sampled in 11.0 s on two threads against
+23.3 s on one.
+
 **Step size target** (``target_accept="auto"``, the default): warmup aims at an
 acceptance of 0.8 (NumPyro's and Stan's default), and only when that run diverges is it run
 again, with the same compiled program, at 0.95; ``info["target_accept"]`` records what the
@@ -23,8 +33,10 @@ target.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from operator import attrgetter
 
@@ -61,6 +73,7 @@ NUTS_OPTIONS = {
     "dense_mass": False,
     "progress_bar": None,
     "chain_method": "auto",
+    "chain_threads": None,
     "thinning": 1,
     "init_strategy": None,
     "warn": True,
@@ -120,6 +133,11 @@ def _check_options(opts: dict) -> None:
         raise ValueError(
             f"chain_method: must be one of {_CHAIN_METHODS}, got {opts['chain_method']!r}"
         )
+    threads = opts.get("chain_threads")  # not an option of collapsed NUTS
+    if threads is not None and (
+        not isinstance(threads, int | np.integer) or isinstance(threads, bool) or threads < 1
+    ):
+        raise ValueError(f"chain_threads: expected None or an integer >= 1, got {threads!r}")
     every = opts["checkpoint_every"]
     if not isinstance(every, int | np.integer) or isinstance(every, bool) or every < 1:
         raise ValueError(f"checkpoint_every: must be an integer >= 1, got {every!r}")
@@ -162,6 +180,23 @@ def resolve_chain_method(method: str) -> str:
     if method != "auto":
         return method
     return "sequential" if jax.default_backend() == "cpu" else "vectorized"
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def chain_threads(opts: dict, layout: str) -> int:
+    """How many threads run the chains (see "Chain threads" in the module docstring)."""
+    chains = int(opts["num_chains"])
+    if layout != "sequential" or sharding.active() is not None or chains == 1:
+        return 1
+    threads = opts["chain_threads"]
+    return min(chains, usable_cores() if threads is None else int(threads))
 
 
 def start_target(opts: dict) -> float:
@@ -222,17 +257,53 @@ class CompiledNUTS:
         self._bar = None
         self.compiles = 0
 
-    def run(self, seed: int, data: dict, target_accept: float) -> tuple[dict, dict, dict]:
-        """``(draws by site (chain, draw, ...), sampler statistics, timing)``."""
+    def run(
+        self, seed: int, data: dict, target_accept: float, threads: int = 1
+    ) -> tuple[dict, dict, dict]:
+        """``(draws by site (chain, draw, ...), sampler statistics, timing)``, the chains
+        run on ``threads`` threads (see :func:`chain_threads`; ``timing["threads"]``)."""
         chains = int(self.opts["num_chains"])
         keys = jax.random.split(jax.random.PRNGKey(seed), chains)
         self._keys = keys
         target = jnp.asarray(target_accept, dtype=jnp.result_type(float))
         keys, target = sharding.place((keys, target), note=False)
-        args = (keys, data, target)
+        timing = {"trace_s": 0.0, "compile_s": 0.0, "compiled": False, "threads": threads}
+        if threads > 1:  # one chain per call, as many calls at a time as threads
+            keys = np.asarray(keys)
+            exe = self._executable((keys[:1], data, target), timing)
+        else:
+            exe = self._executable((keys, data, target), timing)
+        t0 = time.perf_counter()
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            total = chains * (int(self.opts["num_warmup"]) + int(self.opts["num_samples"]))
+            self._bar = tqdm(total=total, desc="NUTS", unit="it")
+        try:
+            if threads > 1:
+
+                def one(i):
+                    return jax.block_until_ready(exe(keys[i : i + 1], data, target))
+
+                with ThreadPoolExecutor(threads, thread_name_prefix="bayesmeta-chain") as pool:
+                    outs = list(pool.map(one, range(chains)))
+                z, fields = jax.tree.map(
+                    lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *outs
+                )
+            else:
+                z, fields = jax.block_until_ready(exe(keys, data, target))
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+        timing["sampling_s"] = time.perf_counter() - t0
+        return z, dict(zip(SAMPLE_FIELDS, fields, strict=True)), timing
+
+    def _executable(self, args, timing: dict):
+        """The executable for ``args``' signature, compiled (and counted in ``timing``) on
+        first use."""
         sig = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), args)
         sig = (jax.tree.structure(args), tuple(jax.tree.leaves(sig)), sharding.key())
-        timing = {"trace_s": 0.0, "compile_s": 0.0, "compiled": False}
         exe = self._executables.get(sig)
         if exe is None:
             t0 = time.perf_counter()
@@ -243,23 +314,8 @@ class CompiledNUTS:
             self._executables[sig] = exe
             self.compiles += 1
             timing.update(trace_s=t1 - t0, compile_s=t2 - t1, compiled=True)
-        t0 = time.perf_counter()
-        if self.progress:
-            from tqdm.auto import tqdm
+        return exe
 
-            total = chains * (int(self.opts["num_warmup"]) + int(self.opts["num_samples"]))
-            self._bar = tqdm(total=total, desc="NUTS", unit="it")
-        try:
-            z, fields = exe(*args)
-            z, fields = jax.block_until_ready((z, fields))
-        finally:
-            if self._bar is not None:
-                self._bar.close()
-                self._bar = None
-        timing["sampling_s"] = time.perf_counter() - t0
-        return z, dict(zip(SAMPLE_FIELDS, fields, strict=True)), timing
-
-    # ------------------------------------------------------------------ checkpointed
     def run_checkpointed(
         self,
         seed: int,
@@ -480,7 +536,8 @@ def _runner(program, built, model, seed: int, opts: dict, layout: str, info: dic
     checkpointed when ``opts["checkpoint"]`` is a path (``info["checkpoint"]`` says where)."""
     path = opts["checkpoint"]
     if path is None:
-        return (lambda target: program.run(seed, built.data, target)), False
+        threads = chain_threads(opts, layout)
+        return (lambda target: program.run(seed, built.data, target, threads)), False
     from bayesmeta.inference import checkpoint as ck
 
     path = ck.check_path(path)
@@ -536,7 +593,9 @@ def fit_nuts(built, tasks, seed: int, model=None, **options):
     ``num_samples``, ``target_accept`` (``"auto"``: 0.8, rerun at 0.95 only after
     divergences; or a number), ``max_tree_depth``, ``dense_mass``, ``progress_bar`` (None:
     shown when the terminal is interactive), ``chain_method`` (``"auto"``: sequential on a
-    CPU, vectorised on an accelerator; see the module docstring), ``thinning``,
+    CPU, vectorised on an accelerator; see the module docstring), ``chain_threads`` (None:
+    sequential chains on one thread per usable core; an integer fixes it; see the module
+    docstring), ``thinning``,
     ``init_strategy`` (None: NumPyro's default; a name in :data:`INIT_STRATEGIES`,
     ``"median"``, ``"mean"``, ``"uniform"``, ``"sample"``, ``"feasible"``, or a NumPyro
     ``init_to_*`` function), ``warn`` (the diagnostics warning), ``checkpoint`` (a file path:

@@ -91,6 +91,31 @@ def test_mixed_centring_is_an_input_of_the_program():
     assert len(model._nuts_programs) == 1
 
 
+def test_chains_on_threads_equal_one_program_bit_for_bit():
+    """``chain_threads``: chain ``i`` depends only on the ``i``-th key, so spreading three
+    chains over two threads (one-chain executables) gives the one program's draws exactly."""
+    tasks = _logistic(10, 12, [0.0, 1.0], [0.5, 0.3], 6)
+    model = _model()
+    opts = dict(OPTS, num_chains=3, num_warmup=60, num_samples=40)
+    one = bm.fit(model, tasks, seed=3, chain_threads=1, **opts)
+    two = bm.fit(model, tasks, seed=3, chain_threads=2, **opts)
+    assert one.info["timing"]["threads"] == 1 and two.info["timing"]["threads"] == 2
+    assert two.info["timing"]["compiled"] is True  # the one-chain executable is another
+    assert two.samples["theta"].shape[0] == 3
+    for name in one.samples:
+        np.testing.assert_array_equal(one.samples[name], two.samples[name])
+    for name in ("diverging", "n_steps", "energy", "lp"):
+        np.testing.assert_array_equal(one.sample_stats[name], two.sample_stats[name])
+    # the chains differ from each other: the keys reached the right calls
+    assert not np.array_equal(two.samples["mu"][0], two.samples["mu"][1])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_bad_chain_threads(bad):
+    with pytest.raises(ValueError, match="chain_threads"):
+        bm.fit(_model(), _logistic(4, 5, [0.0, 1.0], [0.5, 0.3], 0), chain_threads=bad, **OPTS)
+
+
 def test_timing_fields_add_up():
     post = bm.fit(_model(), _logistic(8, 10, [0.0, 1.0], [0.5, 0.3], 4), seed=0, **OPTS)
     t = post.info["timing"]
