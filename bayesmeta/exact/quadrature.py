@@ -73,6 +73,35 @@ class _Map:
         return np.where(np.isinf(d), 1.0, out)
 
 
+# The rounding floor. ``log p(tau, y)`` is a sum over every task, so its float64 rounding
+# grows with the number of tasks (about 1e-11 relative at 300,000 tasks); below that level
+# the |K15 - G7| estimates are rounding noise, and bisecting further doubles the panels
+# without lowering the error. As QUADPACK's roundoff detection does, the rule stops when
+# the worst error ratio (summed error over ``rtol`` times the absolute integral, the worst
+# component) has failed to halve in ``_STALL_ROUNDS`` consecutive rounds while within
+# ``_FLOOR_LIMIT`` of the target: it is then accepted as converged at the floor, and the
+# relative error reached (the ratio times ``rtol``) is reported. A rule still further from
+# its target keeps refining, up to ``max_panels``.
+_STALL_ROUNDS = 3
+_FLOOR_LIMIT = 1e3
+
+
+def _stalled(history: list[float]) -> bool:
+    """Whether the worst error ratios of the last rounds (``history``, one per round)
+    show the rounding floor: ``_STALL_ROUNDS`` rounds in a row without halving, all
+    within ``_FLOOR_LIMIT`` of the target."""
+    if len(history) <= _STALL_ROUNDS:
+        return False
+    last = history[-_STALL_ROUNDS - 1 :]
+    return max(last) <= _FLOOR_LIMIT and all(
+        new > 0.5 * old for old, new in zip(last[:-1], last[1:], strict=True)
+    )
+
+
+def _worst(total_err, tol) -> float:
+    return max(float(np.max(e / t)) for e, t in zip(total_err, tol, strict=True))
+
+
 def _panel_nodes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     half = 0.5 * (b - a)
     mid = 0.5 * (a + b)
@@ -105,15 +134,19 @@ def _adaptive(fn, edges: np.ndarray, rtol: float, max_panels: int, width: int):
 
     ``fn(u: (n,)) -> (n, *M)``. A panel's error is ``|K15 - G7|`` (conservative); panels are
     bisected while some component's summed error exceeds ``rtol`` times the integral of its
-    absolute value. Returns the final (sorted) edges and whether it converged.
+    absolute value, or until the rounding floor (see ``_stalled``). Returns the final
+    (sorted) edges, whether it converged, and the relative error reached (the worst
+    component's summed error over its absolute integral).
     """
     a, b = edges[:-1], edges[1:]
     kron, err, absk = _panel_integrals(fn, a, b, width)
     converged = False
+    history: list[float] = []
     for _ in range(200):
         total_err = err.sum(axis=0)
         tol = rtol * absk.sum(axis=0) + 1e-300
-        if np.all(total_err <= tol):
+        history.append(_worst([total_err], [tol]))
+        if np.all(total_err <= tol) or _stalled(history):
             converged = True
             break
         num = len(a)
@@ -133,7 +166,7 @@ def _adaptive(fn, edges: np.ndarray, rtol: float, max_panels: int, width: int):
         err = np.concatenate([err[keep], e2])
         absk = np.concatenate([absk[keep], ab2])
     order = np.argsort(a)
-    return np.concatenate([a[order], [b[order][-1]]]), converged
+    return np.concatenate([a[order], [b[order][-1]]]), converged, history[-1] * rtol
 
 
 def _panel_err_abs(vals: np.ndarray, half: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +194,8 @@ def _adaptive_streamed(fn_blocks, edges: np.ndarray, rtol: float, max_panels: in
     panels it splits are those of :func:`_adaptive` up to rounding in the updated sums
     (relative ``1e-16`` of the first round's errors, against a tolerance ``rtol``); each
     panel costs about one integrand evaluation when it is made and one when it is split,
-    plus two full sweeps at the start.
+    plus two full sweeps at the start. It stops at the rounding floor as :func:`_adaptive`
+    does, and returns the same three values.
     """
     a, b = edges[:-1], edges[1:]
     converged = False
@@ -208,8 +242,10 @@ def _adaptive_streamed(fn_blocks, edges: np.ndarray, rtol: float, max_panels: in
     tol = [rtol * s + 1e-300 for s in total_abs]
     lo = hi = None  # bounds on every panel's score against ``tol``
     margin = 1e-12  # covers the rounding of a score and of the ratios of tolerances
+    history: list[float] = []
     for _ in range(200):
-        if all(np.all(e <= t) for e, t in zip(total_err, tol, strict=True)):
+        history.append(_worst(total_err, tol))
+        if all(np.all(e <= t) for e, t in zip(total_err, tol, strict=True)) or _stalled(history):
             converged = True
             break
         num = len(a)
@@ -246,4 +282,4 @@ def _adaptive_streamed(fn_blocks, edges: np.ndarray, rtol: float, max_panels: in
         hi = np.concatenate([hi[keep], new_score]) * r_hi
         tol = new_tol
     order = np.argsort(a)
-    return np.concatenate([a[order], [b[order][-1]]]), converged
+    return np.concatenate([a[order], [b[order][-1]]]), converged, history[-1] * rtol
