@@ -150,6 +150,15 @@ def _ess_plain(z: np.ndarray) -> np.ndarray:
 _BLOCK = 512
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, where the OS has one):
+    the thread count of the blocked convergence checks and of full NUTS's chains."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _rhat_ess(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rank-normalised split R-hat (max of bulk and tail) and bulk ESS of
     ``(chain, draw, ...)`` draws, per component (the trailing shape).
@@ -165,9 +174,9 @@ def _rhat_ess(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         nan = np.full(tail, np.nan)
         return nan, nan.copy()
     x = x.reshape(*x.shape[:2], -1)
-    if x.shape[2] > _BLOCK and (os.cpu_count() or 1) > 1:
+    if x.shape[2] > _BLOCK and usable_cores() > 1:
         blocks = [x[..., i : i + _BLOCK] for i in range(0, x.shape[2], _BLOCK)]
-        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
             parts = list(pool.map(_rhat_ess_block, blocks))
         r, e = (np.concatenate(p) for p in zip(*parts, strict=True))
     else:

@@ -33,7 +33,6 @@ target.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,7 +55,7 @@ from numpyro.infer import (
 
 from bayesmeta.inference import sharding
 from bayesmeta.inference.assemble import assemble
-from bayesmeta.inference.diagnostics import check_fit
+from bayesmeta.inference.diagnostics import check_fit, usable_cores
 from bayesmeta.inference.registry import Engine, sampler_cli_options
 from bayesmeta.info import FitInfo, NUTSInfo
 from bayesmeta.model import _TaskModel, build_callable
@@ -180,14 +179,6 @@ def resolve_chain_method(method: str) -> str:
     if method != "auto":
         return method
     return "sequential" if jax.default_backend() == "cpu" else "vectorized"
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def chain_threads(opts: dict, layout: str) -> int:
